@@ -1,0 +1,115 @@
+"""Parsing and printing of `HOST:PORT` addresses. Pure: no sockets, no name lookups.
+
+Accepted forms: `HOST:PORT`, `[IPV6]:PORT` and, for listeners only, a bare `PORT`
+(or `:PORT`), meaning every interface, IPv4 and IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from pyforward.errors import ConfigError
+
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    """A host and a port. `host` is None for a listener on every interface."""
+
+    host: str | None
+    port: int
+
+    @property
+    def is_ipv6_literal(self) -> bool:
+        return self.host is not None and ":" in self.host
+
+    def __str__(self) -> str:
+        if self.host is None:
+            return f"*:{self.port}"
+        if self.is_ipv6_literal:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> Address:
+    """Parse a listen address: `PORT`, `:PORT`, `HOST:PORT` or `[IPV6]:PORT`. Port 0 picks one."""
+    return _parse(text, what="listen address", allow_bare_port=True, min_port=0)
+
+
+def parse_target(text: str) -> Address:
+    """Parse a target address: `HOST:PORT` or `[IPV6]:PORT`, port 1-65535."""
+    return _parse(text, what="target address", allow_bare_port=False, min_port=1)
+
+
+def _parse(text: str, *, what: str, allow_bare_port: bool, min_port: int) -> Address:
+    raw = text.strip()
+    if not raw:
+        raise ConfigError(f"empty {what}")
+    host: str | None
+    if raw.startswith("["):
+        close = raw.find("]")
+        if close == -1 or not raw[close + 1 :].startswith(":"):
+            raise ConfigError(f"invalid {what} {text!r}: expected [IPV6]:PORT")
+        host = raw[1:close]
+        port_text = raw[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ConfigError(f"invalid {what} {text!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in raw:
+        host, _, port_text = raw.rpartition(":")
+        if ":" in host:
+            raise ConfigError(f"invalid {what} {text!r}: write an IPv6 address as [ADDRESS]:PORT")
+        if host == "":
+            if not allow_bare_port:
+                raise ConfigError(f"invalid {what} {text!r}: expected HOST:PORT")
+            host = None
+        else:
+            _check_host(host, text, what)
+    else:
+        if not allow_bare_port:
+            raise ConfigError(f"invalid {what} {text!r}: expected HOST:PORT")
+        host, port_text = None, raw
+    return Address(host, _parse_port(port_text, text, what, min_port))
+
+
+def _check_host(host: str, text: str, what: str) -> None:
+    try:
+        ipaddress.IPv4Address(host)
+        return
+    except ValueError:
+        pass
+    if host.replace(".", "").isdigit() or not _HOSTNAME.fullmatch(host):
+        raise ConfigError(f"invalid {what} {text!r}: {host!r} is not a host name or IP address")
+
+
+def _parse_port(port_text: str, text: str, what: str, min_port: int) -> int:
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ConfigError(f"invalid {what} {text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not min_port <= port <= 65535:
+        raise ConfigError(f"invalid {what} {text!r}: port must be {min_port}-65535, got {port}")
+    return port
+
+
+def client_host(host: str) -> str:
+    """The address a user would recognise: an IPv4 client on a dual-stack socket as IPv4."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def format_peer(sockaddr: tuple[object, ...] | str) -> str:
+    """Format a socket address tuple (`getpeername`) as HOST:PORT, unmapping IPv4."""
+    if isinstance(sockaddr, str):
+        return sockaddr
+    host = client_host(str(sockaddr[0]))
+    port = sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,189 @@
+"""The command line: parse, build settings, call the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pyforward import __version__
+from pyforward.errors import ConfigError, PyforwardError
+from pyforward.loops import loop_factory
+from pyforward.server import serve
+from pyforward.settings import (
+    LogLevel,
+    LoopName,
+    RelayMode,
+    Settings,
+    build_settings,
+    env_name,
+    parse_config_text,
+)
+
+app = typer.Typer(
+    name="pyforward",
+    help="Forward TCP ports to a target, zero-copy on Linux.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pyforward {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """pyforward: a TCP forwarder for exposing a Kubernetes ingress on a host's ports."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read and parse a config file, turning I/O errors into one clear line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path}: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    return parse_config_text(text, str(path))
+
+
+def load_settings(flags: dict[str, Any], config: Path | None) -> Settings:
+    """Flags, then PYFORWARD_* variables, then the config file, then defaults."""
+    env = dict(os.environ)
+    if config is None and env.get(env_name("config")):
+        config = Path(env[env_name("config")])
+    file_data = read_config_file(config) if config is not None else None
+    return build_settings(flags, env, file_data, str(config) if config else "config file")
+
+
+def setup_logging(level: LogLevel) -> None:
+    # Under systemd, journald stamps every line already.
+    fmt = "%(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger("pyforward")
+    root.handlers[:] = [handler]
+    root.setLevel(level.value.upper())
+    root.propagate = False
+
+
+ListenOpt = Annotated[
+    str | None,
+    typer.Option("--listen", "-l", help="[HOST:]PORT to listen on (bare PORT: every interface)."),
+]
+TargetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--target", "-t", help="HOST:PORT to forward to; repeat for failover."),
+]
+RouteOpt = Annotated[
+    list[str] | None,
+    typer.Option("--route", "-r", help="[HOST:]PORT=HOST:PORT[,HOST:PORT]; repeatable."),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file.", dir_okay=False)
+]
+
+
+@app.command()
+def run(
+    listen: ListenOpt = None,
+    target: TargetOpt = None,
+    route: RouteOpt = None,
+    config: ConfigOpt = None,
+    relay: Annotated[
+        RelayMode | None,
+        typer.Option(help="Relay path: auto (splice where it works), splice, copy."),
+    ] = None,
+    loop: Annotated[
+        LoopName | None, typer.Option(help="Event loop: auto, uvloop, asyncio.")
+    ] = None,
+    connect_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for the target to accept [10].")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Close after this many idle seconds; 0 = never [0].")
+    ] = None,
+    keepalive: Annotated[
+        bool | None, typer.Option("--keepalive/--no-keepalive", help="TCP keepalive on both legs.")
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help="Connection cap; at the cap, stop accepting [0 = none].")
+    ] = None,
+    backlog: Annotated[
+        int | None, typer.Option(help="Listen backlog [the system maximum].")
+    ] = None,
+    shutdown_timeout: Annotated[
+        float | None, typer.Option(help="Seconds connections get to finish on SIGTERM [20].")
+    ] = None,
+    log_level: Annotated[LogLevel | None, typer.Option(help="debug, info, warning, error.")] = None,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
+    ] = None,
+) -> None:
+    """Listen and forward every connection to its target."""
+    flags = {
+        "listen": listen,
+        "target": target,
+        "route": route,
+        "relay": relay,
+        "loop": loop,
+        "connect_timeout": connect_timeout,
+        "idle_timeout": idle_timeout,
+        "keepalive": keepalive,
+        "max_connections": max_connections,
+        "backlog": backlog,
+        "shutdown_timeout": shutdown_timeout,
+        "log_level": log_level,
+        "quiet": quiet,
+    }
+    settings = load_settings(flags, config)
+    setup_logging(settings.log_level)
+    factory, loop_name = loop_factory(settings.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, loop_name=loop_name))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure becomes one line on stderr and an exit code."""
+    try:
+        code = app(args=argv, prog_name="pyforward", standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: unknown flag, bad value, ...
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except PyforwardError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def socat_main() -> None:
+    """Entry point of `pyforward-socat`."""
+    main(["socat", *sys.argv[1:]])
+
+
+def _fail(message: str, code: int) -> None:
+    first = " ".join(message.split())
+    print(f"pyforward: error: {first}", file=sys.stderr)
+    sys.exit(code)

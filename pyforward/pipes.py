@@ -1,0 +1,73 @@
+"""Pipes for splice(2): a bounded pool, and a probe of whether splice works here.
+
+Rules taken from the mature relays (Go's internal/poll, HAProxy's pipe.c):
+- a pipe goes back to the pool only when it is empty; one that still holds bytes is
+  closed, so no stale data can ever reach another connection;
+- the pool is capped, so an idle forwarder does not hold thousands of descriptors;
+- failing to make a pipe (EMFILE, ENFILE) is not fatal: the caller copies instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+Pipe = tuple[int, int]  # (read end, write end)
+
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+class PipePool:
+    def __init__(self, capacity: int = 64) -> None:
+        self._capacity = capacity
+        self._free: list[Pipe] = []
+        self.created = 0
+
+    def acquire(self) -> Pipe:
+        """A pipe, pooled or new. Raises OSError when none can be made."""
+        if self._free:
+            return self._free.pop()
+        pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.created += 1
+        return pipe
+
+    def release(self, pipe: Pipe, *, empty: bool) -> None:
+        if empty and len(self._free) < self._capacity:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        while self._free:
+            read_end, write_end = self._free.pop()
+            os.close(read_end)
+            os.close(write_end)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+def splice_available() -> bool:
+    """True when socket-to-pipe-to-socket splice works on this kernel and Python."""
+    if not hasattr(os, "splice"):
+        return False
+    left, right = socket.socketpair()
+    try:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        left.close()
+        right.close()
+        return False
+    try:
+        left.sendall(b"x")
+        right.setblocking(False)
+        moved = os.splice(right.fileno(), write_end, 1, flags=SPLICE_FLAGS)
+        return moved == 1 and os.splice(read_end, left.fileno(), 1, flags=SPLICE_FLAGS) == 1
+    except OSError:
+        return False
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        left.close()
+        right.close()

@@ -1,0 +1,356 @@
+"""Settings: one schema for flags, environment variables and the TOML config file.
+
+Naming rule: a config key is the flag's name with `_` for `-`; its environment variable
+is `PYFORWARD_` plus the key in capitals. Precedence: flag > environment > config file >
+default. In the file, keys inside a `[[route]]` table override the file's top level for
+that route; a flag or environment variable overrides both. Routes themselves come whole
+from the first layer that defines any (`--listen`/`--target`/`--route`, then
+`PYFORWARD_LISTEN`/`PYFORWARD_TARGET`/`PYFORWARD_ROUTE`, then the file).
+
+Everything here is pure: values in, a frozen `Settings` or a `ConfigError` out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pyforward.addresses import Address, parse_listen, parse_target
+from pyforward.errors import ConfigError
+
+ENV_PREFIX = "PYFORWARD_"
+
+
+class RelayMode(StrEnum):
+    AUTO = "auto"
+    SPLICE = "splice"
+    COPY = "copy"
+
+
+class LoopName(StrEnum):
+    AUTO = "auto"
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One listener and where its connections go."""
+
+    listen: Address
+    targets: tuple[Address, ...]
+    connect_timeout: float
+    idle_timeout: float | None
+    keepalive: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    routes: tuple[Route, ...]
+    relay: RelayMode
+    loop: LoopName
+    log_level: LogLevel
+    backlog: int | None
+    max_connections: int | None
+    shutdown_timeout: float
+
+
+# --- value converters: each takes a raw value (str from the environment, or a TOML value)
+# and returns the typed value or raises ValueError with a message for the user.
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().removesuffix("s")
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    else:
+        raise ValueError("expected a number of seconds")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a non-negative number of seconds, got {value!r}")
+    return seconds
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise ValueError(f"expected a whole number, got {value!r}")
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise ValueError("expected a whole number")
+    if value < 0:
+        raise ValueError(f"expected a non-negative whole number, got {value}")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _choice(enum: type[StrEnum]) -> Callable[[object], StrEnum]:
+    def convert(value: object) -> StrEnum:
+        if isinstance(value, str):
+            try:
+                return enum(value.strip().lower())
+            except ValueError:
+                pass
+        choices = ", ".join(member.value for member in enum)
+        raise ValueError(f"expected one of {choices}, got {value!r}")
+
+    return convert
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _string_list(value: object) -> list[str]:
+    """A list of strings; in the environment, separated by commas or whitespace."""
+    if isinstance(value, str):
+        return [item for item in value.replace(",", " ").split() if item]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError("expected a string or a list of strings")
+
+
+def _route_list(value: object) -> list[str]:
+    """Routes; in the environment separated by whitespace (a route's targets take commas)."""
+    if isinstance(value, str):
+        return value.split()
+    return _string_list(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    convert: Callable[[object], Any]
+    default: object
+    per_route: bool = False
+
+
+# The schema. Later features add their keys here; the README's reference mirrors it.
+OPTIONS: dict[str, Option] = {
+    "listen": Option(_string, None),
+    "target": Option(_string_list, None),
+    "route": Option(_route_list, None),
+    "relay": Option(_choice(RelayMode), RelayMode.AUTO),
+    "loop": Option(_choice(LoopName), LoopName.AUTO),
+    "log_level": Option(_choice(LogLevel), LogLevel.INFO),
+    "quiet": Option(_boolean, False),
+    "backlog": Option(_positive_int, None),
+    "max_connections": Option(_positive_int, None),
+    "shutdown_timeout": Option(_duration, 20.0),
+    "connect_timeout": Option(_duration, 10.0, per_route=True),
+    "idle_timeout": Option(_duration, 0.0, per_route=True),
+    "keepalive": Option(_boolean, False, per_route=True),
+}
+ROUTE_KEYS = {"listen", "target"} | {key for key, opt in OPTIONS.items() if opt.per_route}
+FILE_ONLY_KEYS = {"config"}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def parse_config_text(text: str, source: str) -> dict[str, Any]:
+    """Parse a TOML config file's text; unknown keys and bad tables are errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for key in data:
+        if key not in OPTIONS:
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, OPTIONS)}")
+    routes = data.get("route")
+    if routes is not None:
+        if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
+            raise ConfigError(f"{source}: 'route' must be [[route]] tables")
+        for index, table in enumerate(routes, 1):
+            for key in table:
+                if key not in ROUTE_KEYS:
+                    raise ConfigError(
+                        f"{source}: route {index}: unknown key {key!r}{_suggest(key, ROUTE_KEYS)}"
+                    )
+    return data
+
+
+def _suggest(key: str, known: Mapping[str, object] | set[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(key: str, value: object, source: str) -> Any:
+    try:
+        return OPTIONS[key].convert(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def build_settings(
+    flags: Mapping[str, object],
+    env: Mapping[str, str],
+    file_data: Mapping[str, Any] | None = None,
+    file_source: str = "config file",
+) -> Settings:
+    """Merge the three layers into validated Settings.
+
+    `flags` holds only the flags the user gave, already typed by the CLI (lists for
+    repeatable flags). `env` is the whole process environment; only PYFORWARD_* keys
+    named in the schema are read.
+    """
+    file_data = dict(file_data or {})
+    layers: list[tuple[str, dict[str, Any]]] = []
+    layers.append(("flags", {k: v for k, v in flags.items() if v not in (None, [], ())}))
+    env_layer: dict[str, Any] = {}
+    for key in OPTIONS:
+        name = env_name(key)
+        if name in env:
+            env_layer[key] = _convert(key, env[name], name)
+    layers.append(("env", env_layer))
+
+    def pick(key: str) -> Any:
+        for source, layer in layers:
+            if key in layer:
+                value = layer[key]
+                return value if source == "env" else _convert(key, value, flag_name(key))
+        if key in file_data:
+            return _convert(key, file_data[key], f"{file_source}: {key}")
+        return OPTIONS[key].default
+
+    route_defaults = {key: pick(key) for key in OPTIONS if OPTIONS[key].per_route}
+    routes = _build_routes(layers, file_data, file_source, route_defaults)
+    if not routes:
+        raise ConfigError(
+            "no route to forward: give --listen PORT --target HOST:PORT, --route, or --config FILE"
+        )
+    listens = [route.listen for route in routes if route.listen.port != 0]
+    duplicates = {str(a) for a in listens if listens.count(a) > 1}
+    if duplicates:
+        raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
+
+    level: LogLevel = pick("log_level")
+    if pick("quiet"):
+        level = LogLevel.WARNING
+    backlog: int = pick("backlog")
+    if backlog == 0:
+        raise ConfigError("--backlog must be at least 1")
+    max_connections: int | None = pick("max_connections") or None
+    return Settings(
+        routes=tuple(routes),
+        relay=pick("relay"),
+        loop=pick("loop"),
+        log_level=level,
+        backlog=backlog,
+        max_connections=max_connections,
+        shutdown_timeout=pick("shutdown_timeout"),
+    )
+
+
+def _build_routes(
+    layers: Sequence[tuple[str, Mapping[str, Any]]],
+    file_data: Mapping[str, Any],
+    file_source: str,
+    overrides_and_defaults: Mapping[str, Any],
+) -> list[Route]:
+    # Per-route keys given as a flag or in the environment override every route.
+    overriding = {key for key in overrides_and_defaults if any(key in layer for _, layer in layers)}
+    for source, layer in layers:
+        name_listen = flag_name("listen") if source == "flags" else env_name("listen")
+        specs = _route_specs(layer, name_listen, source)
+        if specs:
+            return [_route(spec, {}, overrides_and_defaults, set(), source) for spec in specs]
+    specs = _route_specs(file_data, "listen", file_source, route_strings=False)
+    file_defaults = {
+        key: _convert(key, file_data[key], f"{file_source}: {key}")
+        if key in file_data and key not in overriding
+        else overrides_and_defaults[key]
+        for key in overrides_and_defaults
+    }
+    routes = [_route(spec, {}, file_defaults, overriding, file_source) for spec in specs]
+    for index, table in enumerate(file_data.get("route") or [], 1):
+        where = f"{file_source}: route {index}"
+        if "listen" not in table or "target" not in table:
+            raise ConfigError(f"{where}: needs both 'listen' and 'target'")
+        listen = _convert("listen", table["listen"], f"{where}: listen")
+        targets = _convert("target", table["target"], f"{where}: target")
+        extra = {k: v for k, v in table.items() if k not in ("listen", "target")}
+        routes.append(_route((listen, targets), extra, file_defaults, overriding, where))
+    return routes
+
+
+def _route_specs(
+    layer: Mapping[str, Any], listen_name: str, source: str, *, route_strings: bool = True
+) -> list[tuple[str, list[str]]]:
+    specs: list[tuple[str, list[str]]] = []
+    listen, targets = layer.get("listen"), layer.get("target")
+    if listen is not None or targets:
+        if listen is None:
+            raise ConfigError(f"{source}: a target needs a listen address ({listen_name})")
+        if not targets:
+            raise ConfigError(f"{source}: listen address {listen} needs a target")
+        specs.append((_string(listen), list(targets)))
+    for item in layer.get("route") or [] if route_strings else []:
+        listen_text, sep, target_text = str(item).partition("=")
+        if not sep:
+            raise ConfigError(
+                f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
+            )
+        specs.append((listen_text, target_text.split(",")))
+    return specs
+
+
+def _route(
+    spec: tuple[str, list[str]],
+    table: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    overriding: set[str],
+    where: str,
+) -> Route:
+    listen_text, target_texts = spec
+    values = dict(defaults)
+    for key, raw in table.items():
+        if key not in overriding:
+            values[key] = _convert(key, raw, f"{where}: {key}")
+    connect_timeout = values["connect_timeout"]
+    if connect_timeout <= 0:
+        raise ConfigError(f"{where}: connect_timeout must be more than 0 seconds")
+    return Route(
+        listen=parse_listen(listen_text),
+        targets=tuple(parse_target(text) for text in target_texts),
+        connect_timeout=connect_timeout,
+        idle_timeout=values["idle_timeout"] or None,
+        keepalive=values["keepalive"],
+    )

@@ -1,0 +1,27 @@
+"""Process-wide counters, kept from the first connection so a fallback is never silent."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# The closed list of reasons a connection ends with; the README documents each one.
+REASONS = (
+    "eof",  # both sides finished sending (each half-closed or closed), nothing lost
+    "reset",  # one side reset the connection; the reset was passed on to the other
+    "idle-timeout",  # no byte in either direction for idle_timeout seconds
+    "connect-timeout",  # the target did not accept within connect_timeout
+    "refused",  # every target refused the connection
+    "unreachable",  # no route to the target, or the network is down
+    "shutdown",  # the forwarder stopped before the connection finished
+    "error",  # any other socket error; the log line names it
+)
+
+
+@dataclass
+class Stats:
+    accepted: int = 0
+    active: int = 0
+    spliced_bytes: int = 0
+    copied_bytes: int = 0
+    closed: Counter[str] = field(default_factory=Counter)
