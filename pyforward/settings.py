@@ -321,9 +321,15 @@ def _route_specs(
             raise ConfigError(f"{source}: a target needs a listen address ({listen_name})")
         if not targets:
             raise ConfigError(f"{source}: listen address {listen} needs a target")
-        specs.append((_string(listen), list(targets)))
-    for item in layer.get("route") or [] if route_strings else []:
-        listen_text, sep, target_text = str(item).partition("=")
+        specs.append(
+            (
+                _convert("listen", listen, f"{source}: listen"),
+                _convert("target", targets, f"{source}: target"),
+            )
+        )
+    routes = _convert("route", layer.get("route") or [], source) if route_strings else []
+    for item in routes:
+        listen_text, sep, target_text = item.partition("=")
         if not sep:
             raise ConfigError(
                 f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
