@@ -9,11 +9,14 @@ import logging
 import resource
 import signal
 import socket
+import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyforward import __version__
-from pyforward.addresses import Address, format_peer
+from pyforward.access import AccessList
+from pyforward.addresses import Address, client_host, format_peer
 from pyforward.connection import Connection, Policy, ResolvedTarget
 from pyforward.errors import StartupError
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
@@ -27,6 +30,8 @@ log = logging.getLogger("pyforward")
 _ACCEPT_BATCH = 64  # connections accepted per wakeup before other work gets a turn
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
+_REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -36,7 +41,7 @@ class Listener:
     route: Route
     targets: list[ResolvedTarget]
     policy: Policy
-    connections: set[Connection] = field(default_factory=set)
+    access: AccessList
 
 
 def raise_fd_limit() -> int:
@@ -78,6 +83,9 @@ class Forwarder:
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
         self._last_fd_warning = 0.0
+        self._per_source: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()  # since the last refusal log line
+        self._refusal_log_due = 0.0
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -92,11 +100,18 @@ class Forwarder:
         try:
             for route in settings.routes:
                 targets = [await resolve_target(self.loop, t) for t in route.targets]
-                policy = Policy(route.connect_timeout, route.idle_timeout, route.keepalive)
+                policy = Policy(
+                    route.connect_timeout,
+                    route.idle_timeout,
+                    route.keepalive,
+                    route.first_byte_timeout,
+                )
                 for family, sockaddr in bind_addresses(route.listen):
                     sock = open_listener(route.listen, family, sockaddr, backlog)
                     label = format_peer(sock.getsockname())
-                    self.listeners.append(Listener(sock, label, route, targets, policy))
+                    self.listeners.append(
+                        Listener(sock, label, route, targets, policy, route.access)
+                    )
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             raise
@@ -134,6 +149,16 @@ class Forwarder:
                     return
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             self.stats.accepted += 1
+            source = client_host(peer[0])
+            if listener.access and not listener.access.permits(source):
+                self._refuse(client, "denied", source)
+                continue
+            per_source_cap = self.settings.max_connections_per_source
+            if per_source_cap is not None:
+                if self._per_source[source] >= per_source_cap:
+                    self._refuse(client, "source-limit", source)
+                    continue
+                self._per_source[source] += 1
             self.stats.active += 1
             connection = Connection(
                 self,
@@ -142,9 +167,25 @@ class Forwarder:
                 listen_label=listener.label,
                 targets=listener.targets,
                 policy=listener.policy,
+                source=source,
             )
             self.connections.add(connection)
             connection.start()
+
+    def _refuse(self, client: socket.socket, reason: str, source: str) -> None:
+        """Close a refused client at once, with a reset; log at most one line per interval,
+        so a flood cannot fill the disk."""
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        client.close()
+        self.stats.closed[reason] += 1
+        self._refusals[reason] += 1
+        now = self.loop.time()
+        if now >= self._refusal_log_due:
+            self._refusal_log_due = now + _REFUSAL_LOG_INTERVAL
+            counts = dict(self._refusals)
+            self._refusals.clear()
+            log.warning(logfmt({"event": "refused", "reason": reason, "client": source, **counts}))
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         now = self.loop.time()
@@ -172,6 +213,10 @@ class Forwarder:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self.stats.active -= 1
+        if self.settings.max_connections_per_source is not None:
+            self._per_source[connection.source] -= 1
+            if not self._per_source[connection.source]:
+                del self._per_source[connection.source]
         if self._drained is not None:
             if not self.connections:
                 self._drained.set()
