@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -177,7 +178,9 @@ def run(
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings, loop_name=loop_name))
+        # SIGHUP re-reads the same flags, environment and config file.
+        reload = functools.partial(load_settings, flags, config)
+        runner.run(serve(settings, loop_name=loop_name, reload_settings=reload))
 
 
 def main(argv: list[str] | None = None) -> None:

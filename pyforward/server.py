@@ -18,7 +18,7 @@ from pyforward import __version__
 from pyforward.access import AccessList
 from pyforward.addresses import Address, client_host, format_peer
 from pyforward.connection import Connection, Policy, ResolvedTarget
-from pyforward.errors import StartupError
+from pyforward.errors import PyforwardError, StartupError
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
@@ -42,6 +42,12 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
+
+
+def _policy(route: Route) -> Policy:
+    return Policy(
+        route.connect_timeout, route.idle_timeout, route.keepalive, route.first_byte_timeout
+    )
 
 
 def raise_fd_limit() -> int:
@@ -96,26 +102,73 @@ class Forwarder:
                 self.relay = "splice"
             elif settings.relay is RelayMode.SPLICE:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
-        backlog = settings.backlog or system_backlog()
         try:
             for route in settings.routes:
-                targets = [await resolve_target(self.loop, t) for t in route.targets]
-                policy = Policy(
-                    route.connect_timeout,
-                    route.idle_timeout,
-                    route.keepalive,
-                    route.first_byte_timeout,
-                )
-                for family, sockaddr in bind_addresses(route.listen):
-                    sock = open_listener(route.listen, family, sockaddr, backlog)
-                    label = format_peer(sock.getsockname())
-                    self.listeners.append(
-                        Listener(sock, label, route, targets, policy, route.access)
-                    )
+                targets = await self._resolve(route)
+                self.listeners += self._open_route(route, targets)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             raise
         self._resume_accepting()
+
+    async def _resolve(self, route: Route) -> list[ResolvedTarget]:
+        return [await resolve_target(self.loop, target) for target in route.targets]
+
+    def _open_route(self, route: Route, targets: list[ResolvedTarget]) -> list[Listener]:
+        backlog = self.settings.backlog or system_backlog()
+        opened: list[Listener] = []
+        try:
+            for family, sockaddr in bind_addresses(route.listen):
+                sock = open_listener(route.listen, family, sockaddr, backlog)
+                label = format_peer(sock.getsockname())
+                opened.append(Listener(sock, label, route, targets, _policy(route), route.access))
+        except BaseException:
+            close_all([listener.sock for listener in opened])
+            raise
+        return opened
+
+    async def reload(self, settings: Settings) -> None:
+        """Apply a new configuration without dropping a connection.
+
+        New listeners open, removed ones stop accepting (their connections finish on their
+        own), and changed targets and per-route settings apply to new connections. Everything
+        that can fail (name lookups, binding) happens before anything changes, so on an
+        error the old configuration stays in force whole.
+        """
+        new_routes = {route.listen: route for route in settings.routes}
+        current = {listener.route.listen for listener in self.listeners}
+        resolved = {route.listen: await self._resolve(route) for route in settings.routes}
+        opened: list[Listener] = []
+        try:
+            for route in settings.routes:
+                if route.listen not in current:
+                    opened += self._open_route(route, resolved[route.listen])
+        except BaseException:
+            close_all([listener.sock for listener in opened])
+            raise
+        kept: list[Listener] = []
+        for listener in self.listeners:
+            new_route = new_routes.get(listener.route.listen)
+            if new_route is None:
+                if self._accepting:
+                    self.loop.remove_reader(listener.sock.fileno())
+                listener.sock.close()
+                continue
+            listener.route, listener.targets = new_route, resolved[new_route.listen]
+            listener.policy, listener.access = _policy(new_route), new_route.access
+            kept.append(listener)
+        for name in ("relay", "loop", "backlog"):
+            if getattr(settings, name) != getattr(self.settings, name):
+                log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
+        self.listeners = kept + opened
+        self.settings = settings
+        if self._accepting:
+            for listener in opened:
+                self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
+        elif self._drained is None and not self._paused_for_fds:
+            cap = settings.max_connections
+            if cap is None or self.stats.active < cap:
+                self._resume_accepting()
 
     # --- accepting
 
@@ -247,6 +300,34 @@ class Forwarder:
             self.pipes.close()
 
 
+def _log_listeners(forwarder: Forwarder) -> None:
+    for listener in forwarder.listeners:
+        targets = ",".join(target.label for target in listener.targets)
+        log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
+
+
+async def _reload(forwarder: Forwarder, load: Callable[[], Settings]) -> None:
+    log.info(logfmt({"event": "reloading"}))
+    try:
+        await forwarder.reload(load())
+    except PyforwardError as exc:
+        log.error(
+            logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
+        )
+        return
+    for listener in forwarder.listeners:
+        log.info(
+            logfmt(
+                {
+                    "event": "listen",
+                    "address": listener.label,
+                    "target": ",".join(t.label for t in listener.targets),
+                }
+            )
+        )
+    log.info(logfmt({"event": "reloaded", "listeners": len(forwarder.listeners)}))
+
+
 def install_signal_handlers(
     loop: asyncio.AbstractEventLoop, stop: asyncio.Event
 ) -> Callable[[], None]:
@@ -268,8 +349,13 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[Forwarder], None] | None = None,
     loop_name: str = "",
+    reload_settings: Callable[[], Settings] | None = None,
 ) -> Forwarder:
-    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT)."""
+    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT).
+
+    With `reload_settings`, SIGHUP calls it and applies what it returns (see `reload`);
+    a configuration that fails to load or apply is logged and the old one stays.
+    """
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
     forwarder = Forwarder(settings, loop)
@@ -286,21 +372,22 @@ async def serve(
             }
         )
     )
-    for listener in forwarder.listeners:
-        log.info(
-            logfmt(
-                {
-                    "event": "listen",
-                    "address": listener.label,
-                    "target": ",".join(t.label for t in listener.targets),
-                }
-            )
-        )
+    _log_listeners(forwarder)
     remove_handlers: Callable[[], None] | None = None
     if shutdown_trigger is None:
         stop = asyncio.Event()
         remove_handlers = install_signal_handlers(loop, stop)
         shutdown_trigger = stop.wait
+    reloads: set[asyncio.Task[None]] = set()
+    if reload_settings is not None:
+        load = reload_settings
+
+        def on_sighup() -> None:
+            task = loop.create_task(_reload(forwarder, load))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if on_ready is not None:
         on_ready(forwarder)
     try:
@@ -310,6 +397,8 @@ async def serve(
     finally:
         if remove_handlers is not None:
             remove_handlers()
+        if reload_settings is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
     log.info(
         logfmt(
             {
