@@ -22,6 +22,7 @@ from pyforward.errors import PyforwardError, StartupError
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
+from pyforward.poller import make_poller
 from pyforward.settings import RelayMode, Route, Settings
 from pyforward.stats import Stats
 
@@ -80,6 +81,7 @@ class Forwarder:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
+        self.poller = make_poller(loop)
         self.stats = Stats()
         self.pipes: PipePool | None = None
         self.relay = "copy"
@@ -298,6 +300,7 @@ class Forwarder:
             connection.close("shutdown", reset=True)
         if self.pipes is not None:
             self.pipes.close()
+        self.poller.close()
 
 
 def _log_listeners(forwarder: Forwarder) -> None:
