@@ -31,13 +31,15 @@ def fields(line: str) -> dict[str, str]:
 class ForwarderProcess:
     """`python -m pyforward ARGS` with its stderr collected line by line."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.args = list(args)
         self.lines: list[str] = []
         self.close_lines: list[dict[str, str]] = []
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyforward", *self.args],
+            [*prefix, sys.executable, "-m", "pyforward", *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -136,8 +138,11 @@ class ForwarderProcess:
 
 
 @contextlib.contextmanager
-def forwarder(*args: str, env: dict[str, str] | None = None) -> Iterator[ForwarderProcess]:
-    process = ForwarderProcess(["run", *args], env=env)
+def forwarder(
+    *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+) -> Iterator[ForwarderProcess]:
+    """`pyforward run ARGS`, listening once the block starts; `prefix` wraps the command."""
+    process = ForwarderProcess(["run", *args], env=env, prefix=prefix)
     try:
         process.wait_line(_LISTEN.pattern)
         yield process
