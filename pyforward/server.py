@@ -25,7 +25,7 @@ from pyforward.pipes import PipePool, splice_available
 from pyforward.poller import make_poller
 from pyforward.ratelimit import Every
 from pyforward.settings import RelayMode, Route, Settings
-from pyforward.stats import Stats
+from pyforward.stats import REASONS, Stats
 
 log = logging.getLogger("pyforward")
 
@@ -406,7 +406,15 @@ async def serve(
                 "accepted": forwarder.stats.accepted,
                 "spliced_bytes": forwarder.stats.spliced_bytes,
                 "copied_bytes": forwarder.stats.copied_bytes,
+                **closed_counts(forwarder.stats),
             }
         )
     )
     return forwarder
+
+
+def closed_counts(stats: Stats) -> dict[str, int]:
+    """`closed_REASON: count` for every reason connections closed with, in REASONS order."""
+    order = {reason: index for index, reason in enumerate(REASONS)}
+    reasons = sorted(stats.closed, key=lambda reason: (order.get(reason, len(order)), reason))
+    return {f"closed_{reason}": stats.closed[reason] for reason in reasons if stats.closed[reason]}

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from pyforward.pipes import PipePool
-from tests.harness import Backend, connect, echo, forwarder, reads_until_closed, recv_all
+from tests.harness import (
+    Backend,
+    connect,
+    echo,
+    fields,
+    forwarder,
+    reads_until_closed,
+    recv_all,
+)
 
 
 def test_sigterm_lets_connections_finish_and_refuses_new_ones() -> None:
@@ -121,3 +130,27 @@ def test_ten_thousand_short_connections_leave_no_descriptor_behind(relay: str) -
     ]
     assert len([fd for fd in after if fd.startswith("pipe:")]) <= 2 * PipePool().capacity
     assert "08" not in states  # no CLOSE_WAIT
+
+
+def test_stopped_line_counts_connections_by_close_reason() -> None:
+    with (
+        Backend(echo) as backend,
+        forwarder("--listen", "127.0.0.1:0", "--target", backend.address) as fwd,
+    ):
+        for message in (b"one", b"two"):
+            with connect(fwd.port) as client:
+                client.sendall(message)
+                client.shutdown(socket.SHUT_WR)
+                assert recv_all(client) == message
+        with connect(fwd.port) as client:
+            client.sendall(b"cut short")
+            assert client.recv(100) == b"cut short"
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reasons = sorted(close["reason"] for close in fwd.closes(3))
+        assert fwd.stop() == 0
+    assert reasons == ["eof", "eof", "reset"]
+    stopped = fields(fwd.wait_line("event=stopped"))
+    assert (stopped["closed_eof"], stopped["closed_reset"]) == ("2", "1")
+    assert not any(
+        key.startswith("closed_") for key in stopped.keys() - {"closed_eof", "closed_reset"}
+    )
