@@ -11,7 +11,7 @@ events, then one `{"event": "result", ...}`. Jobs with phases wait for a word on
 Every connection ends with one outcome: "ok", "aborted" (the client reset it on purpose),
 or an error kind:
   refused    the connection was refused
-  reset      the other side reset the connection
+  reset      the other side reset the connection (or it was torn down: ENOTCONN)
   eof-short  the stream ended before all its bytes arrived (bytes lost)
   mismatch   a byte differed from what was sent (bytes corrupted)
   excess     more bytes arrived than were sent
@@ -69,6 +69,8 @@ def classify(exc: BaseException | None) -> str:
         return "reset"
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTCONN:
+        return "reset"  # a shutdown() after the peer's reset already tore the connection down
     if isinstance(exc, OSError) and exc.errno:
         return "error:" + errno.errorcode.get(exc.errno, str(exc.errno))
     return "error:" + type(exc).__name__
