@@ -9,13 +9,14 @@ import logging
 import resource
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from pyforward import __version__
 from pyforward.addresses import Address, format_peer
 from pyforward.connection import Connection, Policy, ResolvedTarget
 from pyforward.errors import StartupError
+from pyforward.health import TargetHealth
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
@@ -74,6 +75,7 @@ class Forwarder:
         self.relay = "copy"
         self.listeners: list[Listener] = []
         self.connections: set[Connection] = set()
+        self.health = TargetHealth()
         self._accepting = False
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
@@ -135,12 +137,15 @@ class Forwarder:
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             self.stats.accepted += 1
             self.stats.active += 1
+            targets: Sequence[ResolvedTarget] = listener.targets
+            if len(targets) > 1:
+                targets = self.health.order(targets, self.loop.time())
             connection = Connection(
                 self,
                 client,
                 client_label=format_peer(peer),
                 listen_label=listener.label,
-                targets=listener.targets,
+                targets=targets,
                 policy=listener.policy,
             )
             self.connections.add(connection)
@@ -179,6 +184,38 @@ class Forwarder:
             cap = self.settings.max_connections
             if cap is None or self.stats.active < cap:
                 self._resume_accepting()
+
+    # --- targets and their health
+
+    async def set_targets(self, route: Route, targets: Sequence[Address]) -> None:
+        """Send the route's new connections to `targets`; connections already made stay.
+
+        Every target is resolved before any is used, so a failure leaves the old ones.
+        """
+        resolved = [await resolve_target(self.loop, target) for target in targets]
+        for listener in self.listeners:
+            if listener.route == route:
+                # A new list, never an in-place change: connections hold the old one.
+                listener.targets = list(resolved)
+        self.health.retain(t for listener in self.listeners for t in listener.targets)
+
+    def target_failed(self, target: ResolvedTarget, reason: str) -> None:
+        if self.health.failed(target, self.loop.time()):
+            log.warning(
+                logfmt(
+                    {
+                        "event": "target-down",
+                        "target": target.label,
+                        "reason": reason,
+                        "for": self.health.down_for,
+                        "msg": "tried last until then",
+                    }
+                )
+            )
+
+    def target_connected(self, target: ResolvedTarget) -> None:
+        if self.health.succeeded(target):
+            log.info(logfmt({"event": "target-up", "target": target.label}))
 
     # --- stopping
 
