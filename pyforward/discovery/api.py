@@ -7,10 +7,10 @@ the pure model parses exactly what is on the wire. Every failure becomes one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import threading
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -144,9 +144,7 @@ class ClusterApi:
     def _translate(self, exc: Exception, verb: str, resource: Resource) -> DiscoveryError:
         status = getattr(exc, "status", None)
         if isinstance(status, int) and type(exc).__name__.endswith("Exception"):
-            message = _status_message(getattr(exc, "body", None)) or str(
-                getattr(exc, "reason", "")
-            )
+            message = _status_message(getattr(exc, "body", None)) or str(getattr(exc, "reason", ""))
             if status == 401:
                 return ApiRefused(
                     f"the API server at {self.host} rejected the credentials from "

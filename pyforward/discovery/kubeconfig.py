@@ -108,7 +108,14 @@ def load_configuration(source: KubeconfigSource) -> Any:
                 client_configuration=configuration,
                 persist_config=False,
             )
-    except (config.ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError) as exc:
+    except (
+        config.ConfigException,
+        yaml.YAMLError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+    ) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise KubeconfigError(f"kubeconfig {source}: cannot be used: {detail}") from None
     # Retries are ours (with backoff); urllib3's own would hide the first error's cause.

@@ -281,3 +281,31 @@ def load_balancer_conflicts(services: Iterable[Service], listen_ports: Iterable[
                     "Service's port)"
                 )
     return warnings
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What the cluster's objects say the routes should forward to."""
+
+    service: Service
+    nodes: tuple[Node, ...]
+    choice: NodeChoice | None  # None when --node-ip replaces node selection
+    routes: tuple[RouteTarget, ...]  # in the order of the port references asked for
+
+
+def resolve(
+    services: Iterable[Service],
+    nodes: Sequence[Node],
+    ref: ServiceRef,
+    port_refs: Sequence[str],
+    *,
+    host: HostIdentity,
+    node_ip: str | None,
+) -> Resolution:
+    """Find the Service, its ports' nodePorts, and the nodes to send connections to."""
+    service = find_service(services, ref)
+    for port_ref in port_refs:
+        pick_port(service, port_ref)  # port errors before node errors: the likelier mistake
+    choice = None if node_ip is not None else choose_nodes(nodes, host)
+    routes = tuple(route_target(service, p, choice, node_ip) for p in port_refs)
+    return Resolution(service, tuple(nodes), choice, routes)

@@ -77,7 +77,9 @@ def parse_service_ref(value: object) -> ServiceRef:
         raise ValueError("expected NAMESPACE/NAME")
     namespace, sep, name = value.strip().partition("/")
     if not sep:
-        raise ValueError(f"expected NAMESPACE/NAME, e.g. istio-system/istio-ingressgateway, got {value!r}")
+        raise ValueError(
+            f"expected NAMESPACE/NAME, e.g. istio-system/istio-ingressgateway, got {value!r}"
+        )
     for what, part in (("namespace", namespace), ("Service name", name)):
         if not _DNS_LABEL.fullmatch(part):
             raise ValueError(

@@ -67,9 +67,7 @@ class WatchSource(Protocol):
 
     def list(self, resource: Resource, *, timeout: float = ...) -> Listing: ...
 
-    def open_watch(
-        self, resource: Resource, resource_version: str | None, timeout: int
-    ) -> Any: ...
+    def open_watch(self, resource: Resource, resource_version: str | None, timeout: int) -> Any: ...
 
 
 def backoff_delays(
