@@ -95,7 +95,7 @@ class Discovery:
         self._forwarder: Forwarder | None = None
         self._apply_task: asyncio.Task[None] | None = None
         self._save_task: asyncio.Task[None] | None = None
-        self._from_state = False
+        self._state_note = ""  # set while serving what the state file said
         self.source: KubeconfigSource | None = None
         self.status = DiscoveryStatus(True, "starting")
         self.status_listeners: list[Callable[[DiscoveryStatus], None]] = []
@@ -151,13 +151,9 @@ class Discovery:
                 return False
             found[index] = targets
         self._current.update(found)
-        self._from_state = True
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved.saved_at))
-        self._set_status(
-            True,
-            f"serving the targets saved at {when} in {self.state_file} until the "
-            "Kubernetes API answers",
-        )
+        self._state_note = f"serving the targets saved at {when} in {self.state_file}"
+        self._set_status(True, f"{self._state_note} until the Kubernetes API answers")
         return True
 
     async def _wait_for_first_target(self) -> None:
@@ -255,7 +251,9 @@ class Discovery:
                 problem = exc
         self._problem = problem
         if problem is not None:
-            if self._current:
+            if self._state_note:
+                self._set_status(True, f"{self._state_note}: {problem}")
+            elif self._current:
                 self._set_status(True, f"{problem}; forwarding to the last known targets")
             else:
                 self._set_status(True, f"waiting for a target: {problem}")
@@ -263,7 +261,7 @@ class Discovery:
         if resolution is None:
             return  # the other collection has not been listed yet
         self._resolution = resolution
-        self._from_state = False
+        self._state_note = ""
         wanted = {i: rt.targets for i, rt in zip(self._indexes, resolution.routes, strict=True)}
         for (index, targets), route_target in zip(wanted.items(), resolution.routes, strict=True):
             previous = self._current.get(index)

@@ -121,8 +121,10 @@ class ResourceWatcher:
         version: str | None = None
         delays = backoff_delays(timing.backoff_initial, timing.backoff_max)
         while not self._stopping.is_set():
+            just_listed = False
             try:
                 if version is None:
+                    just_listed = True
                     listing = self.api.list(self.resource)
                     objects = {_key(item): item for item in listing.items}
                     version = listing.resource_version
@@ -136,6 +138,7 @@ class ResourceWatcher:
                     if self._stopping.is_set():
                         return
                     events += 1
+                    just_listed = False
                     version = resource_version(event["object"]) or version
                     kind = event.get("type")
                     if kind in ("ADDED", "MODIFIED"):
@@ -151,6 +154,9 @@ class ResourceWatcher:
                     self._stopping.wait(next(delays))
             except WatchExpired as exc:
                 log.info(logfmt({"event": "watch-expired", "resource": self.resource, "msg": exc}))
+                if just_listed:
+                    # Expired straight after a list: a server in trouble; do not hammer it.
+                    self._stopping.wait(next(delays))
                 version = None  # list again, then watch from the new list
             except DiscoveryError as exc:
                 if self._stopping.is_set():
