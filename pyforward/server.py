@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import resource
 import signal
@@ -50,6 +51,18 @@ def raise_fd_limit() -> int:
             return soft
         return hard
     return soft
+
+
+def literal_target(address: Address) -> ResolvedTarget | None:
+    """The target of an IP-literal address, without a name lookup; None for a host name."""
+    assert address.host is not None
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return ResolvedTarget(socket.AF_INET6, (str(ip), address.port, 0, 0), str(address))
+    return ResolvedTarget(socket.AF_INET, (str(ip), address.port), str(address))
 
 
 async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> ResolvedTarget:
@@ -187,16 +200,13 @@ class Forwarder:
 
     # --- targets and their health
 
-    async def set_targets(self, route: Route, targets: Sequence[Address]) -> None:
-        """Send the route's new connections to `targets`; connections already made stay.
-
-        Every target is resolved before any is used, so a failure leaves the old ones.
-        """
-        resolved = [await resolve_target(self.loop, target) for target in targets]
+    def set_targets(self, route: Route, targets: Sequence[ResolvedTarget]) -> None:
+        """Send the route's new connections to `targets` from now on; connections already
+        made, or still connecting, keep the targets they started with."""
         for listener in self.listeners:
             if listener.route == route:
                 # A new list, never an in-place change: connections hold the old one.
-                listener.targets = list(resolved)
+                listener.targets = list(targets)
         self.health.retain(t for listener in self.listeners for t in listener.targets)
 
     def target_failed(self, target: ResolvedTarget, reason: str) -> None:

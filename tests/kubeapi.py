@@ -9,6 +9,7 @@ can tell lists from watches.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import ssl
@@ -57,7 +58,7 @@ def service(
     name: str = "istio-ingressgateway",
     namespace: str = "istio-system",
     *,
-    type: str = "LoadBalancer",  # noqa: A002  (the field's name in the API)
+    type: str = "LoadBalancer",
     ports: tuple[tuple[str, int, int | None], ...] = (
         ("status-port", 15021, 31021),
         ("http2", 80, 31080),
@@ -183,10 +184,8 @@ class KubeApi:
             self.generation += 1
             self.cond.notify_all()
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(2)
-            except OSError:
-                pass
 
     def write_kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
         ca_data = base64.b64encode(self.ca.cert_pem.bytes()).decode()
@@ -274,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def setup(self) -> None:
@@ -285,10 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.server.api.cond:
             self.server.api._open.discard(self.connection)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def do_GET(self) -> None:
         api = self.server.api
@@ -304,12 +301,16 @@ class _Handler(BaseHTTPRequestHandler):
         parts = url.path.strip("/").split("/")
         if parts == ["api", "v1", "nodes"]:
             collection, resource, namespace = "nodes", "nodes", None
-        elif len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services":
+        elif (
+            len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services"
+        ):
             collection, resource, namespace = f"services/{parts[3]}", "services", parts[3]
         elif parts == ["api", "v1", "services"]:
             collection, resource, namespace = "services", "services", ""
         else:
-            self._send(404, status(404, "NotFound", "the server could not find the requested resource"))
+            self._send(
+                404, status(404, "NotFound", "the server could not find the requested resource")
+            )
             return
         verb = "watch" if request.watch else "list"
         if (verb, collection) in api.forbidden or (verb, resource) in api.forbidden:
@@ -371,9 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _events(
-        self, api: KubeApi, collection: str, since: int, deadline: float
-    ) -> Iterator[str]:
+    def _events(self, api: KubeApi, collection: str, since: int, deadline: float) -> Iterator[str]:
         with api.cond:
             generation = api.generation
             if since < api.store.compacted:

@@ -219,7 +219,7 @@ async def test_preferred_node_refusing_fails_over(
         assert targets == [f"127.0.0.2:{backend.port}", f"127.0.0.1:{backend.port}"]
         for _ in range(3):
             assert await reached(running.port) == "gateway"
-    assert f"event=failover" in caplog.text
+    assert "event=failover" in caplog.text
     assert f"event=target-down target=127.0.0.2:{backend.port} reason=refused" in caplog.text
     # Marked down once: later connections went straight to the other node.
     assert caplog.text.count("event=failover") == 1
@@ -241,7 +241,9 @@ async def test_two_static_targets_first_refusing(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.INFO, "pyforward")
     stop = asyncio.Event()
     ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, shutdown_trigger=stop.wait, on_ready=ready.set_result))
+    task = asyncio.create_task(
+        serve(settings, shutdown_trigger=stop.wait, on_ready=ready.set_result)
+    )
     forwarder = await asyncio.wait_for(ready, 10)
     port = forwarder.listeners[0].sock.getsockname()[1]
     for _ in range(3):
@@ -255,9 +257,7 @@ async def test_two_static_targets_first_refusing(caplog: pytest.LogCaptureFixtur
 
 
 @pytest.mark.asyncio
-async def test_state_file_serves_at_once_while_api_is_down(
-    kube: KubeApi, tmp_path: Path
-) -> None:
+async def test_state_file_serves_at_once_while_api_is_down(kube: KubeApi, tmp_path: Path) -> None:
     backend = Backend("saved")
     await backend.start()
     moved = Backend("moved")

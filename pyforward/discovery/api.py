@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -143,6 +144,11 @@ class ClusterApi:
 
     def _translate(self, exc: Exception, verb: str, resource: Resource) -> DiscoveryError:
         status = getattr(exc, "status", None)
+        if status == 0:  # the client's way of reporting a TLS failure
+            return ApiUnreachable(
+                f"cannot reach the Kubernetes API at {self.host} ({verb} {resource}): "
+                f"{_tls_reason(str(getattr(exc, 'reason', exc)))}"
+            )
         if isinstance(status, int) and type(exc).__name__.endswith("Exception"):
             message = _status_message(getattr(exc, "body", None)) or str(getattr(exc, "reason", ""))
             if status == 401:
@@ -176,6 +182,14 @@ def _status_message(body: object) -> str:
     except ValueError:
         return " ".join(str(body).split())[:200]
     return str(data.get("message", "")) if isinstance(data, dict) else ""
+
+
+def _tls_reason(text: str) -> str:
+    """'SSLError [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)'
+    -> 'TLS: certificate verify failed: ...'."""
+    text = re.sub(r"\[SSL: [A-Z0-9_]+\] ?|\s*\(_ssl\.c:\d+\)", "", text)
+    text = text.removeprefix("SSLError").strip(" :")
+    return f"TLS: {text}"
 
 
 def network_reason(exc: BaseException) -> str:

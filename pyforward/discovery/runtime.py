@@ -45,7 +45,7 @@ from pyforward.discovery.watcher import (
 )
 from pyforward.errors import StartupError
 from pyforward.logfmt import logfmt
-from pyforward.server import Forwarder, serve
+from pyforward.server import Forwarder, literal_target, serve
 from pyforward.settings import Route, Settings
 
 log = logging.getLogger("pyforward.discovery")
@@ -93,7 +93,6 @@ class Discovery:
         self._resolution: Resolution | None = None
         self._changed = asyncio.Event()
         self._forwarder: Forwarder | None = None
-        self._apply_task: asyncio.Task[None] | None = None
         self._save_task: asyncio.Task[None] | None = None
         self._state_note = ""  # set while serving what the state file said
         self.source: KubeconfigSource | None = None
@@ -180,7 +179,8 @@ class Discovery:
     def attach(self, forwarder: Forwarder) -> None:
         """Start handing target changes to the running forwarder."""
         self._forwarder = forwarder
-        self._schedule_apply()
+        for index in self._indexes:
+            self._apply(index)
 
     async def stop(self) -> None:
         """Stop the watchers and wait for their threads."""
@@ -191,9 +191,8 @@ class Discovery:
         loop = asyncio.get_running_loop()
         for watcher in self._watchers:
             await loop.run_in_executor(None, watcher.join, 5.0)
-        for task in (self._apply_task, self._save_task):
-            if task is not None and not task.done():
-                await asyncio.wait([task], timeout=5.0)
+        if self._save_task is not None and not self._save_task.done():
+            await asyncio.wait([self._save_task], timeout=5.0)
         if self._api is not None:
             self._api.release()
 
@@ -262,11 +261,15 @@ class Discovery:
             return  # the other collection has not been listed yet
         self._resolution = resolution
         self._state_note = ""
-        wanted = {i: rt.targets for i, rt in zip(self._indexes, resolution.routes, strict=True)}
-        for (index, targets), route_target in zip(wanted.items(), resolution.routes, strict=True):
+        changed = False
+        for index, route_target in zip(self._indexes, resolution.routes, strict=True):
+            targets = route_target.targets
             previous = self._current.get(index)
             if previous == targets:
                 continue
+            changed = True
+            self._current[index] = targets
+            self._apply(index)
             fields: dict[str, object] = {
                 "event": "target-change" if previous is not None else "target",
                 "listen": self.routes[index].listen,
@@ -281,9 +284,7 @@ class Discovery:
                 resolution.choice.reason if resolution.choice is not None else "--node-ip given"
             )
             log.info(logfmt(fields))
-        if wanted != self._current:
-            self._current = dict(wanted)
-            self._schedule_apply()
+        if changed:
             self._schedule_save()
         self._set_status(False, self._following_text(resolution))
 
@@ -307,23 +308,13 @@ class Discovery:
 
     # --- handing changes on
 
-    def _schedule_apply(self) -> None:
+    def _apply(self, index: int) -> None:
+        """Hand one route's targets to the forwarder: new connections use them at once."""
         if self._forwarder is None:
-            return
-        if self._apply_task is None or self._apply_task.done():
-            self._apply_task = asyncio.get_running_loop().create_task(self._apply())
-
-    async def _apply(self) -> None:
-        forwarder = self._forwarder
-        assert forwarder is not None
-        applied: dict[int, tuple[Address, ...]] = {}
-        # Loop until what is applied is what is wanted: changes may arrive meanwhile.
-        while applied != self._current:
-            wanted = dict(self._current)
-            for index, targets in wanted.items():
-                if applied.get(index) != targets:
-                    await forwarder.set_targets(self.routes[index], targets)
-            applied = wanted
+            return  # not serving yet: start() fills the routes in
+        resolved = [literal_target(address) for address in self._current[index]]
+        # Discovered addresses are node IPs or --node-ip: always literals, never names.
+        self._forwarder.set_targets(self.routes[index], [t for t in resolved if t is not None])
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():
