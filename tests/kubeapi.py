@@ -149,6 +149,7 @@ class KubeApi:
         self._thread: threading.Thread | None = None
         self._open: set[Any] = set()
         self.generation = 0  # moves on when connections are cut: open watches end
+        self.silent = False  # watches send nothing and never end: a dead connection
         self.kubeconfig = tmp_path / "kubeconfig"
 
     # --- lifecycle
@@ -390,6 +391,11 @@ class _Handler(BaseHTTPRequestHandler):
                         or (collection == "services" and e.collection.startswith("services/"))
                     )
                 ]
+                if api.silent:
+                    api.cond.wait(0.1)
+                    if api.generation != generation:
+                        return
+                    continue
                 if not pending:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or api.generation != generation:

@@ -26,9 +26,6 @@ from pyforward.discovery.errors import (
 from pyforward.discovery.kubeconfig import KubeconfigSource, load_configuration
 
 CONNECT_TIMEOUT = 10.0
-# The read timeout of a watch exceeds its timeoutSeconds by this much: a server that
-# stays silent past it is taken for a dead connection.
-READ_MARGIN = 15.0
 
 
 @dataclass(frozen=True)
@@ -90,11 +87,13 @@ class ClusterApi:
         items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
         return Listing(items, None)
 
-    def open_watch(self, resource: Resource, resource_version: str | None, timeout: int) -> Watch:
+    def open_watch(
+        self, resource: Resource, resource_version: str | None, timeout: int, read_timeout: float
+    ) -> Watch:
         """Start a watch from `resource_version`; returns once the server has answered.
 
-        The server ends the stream after `timeout` seconds; the read timeout is longer by
-        READ_MARGIN, so a connection that went silently dead is noticed.
+        The server ends the stream after `timeout` seconds; `read_timeout`, a little
+        longer, ends a stream that stays silent past that: a silently dead connection.
         """
         try:
             response = self._call(
@@ -104,7 +103,7 @@ class ClusterApi:
                 timeout_seconds=timeout,
                 allow_watch_bookmarks=True,
                 _preload_content=False,
-                _request_timeout=(CONNECT_TIMEOUT, timeout + READ_MARGIN),
+                _request_timeout=(CONNECT_TIMEOUT, read_timeout),
             )
         except Exception as exc:
             raise self._translate(exc, "watch", resource) from None

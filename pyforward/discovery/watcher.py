@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,9 +27,10 @@ log = logging.getLogger("pyforward.discovery")
 
 @dataclass(frozen=True)
 class WatchTiming:
-    # The server ends each watch after this many seconds and it is resumed at once; the
-    # read timeout (this plus api.READ_MARGIN) bounds how long a dead connection goes unseen.
+    # The server ends each watch after this many seconds and it is resumed at once; a
+    # watch silent for watch_timeout + read_margin is taken for a dead connection.
     watch_timeout: int = 240
+    read_margin: float = 15.0
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
 
@@ -67,7 +68,9 @@ class WatchSource(Protocol):
 
     def list(self, resource: Resource, *, timeout: float = ...) -> Listing: ...
 
-    def open_watch(self, resource: Resource, resource_version: str | None, timeout: int) -> Any: ...
+    def open_watch(
+        self, resource: Resource, resource_version: str | None, timeout: int, read_timeout: float
+    ) -> Iterable[dict[str, Any]]: ...
 
 
 def backoff_delays(
@@ -131,7 +134,12 @@ class ResourceWatcher:
                     self._send(Snapshot(self.resource, tuple(objects.values()), version, "list"))
                     delays = backoff_delays(timing.backoff_initial, timing.backoff_max)
                 started = time.monotonic()
-                stream = self.api.open_watch(self.resource, version, timing.watch_timeout)
+                stream = self.api.open_watch(
+                    self.resource,
+                    version,
+                    timing.watch_timeout,
+                    timing.watch_timeout + timing.read_margin,
+                )
                 self._send(Connected(self.resource))
                 events = 0
                 for event in stream:
