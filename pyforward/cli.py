@@ -13,6 +13,7 @@ import typer
 
 from pyforward import __version__
 from pyforward.errors import ConfigError, PyforwardError
+from pyforward.logfmt import logfmt
 from pyforward.loops import loop_factory
 from pyforward.server import serve
 from pyforward.settings import (
@@ -24,6 +25,7 @@ from pyforward.settings import (
     env_name,
     parse_config_text,
 )
+from pyforward.socat_args import parse_socat_args, summarize, to_flags
 
 app = typer.Typer(
     name="pyforward",
@@ -159,6 +161,51 @@ def run(
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve(settings, loop_name=loop_name))
+
+
+SOCAT_HELP = """\
+Usage: pyforward-socat [OPTIONS] TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]
+       (the same as: pyforward socat ...)
+
+Runs pyforward from a socat command line, so a socat unit switches by its binary alone.
+  options:  -d (repeatable; -dddd logs at debug)  -T SECONDS (idle timeout)
+            -t SECONDS, -b SIZE (accepted; pyforward half-closes without delay and
+            sizes its own buffers)  -ls
+  listen:   TCP-LISTEN, TCP4-LISTEN, TCP6-LISTEN (TCP-L, ...) with fork, reuseaddr,
+            bind=ADDRESS, backlog=N, max-children=N, keepalive, nodelay
+  target:   TCP, TCP4, TCP6 (TCP-CONNECT, ...) with connect-timeout=SECONDS,
+            keepalive, nodelay
+Without fork, one connection is served, then pyforward exits, as socat does.
+Anything else is refused with the reason."""
+
+
+@app.command(
+    context_settings={
+        # socat's words (-d -d, -T 30, TCP-LISTEN:...) pass through untouched.
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": [],
+    },
+)
+def socat(
+    args: Annotated[list[str] | None, typer.Argument(help="socat's arguments.")] = None,
+) -> None:
+    """Run from a socat command line: TCP-LISTEN:PORT,fork TCP:HOST:PORT (see -h)."""
+    words = args or []
+    if words[:1] in (["-h"], ["-?"], ["--help"]):
+        typer.echo(SOCAT_HELP)
+        return
+    if words[:1] == ["-V"]:
+        typer.echo(f"pyforward {__version__} (socat command line)")
+        return
+    command = parse_socat_args(words)
+    settings = build_settings(to_flags(command), dict(os.environ))
+    setup_logging(settings.log_level)
+    for item in summarize(command).dropped:
+        logging.getLogger("pyforward").info(logfmt({"event": "socat-ignored", "what": item}))
+    factory, loop_name = loop_factory(settings.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, loop_name=loop_name, max_accepts=command.max_accepts))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,9 +66,20 @@ async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> R
 class Forwarder:
     """Accepts on every listener and hands each connection to a `Connection`."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_accepts: int | None = None,
+    ) -> None:
         self.settings = settings
         self.loop = loop
+        # After this many connections the listeners close for good, and `finished` is
+        # set once the last connection ends (socat without `fork` serves one).
+        self.max_accepts = max_accepts
+        self.finished = asyncio.Event()
+        self._accepts_done = False
         self.stats = Stats()
         self.pipes: PipePool | None = None
         self.relay = "copy"
@@ -135,6 +146,10 @@ class Forwarder:
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             self.stats.accepted += 1
             self.stats.active += 1
+            last = self.max_accepts is not None and self.stats.accepted >= self.max_accepts
+            if last:
+                # Before the connection starts, which may end it at once.
+                self._close_listeners_for_good(listener.label)
             connection = Connection(
                 self,
                 client,
@@ -145,6 +160,16 @@ class Forwarder:
             )
             self.connections.add(connection)
             connection.start()
+            if last:
+                return
+
+    def _close_listeners_for_good(self, label: str) -> None:
+        self._pause_accepting()
+        self._accepts_done = True
+        close_all([listener.sock for listener in self.listeners])
+        log.info(
+            logfmt({"event": "listen-closed", "address": label, "accepted": self.stats.accepted})
+        )
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         now = self.loop.time()
@@ -166,7 +191,7 @@ class Forwarder:
 
     def _fd_backoff_over(self) -> None:
         self._paused_for_fds = False
-        if self.listeners and self._drained is None:
+        if self.listeners and self._drained is None and not self._accepts_done:
             self._resume_accepting()
 
     def connection_closed(self, connection: Connection) -> None:
@@ -175,6 +200,9 @@ class Forwarder:
         if self._drained is not None:
             if not self.connections:
                 self._drained.set()
+        elif self._accepts_done:
+            if not self.connections:
+                self.finished.set()
         elif not self._accepting and not self._paused_for_fds:
             cap = self.settings.max_connections
             if cap is None or self.stats.active < cap:
@@ -223,11 +251,13 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[Forwarder], None] | None = None,
     loop_name: str = "",
+    max_accepts: int | None = None,
 ) -> Forwarder:
-    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT)."""
+    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT),
+    or, with `max_accepts`, until that many connections have come and gone."""
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
-    forwarder = Forwarder(settings, loop)
+    forwarder = Forwarder(settings, loop, max_accepts=max_accepts)
     await forwarder.start()
     log.info(
         logfmt(
@@ -259,7 +289,10 @@ async def serve(
     if on_ready is not None:
         on_ready(forwarder)
     try:
-        await shutdown_trigger()
+        if max_accepts is None:
+            await shutdown_trigger()
+        else:
+            await _first_of(shutdown_trigger, forwarder.finished.wait)
         log.info(logfmt({"event": "stopping", "active": len(forwarder.connections)}))
         await forwarder.shutdown(settings.shutdown_timeout)
     finally:
@@ -276,3 +309,16 @@ async def serve(
         )
     )
     return forwarder
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Wait until the first of `waits` returns (or raises); cancel the others."""
+    tasks = [asyncio.ensure_future(wait()) for wait in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # an exception from a trigger is the caller's to see
