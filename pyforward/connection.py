@@ -64,6 +64,7 @@ class Policy:
     connect_timeout: float
     idle_timeout: float | None
     keepalive: bool
+    first_byte_timeout: float | None = None
 
 
 def set_keepalive(sock: socket.socket) -> None:
@@ -84,11 +85,13 @@ class Connection:
         listen_label: str,
         targets: Sequence[ResolvedTarget],
         policy: Policy,
+        source: str = "",
     ) -> None:
         self._owner = owner
         self._loop = owner.loop
         self.client = client
         self.client_label = client_label
+        self.source = source  # the client's address, for per-source limits
         self.listen_label = listen_label
         self._targets = targets
         self._policy = policy
@@ -112,6 +115,37 @@ class Connection:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._policy.keepalive:
             set_keepalive(client)
+        first_byte_timeout = self._policy.first_byte_timeout
+        if first_byte_timeout:
+            # Wait for the client to speak before spending a connection on the target:
+            # a client that connects and sends nothing (slowloris) costs the target nothing.
+            self._loop.add_reader(client.fileno(), self._on_first_byte)
+            self._timer = self._loop.call_later(first_byte_timeout, self._on_first_byte_timeout)
+            return
+        self._begin_connecting()
+
+    def _on_first_byte(self) -> None:
+        self._loop.remove_reader(self.client.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            peeked = self.client.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            peeked = b"?"  # a spurious wakeup: let the relay find out
+        except OSError:
+            self.close("reset", reset=True)
+            return
+        if not peeked:
+            self.close("eof")  # gone without a word: no need to bother the target
+            return
+        self._begin_connecting()
+
+    def _on_first_byte_timeout(self) -> None:
+        self._timer = None
+        self.close("first-byte-timeout", reset=True)
+
+    def _begin_connecting(self) -> None:
         self._deadline = self._loop.time() + self._policy.connect_timeout
         self._connect_next()
 

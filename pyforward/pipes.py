@@ -19,7 +19,7 @@ SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK"
 
 class PipePool:
     def __init__(self, capacity: int = 64) -> None:
-        self._capacity = capacity
+        self.capacity = capacity
         self._free: list[Pipe] = []
         self.created = 0
 
@@ -32,7 +32,7 @@ class PipePool:
         return pipe
 
     def release(self, pipe: Pipe, *, empty: bool) -> None:
-        if empty and len(self._free) < self._capacity:
+        if empty and len(self._free) < self.capacity:
             self._free.append(pipe)
         else:
             os.close(pipe[0])

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from forwarder_process import DEADLINE, Forwarder, console_script, echo_server, exchange
 
 from pyforward.cli import main
+from tests.harness import TIMEOUT, Backend, ForwarderProcess, echo, pattern_bytes
+from tests.seed_in_netns import exchange, pyforward_socat
 
-TESTS = Path(__file__).parent
+ROOT = Path(__file__).parent.parent
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -44,10 +45,10 @@ def test_socat_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_refusal_from_the_console_script_is_one_line_and_exit_2() -> None:
     result = subprocess.run(
-        [str(console_script("pyforward-socat")), "OPENSSL-LISTEN:443,fork", "TCP:127.0.0.1:1"],
+        [*pyforward_socat(), "OPENSSL-LISTEN:443,fork", "TCP:127.0.0.1:1"],
         capture_output=True,
         text=True,
-        timeout=DEADLINE,
+        timeout=TIMEOUT,
         check=False,
     )
     assert result.returncode == 2
@@ -59,50 +60,56 @@ def test_refusal_from_the_console_script_is_one_line_and_exit_2() -> None:
 
 
 def test_fork_forwards_every_connection_over_loopback() -> None:
-    with echo_server() as (host, backend):
-        forwarder = Forwarder(
-            ["TCP-LISTEN:0,fork,reuseaddr,bind=127.0.0.1", f"TCP:{host}:{backend}"]
+    payload = pattern_bytes(1, 1 << 20)
+    with Backend(echo) as backend:
+        forwarder = ForwarderProcess(
+            ["TCP-LISTEN:0,fork,reuseaddr,bind=127.0.0.1", f"TCP:{backend.address}"],
+            program=pyforward_socat(),
         )
         try:
-            port = forwarder.listen_port()
-            payload = os.urandom(1 << 20)
+            port = forwarder.port
             for _ in range(3):
                 assert exchange("127.0.0.1", port, payload) == payload
-            assert forwarder.process.poll() is None  # fork: still serving
-            assert forwarder.stop() == 0
+            assert forwarder.proc.poll() is None  # fork: still serving
         finally:
-            forwarder.kill()
-    assert any("event=stopped accepted=3" in line for line in forwarder.lines), forwarder.lines
+            code = forwarder.stop()
+    assert code == 0
+    assert backend.accepted == 3
+    forwarder.wait_line(r"event=stopped accepted=3 ")
 
 
 def test_without_fork_one_connection_is_forwarded_then_the_process_exits() -> None:
-    with echo_server() as (host, backend):
-        forwarder = Forwarder(["-d", "-d", "TCP-LISTEN:0,bind=127.0.0.1", f"TCP:{host}:{backend}"])
+    with Backend(echo) as backend:
+        forwarder = ForwarderProcess(
+            ["-d", "-d", "TCP-LISTEN:0,bind=127.0.0.1", f"TCP:{backend.address}"],
+            program=pyforward_socat(),
+        )
         try:
-            port = forwarder.listen_port()
+            port = forwarder.port
             assert exchange("127.0.0.1", port, b"only one\n") == b"only one\n"
-            assert forwarder.wait() == 0  # no signal: it ends by itself, as socat does
+            # No signal: it ends by itself once that connection is over, as socat does.
+            forwarder.wait_line(r"event=stopped accepted=1 ")
+            assert forwarder.proc.wait(TIMEOUT) == 0
         finally:
-            forwarder.kill()
-    assert any("event=listen-closed" in line for line in forwarder.lines), forwarder.lines
-    assert any("event=stopped accepted=1" in line for line in forwarder.lines), forwarder.lines
-
-
-def _netns_command() -> list[str]:
-    unshare = shutil.which("unshare")
-    ip = shutil.which("ip")
-    if unshare is None or ip is None:
-        pytest.fail("the seed end-to-end test needs unshare (util-linux) and ip (iproute2)")
-    # As root, a plain network namespace; otherwise one owned by a new user namespace,
-    # where binding port 443 is allowed too.
-    extra = [] if os.geteuid() == 0 else ["--map-root-user"]
-    return [unshare, "--net", *extra, "--", sys.executable, str(TESTS / "seed_in_netns.py")]
+            forwarder.stop()
+    forwarder.wait_line(r"event=listen-closed address=127\.0\.0\.1:\d+ served=1")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="network namespaces are Linux's")
 def test_seed_command_line_forwards_in_a_network_namespace() -> None:
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if unshare is None or ip is None:
+        pytest.fail("this test needs unshare (util-linux) and ip (iproute2)")
+    # As root, a plain network namespace; otherwise one owned by a new user namespace,
+    # in which binding port 443 is allowed too.
+    extra = [] if os.geteuid() == 0 else ["--map-root-user"]
     result = subprocess.run(
-        _netns_command(), capture_output=True, text=True, timeout=DEADLINE * 2, check=False
+        [unshare, "--net", *extra, "--", sys.executable, "-m", "tests.seed_in_netns"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok port=443 bytes=2097152 code=0"), result.stdout
+    assert result.stdout == "ok port=443 bytes=2097152 code=0\n", result.stderr
