@@ -248,9 +248,7 @@ class Forwarder:
         self._pause_accepting()
         self._accepts_done = True
         close_all([listener.sock for listener in self.listeners])
-        log.info(
-            logfmt({"event": "listen-closed", "address": label, "served": self._served})
-        )
+        log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
     def _refuse(self, client: socket.socket, reason: str, source: str) -> None:
         """Close a refused client at once, with a reset; log at most one line per interval,
