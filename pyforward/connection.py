@@ -28,6 +28,7 @@ from typing import Protocol
 
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool
+from pyforward.poller import Poller
 from pyforward.relay import CopyDirection, Direction, SpliceDirection
 from pyforward.stats import Stats
 
@@ -53,6 +54,7 @@ class Owner(Protocol):
     """What a connection needs from the server that made it."""
 
     loop: asyncio.AbstractEventLoop
+    poller: Poller
     stats: Stats
     pipes: PipePool | None  # None: copy only
 
@@ -89,6 +91,7 @@ class Connection:
     ) -> None:
         self._owner = owner
         self._loop = owner.loop
+        self._poller = owner.poller
         self.client = client
         self.client_label = client_label
         self.source = source  # the client's address, for per-source limits
@@ -100,6 +103,7 @@ class Connection:
         self._started = time.monotonic()
         self._attempt = 0
         self._deadline = 0.0
+        self._attempt_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._directions: list[Direction] = []
         self._last_active = 0.0
@@ -119,13 +123,13 @@ class Connection:
         if first_byte_timeout:
             # Wait for the client to speak before spending a connection on the target:
             # a client that connects and sends nothing (slowloris) costs the target nothing.
-            self._loop.add_reader(client.fileno(), self._on_first_byte)
+            self._poller.add_reader(client.fileno(), self._on_first_byte)
             self._timer = self._loop.call_later(first_byte_timeout, self._on_first_byte_timeout)
             return
         self._begin_connecting()
 
     def _on_first_byte(self) -> None:
-        self._loop.remove_reader(self.client.fileno())
+        self._poller.remove_reader(self.client.fileno())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -171,21 +175,29 @@ class Connection:
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(code)
             return
-        self._loop.add_writer(sock.fileno(), self._on_connect_ready)
-        self._timer = self._loop.call_later(budget, self._on_connect_timeout)
+        self._poller.add_writer(sock.fileno(), self._on_connect_ready)
+        self._attempt_deadline = self._loop.time() + budget
+        self._timer = self._loop.call_at(self._attempt_deadline, self._on_connect_timeout)
 
     def _on_connect_ready(self) -> None:
         sock = self.target
         assert sock is not None
-        self._loop.remove_writer(sock.fileno())
+        self._poller.remove_writer(sock.fileno())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._connect_failed(code)
-        else:
-            self._start_relay(sock)
+            return
+        try:
+            sock.getpeername()
+        except OSError:
+            # A spurious wakeup: still connecting. Wait on, within the same budget.
+            self._poller.add_writer(sock.fileno(), self._on_connect_ready)
+            self._timer = self._loop.call_at(self._attempt_deadline, self._on_connect_timeout)
+            return
+        self._start_relay(sock)
 
     def _on_connect_timeout(self) -> None:
         self._timer = None
@@ -194,7 +206,7 @@ class Connection:
     def _connect_failed(self, code: int) -> None:
         sock = self.target
         if sock is not None:
-            self._loop.remove_writer(sock.fileno())
+            self._poller.remove_writer(sock.fileno())
             sock.close()
             self.target = None
         if code == errno.ECONNREFUSED:
@@ -237,7 +249,7 @@ class Connection:
                 CopyDirection(target, self.client, owner.stats),
             ]
         self._error = ""
-        add_reader = self._loop.add_reader
+        add_reader = self._poller.add_reader
         add_reader(self.client.fileno(), self._readable, 0)
         add_reader(target.fileno(), self._readable, 1)
         if self._policy.idle_timeout:
@@ -266,8 +278,8 @@ class Connection:
                 direction.flush()
             except BlockingIOError:
                 # The destination is full: stop reading until it drains (backpressure).
-                self._loop.remove_reader(direction.src_fd)
-                self._loop.add_writer(direction.dst_fd, self._writable, index)
+                self._poller.remove_reader(direction.src_fd)
+                self._poller.add_writer(direction.dst_fd, self._writable, index)
                 return
             except OSError as exc:
                 self._abort(exc)
@@ -286,8 +298,8 @@ class Connection:
         except OSError as exc:
             self._abort(exc)
             return
-        self._loop.remove_writer(direction.dst_fd)
-        self._loop.add_reader(direction.src_fd, self._readable, index)
+        self._poller.remove_writer(direction.dst_fd)
+        self._poller.add_reader(direction.src_fd, self._readable, index)
         self._readable(index)
 
     def _fall_back_to_copy(self, index: int, exc: OSError) -> Direction:
@@ -310,7 +322,7 @@ class Connection:
     def _eof(self, index: int) -> None:
         direction = self._directions[index]
         direction.done = True
-        self._loop.remove_reader(direction.src_fd)
+        self._poller.remove_reader(direction.src_fd)
         # If the destination is already gone, its own direction will say so.
         with contextlib.suppress(OSError):
             direction.dst.shutdown(socket.SHUT_WR)
@@ -343,7 +355,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        loop = self._loop
+        poller = self._poller
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -355,8 +367,8 @@ class Connection:
             if sock is None or sock.fileno() < 0:
                 continue
             fd = sock.fileno()
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
+            poller.remove_reader(fd)
+            poller.remove_writer(fd)
             if reset:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

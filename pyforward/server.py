@@ -22,6 +22,7 @@ from pyforward.errors import PyforwardError, StartupError
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
+from pyforward.poller import make_poller
 from pyforward.settings import RelayMode, Route, Settings
 from pyforward.stats import Stats
 
@@ -86,6 +87,7 @@ class Forwarder:
     ) -> None:
         self.settings = settings
         self.loop = loop
+        self.poller = make_poller(loop)
         # After this many connections the listeners close for good, and `finished` is
         # set once the last connection ends (socat without `fork` serves one).
         self.max_accepts = max_accepts
@@ -326,6 +328,7 @@ class Forwarder:
             connection.close("shutdown", reset=True)
         if self.pipes is not None:
             self.pipes.close()
+        self.poller.close()
 
 
 def _log_listeners(forwarder: Forwarder) -> None:
