@@ -92,8 +92,16 @@ class SocatCommand:
 # --- the lexer, after socat's nestlex(): ends, hard and soft quotes, nesting, escapes
 
 _NESTS = {"(": ")", "[": "]", "{": "}"}
-_C_ESCAPES = {"0": "\0", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_C_ESCAPES["v"] = "\v"
+_C_ESCAPES = {
+    "0": "\0",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+}
 _DUAL = "!!"  # socat's separator of a dual (read!!write) address
 
 
@@ -739,8 +747,10 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
         carried.append(f"reuseaddr: {_ALWAYS_ON['reuseaddr']}")
     if listen.nodelay or connect.nodelay:
         carried.append(f"nodelay: {_ALWAYS_ON['nodelay']}")
-    if "idle_timeout" in flags:
-        carried.append(f"idle timeout {_seconds_text(command.idle_timeout or 0.0)}s (-T)")
+    if command.idle_timeout:
+        carried.append(f"idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
+    elif command.idle_timeout is not None:
+        carried.append("no idle timeout (-T 0)")
     if "connect_timeout" in flags:
         carried.append(f"connect timeout {_seconds_text(connect.connect_timeout or 0.0)}s")
     if "backlog" in flags:
