@@ -29,6 +29,7 @@ from typing import Protocol
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool
 from pyforward.poller import Poller
+from pyforward.ratelimit import Every
 from pyforward.relay import CopyDirection, Direction, SpliceDirection
 from pyforward.stats import Stats
 
@@ -37,7 +38,15 @@ log = logging.getLogger("pyforward.connection")
 _LINGER_RESET = struct.pack("ii", 1, 0)
 # A splice that fails on these before moving a byte falls back to copying; pipe2 fails
 # with EMFILE/ENFILE when descriptors run out.
-_SPLICE_FALLBACK = {errno.EINVAL, errno.ENOSYS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+_SPLICE_FALLBACK = {
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOMEM,
+    errno.ENOBUFS,  # PipeTooSmall
+}
+_fallback_log = Every(5.0)
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _READ_ROUNDS = 8  # batches moved per wakeup before yielding to other connections
@@ -308,15 +317,16 @@ class Connection:
         new = CopyDirection(old.src, old.dst, self._owner.stats)
         new.total = old.total
         self._directions[index] = new
-        log.warning(
-            logfmt(
-                {
-                    "event": "splice-fallback",
-                    "client": self.client_label,
-                    "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-                }
-            )
-        )
+        if _fallback_log.due(self._loop.time()):
+            fields: dict[str, object] = {
+                "event": "splice-fallback",
+                "client": self.client_label,
+                "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                "msg": exc.strerror,
+            }
+            if suppressed := _fallback_log.take_suppressed():
+                fields["more"] = suppressed
+            log.warning(logfmt(fields))
         return new
 
     def _eof(self, index: int) -> None:

@@ -23,6 +23,7 @@ from pyforward.listeners import bind_addresses, close_all, open_listener, system
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
 from pyforward.poller import make_poller
+from pyforward.ratelimit import Every
 from pyforward.settings import RelayMode, Route, Settings
 from pyforward.stats import Stats
 
@@ -102,10 +103,10 @@ class Forwarder:
         self._accepting = False
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
-        self._last_fd_warning = 0.0
         self._per_source: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
-        self._refusal_log_due = 0.0
+        self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
+        self._fd_log = Every(5.0)
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -260,17 +261,13 @@ class Forwarder:
         client.close()
         self.stats.closed[reason] += 1
         self._refusals[reason] += 1
-        now = self.loop.time()
-        if now >= self._refusal_log_due:
-            self._refusal_log_due = now + _REFUSAL_LOG_INTERVAL
+        if self._refusal_log.due(self.loop.time()):
             counts = dict(self._refusals)
             self._refusals.clear()
             log.warning(logfmt({"event": "refused", "reason": reason, "client": source, **counts}))
 
     def _out_of_descriptors(self, exc: OSError) -> None:
-        now = self.loop.time()
-        if now - self._last_fd_warning >= 5.0:
-            self._last_fd_warning = now
+        if self._fd_log.due(self.loop.time()):
             log.warning(
                 logfmt(
                     {

@@ -35,6 +35,7 @@ class ForwarderProcess:
         self,
         args: Sequence[str],
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
         program: Sequence[str] = (sys.executable, "-m", "pyforward"),
     ) -> None:
         self.args = list(args)
@@ -42,7 +43,7 @@ class ForwarderProcess:
         self.close_lines: list[dict[str, str]] = []
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [*program, *self.args],
+            [*prefix, *program, *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -141,8 +142,11 @@ class ForwarderProcess:
 
 
 @contextlib.contextmanager
-def forwarder(*args: str, env: dict[str, str] | None = None) -> Iterator[ForwarderProcess]:
-    process = ForwarderProcess(["run", *args], env=env)
+def forwarder(
+    *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+) -> Iterator[ForwarderProcess]:
+    """`pyforward run ARGS`, listening once the block starts; `prefix` wraps the command."""
+    process = ForwarderProcess(["run", *args], env=env, prefix=prefix)
     try:
         process.wait_line(_LISTEN.pattern)
         yield process
