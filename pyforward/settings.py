@@ -16,10 +16,11 @@ import difflib
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from pyforward.access import AccessList
 from pyforward.addresses import Address, parse_listen, parse_target
 from pyforward.discovery.options import (
     DEFAULT_BOOT_TIMEOUT,
@@ -66,6 +67,8 @@ class Route:
     connect_timeout: float
     idle_timeout: float | None
     keepalive: bool
+    access: AccessList = field(default_factory=AccessList)
+    first_byte_timeout: float | None = None
     # Discovered routes: no static targets; the Service port (name or number) to follow.
     service_port: str | None = None
 
@@ -79,6 +82,7 @@ class Settings:
     backlog: int | None
     max_connections: int | None
     shutdown_timeout: float
+    max_connections_per_source: int | None = None
     discovery: DiscoverySettings | None = None
 
 
@@ -187,6 +191,10 @@ OPTIONS: dict[str, Option] = {
     "connect_timeout": Option(_duration, 10.0, per_route=True),
     "idle_timeout": Option(_duration, 0.0, per_route=True),
     "keepalive": Option(_boolean, False, per_route=True),
+    "first_byte_timeout": Option(_duration, 0.0, per_route=True),
+    "allow": Option(_string_list, [], per_route=True),
+    "deny": Option(_string_list, [], per_route=True),
+    "max_connections_per_source": Option(_positive_int, None),
     # Kubernetes discovery (pyforward/discovery/).
     "discover": Option(_boolean, False),
     "kubeconfig": Option(_string, None),
@@ -293,10 +301,12 @@ def build_settings(
     if pick("quiet"):
         level = LogLevel.WARNING
     backlog: int = pick("backlog")
-    if backlog == 0:
-        raise ConfigError("--backlog must be at least 1")
+    if backlog is not None and not 1 <= backlog <= 65535:
+        # The kernel caps it at net.core.somaxconn anyway; a huge number is a typo.
+        raise ConfigError(f"--backlog must be 1-65535, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
+        max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),
         relay=pick("relay"),
         loop=pick("loop"),
@@ -357,9 +367,15 @@ def _route_specs(
             raise ConfigError(f"{source}: a target needs a listen address ({listen_name})")
         if not targets and not discover:
             raise ConfigError(f"{source}: listen address {listen} needs a target (or --discover)")
-        specs.append((_string(listen), list(targets or [])))
-    for item in layer.get("route") or [] if route_strings else []:
-        listen_text, sep, target_text = str(item).partition("=")
+        specs.append(
+            (
+                _convert("listen", listen, f"{source}: listen"),
+                _convert("target", targets or [], f"{source}: target"),
+            )
+        )
+    routes = _convert("route", layer.get("route") or [], source) if route_strings else []
+    for item in routes:
+        listen_text, sep, target_text = item.partition("=")
         if not sep:
             raise ConfigError(
                 f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
@@ -389,6 +405,8 @@ def _route(
         connect_timeout=connect_timeout,
         idle_timeout=values["idle_timeout"] or None,
         keepalive=values["keepalive"],
+        access=AccessList.parse(values["allow"], values["deny"]),
+        first_byte_timeout=values["first_byte_timeout"] or None,
         service_port=values["service_port"],
     )
 
