@@ -289,3 +289,38 @@ async def test_state_file_serves_at_once_while_api_is_down(kube: KubeApi, tmp_pa
         assert not running.degraded
     await backend.close()
     await moved.close()
+
+
+@pytest.mark.asyncio
+async def test_node_leaving_and_joining_changes_the_targets(
+    kube: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.2"))
+    kube.put_node(node("other", "127.0.0.1"))
+    caplog.set_level(logging.INFO, "pyforward")
+    async with forwarding(kube, tmp_path) as running:
+        listener = running.forwarder.listeners[0]
+
+        def labels() -> list[str]:
+            return [t.label for t in listener.targets]
+
+        assert labels() == [f"127.0.0.2:{backend.port}", f"127.0.0.1:{backend.port}"]
+        kube.put_node(node("here", "127.0.0.2", ready=False))
+
+        async def only_other() -> bool:
+            return labels() == [f"127.0.0.1:{backend.port}"]
+
+        await eventually(only_other)
+        assert "event=target-change" in caplog.text
+        assert await reached(running.port) == "gateway"
+        assert "event=failover" not in caplog.text, "the NotReady node is not tried"
+        kube.put_node(node("here", "127.0.0.2"))
+
+        async def both_again() -> bool:
+            return labels() == [f"127.0.0.2:{backend.port}", f"127.0.0.1:{backend.port}"]
+
+        await eventually(both_again)
+    await backend.close()
