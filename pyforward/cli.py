@@ -122,7 +122,7 @@ ServicePortOpt = Annotated[
 ]
 PresetOpt = Annotated[
     PresetName | None,
-    typer.Option(help="istio (https->443, http2->80) or traefik (websecure->443, web->80)."),
+    typer.Option(help="istio (443->https, 80->http2) or traefik (443->websecure, 80->web)."),
 ]
 NodeIpOpt = Annotated[
     str | None, typer.Option(help="Forward to this node address instead of the Ready nodes.")
