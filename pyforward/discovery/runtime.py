@@ -36,7 +36,6 @@ from pyforward.discovery.model import (
 )
 from pyforward.discovery.options import DiscoverySettings
 from pyforward.discovery.watcher import (
-    Connected,
     ResourceWatcher,
     Snapshot,
     Trouble,
@@ -113,10 +112,15 @@ class Discovery:
         self.source = find_kubeconfig(self.config.kubeconfig, self._env)
         log.info(logfmt({"event": "kubeconfig", "source": str(self.source)}))
         self._api = api = await loop.run_in_executor(None, ClusterApi, self.source)
+        ports = ",".join(str(self.routes[i].service_port) for i in self._indexes)
         log.info(
             logfmt(
-                {"event": "discovery", "api": api.host, "service": str(self.config.service)}
-                | {"ports": ",".join(str(self.routes[i].service_port) for i in self._indexes)}
+                {
+                    "event": "discovery",
+                    "api": api.host,
+                    "service": self.config.service,
+                    "ports": ports,
+                }
             )
         )
         resources = [Resource("services", self.config.service.namespace)]
@@ -227,8 +231,7 @@ class Discovery:
                     }
                 )
             )
-        elif isinstance(update, Connected):
-            pass
+        # A Connected update only clears the trouble: the API answers again.
         self._evaluate()
         self._changed.set()
 
@@ -286,9 +289,9 @@ class Discovery:
             log.info(logfmt(fields))
         if changed:
             self._schedule_save()
-        self._set_status(False, self._following_text(resolution))
+        self._set_status(False, self._following_text())
 
-    def _following_text(self, resolution: Resolution) -> str:
+    def _following_text(self) -> str:
         parts = [
             f"{self.routes[i].listen} -> {_targets_text(self._current[i])}" for i in self._indexes
         ]
