@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 import time
@@ -269,6 +270,8 @@ class Connection:
         add_reader = self._poller.add_reader
         add_reader(self.client.fileno(), self._readable, 0)
         add_reader(target.fileno(), self._readable, 1)
+        for sock in (self.client, target):
+            self._poller.watch_errors(sock.fileno(), self._on_trouble, sock)
         if self._policy.idle_timeout:
             self._last_active = self._loop.time()
             self._timer = self._loop.call_later(self._policy.idle_timeout, self._check_idle)
@@ -318,6 +321,19 @@ class Connection:
         self._poller.remove_writer(direction.dst_fd)
         self._poller.add_reader(direction.src_fd, self._readable, index)
         self._readable(index)
+
+    def _on_trouble(self, sock: socket.socket) -> None:
+        """An error or hang-up on a socket we neither read nor write just now (its bytes
+        wait behind a peer that is not reading)."""
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            # Reset (or timed out): pass it on now; the bytes still waiting have no one to
+            # go to, and the peer that is not reading may never start again.
+            self._abort(OSError(code, os.strerror(code)))
+        else:
+            # A hang-up alone: the peer finished sending and we finished sending to it; its
+            # last bytes are still to be relayed. Nothing to do, so stop being woken for it.
+            self._poller.unwatch_errors(sock.fileno())
 
     def _fall_back_to_copy(self, index: int, exc: OSError) -> Direction:
         old = self._directions[index]
@@ -387,6 +403,7 @@ class Connection:
             fd = sock.fileno()
             poller.remove_reader(fd)
             poller.remove_writer(fd)
+            poller.unwatch_errors(fd)
             if reset:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

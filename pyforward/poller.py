@@ -10,6 +10,10 @@ splice or SO_ERROR read reports it properly.
 
 Callbacks must tolerate spurious wakeups (a descriptor closed and reused within one
 batch of events): the relay's do, since every operation is non-blocking.
+
+A socket nobody reads or writes for the moment (its bytes wait behind a peer that is not
+reading) can still be watched for errors: epoll reports an error or hang-up even with no
+event asked for, so a reset there is noticed at once rather than when the peer drains.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Poller(Protocol):
     def remove_reader(self, fd: int) -> None: ...
     def add_writer(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def remove_writer(self, fd: int) -> None: ...
+    def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None: ...
+    def unwatch_errors(self, fd: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -45,6 +51,7 @@ class EpollPoller:
         self._epoll = select.epoll()
         self._readers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
         self._writers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
+        self._error_watchers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
         self._masks: dict[int, int] = {}
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
@@ -64,14 +71,26 @@ class EpollPoller:
         if self._writers.pop(fd, None) is not None:
             self._update(fd)
 
+    def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None:
+        """Call `callback` on an error or hang-up of `fd` while it has no reader or writer
+        (a reader or writer is woken by it instead)."""
+        self._error_watchers[fd] = (callback, args)
+        self._update(fd)
+
+    def unwatch_errors(self, fd: int) -> None:
+        if self._error_watchers.pop(fd, None) is not None:
+            self._update(fd)
+
     def _update(self, fd: int) -> None:
-        mask = (select.EPOLLIN if fd in self._readers else 0) | (
+        mask: int | None = (select.EPOLLIN if fd in self._readers else 0) | (
             select.EPOLLOUT if fd in self._writers else 0
         )
+        if not mask and fd not in self._error_watchers:
+            mask = None  # not registered at all
         old = self._masks.get(fd)
         if mask == old:
             return
-        if not mask:
+        if mask is None:
             del self._masks[fd]
             self._epoll.unregister(fd)
         elif old is None:
@@ -84,12 +103,17 @@ class EpollPoller:
     def _dispatch(self) -> None:
         readers, writers = self._readers, self._writers
         for fd, events in self._epoll.poll(0, self._BATCH):
+            unattended = fd not in readers and fd not in writers
             if events & _READ_EVENTS:
                 entry = readers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
             if events & _WRITE_EVENTS:
                 entry = writers.get(fd)
+                if entry is not None:
+                    entry[0](*entry[1])
+            if events & _TROUBLE and unattended:
+                entry = self._error_watchers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
 
@@ -117,6 +141,12 @@ class LoopPoller:
 
     def remove_writer(self, fd: int) -> None:
         self._loop.remove_writer(fd)
+
+    def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None:
+        """Without epoll, an error waits for the next read or write to report it."""
+
+    def unwatch_errors(self, fd: int) -> None:
+        pass
 
     def close(self) -> None:
         pass

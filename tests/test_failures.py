@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,71 @@ def test_connection_cap_holds_under_a_burst_and_releases_as_connections_end() ->
         fwd.closes(burst)
     assert served == burst
     assert peak[0] == cap
+
+
+def fill_until_stuck(sock: socket.socket) -> int:
+    """Send until the socket has taken nothing for half a second: every buffer on the way
+    is full and the far side is not reading. Bytes sent."""
+    sock.settimeout(0.5)
+    chunk, sent = b"x" * 65536, 0
+    with contextlib.suppress(TimeoutError):
+        while True:
+            sent += sock.send(chunk)
+    return sent
+
+
+def unread_bytes(pid: int, local_port: int, remote_port: int) -> int:
+    """rx_queue of the TCP socket of `pid`'s network namespace between the two ports."""
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            parts = line.split()
+            local, remote = int(parts[1][-4:], 16), int(parts[2][-4:], 16)
+            if (local, remote) == (local_port, remote_port):
+                return int(parts[4].split(":")[1], 16)
+    return 0
+
+
+def wait_until_not_read(pid: int, local_port: int, remote_port: int) -> None:
+    """Wait until bytes sit unread in that socket and stay put over three looks: the
+    forwarder has stopped reading it (level-triggered, it would otherwise drain them)."""
+    deadline = time.monotonic() + 10
+    seen: list[int] = []
+    while time.monotonic() < deadline:
+        seen = [*seen[-2:], unread_bytes(pid, local_port, remote_port)]
+        if len(seen) == 3 and seen[0] > 0 and len(set(seen)) == 1:
+            return
+        time.sleep(0.05)  # a poll of kernel state, not a wait for an event
+    raise AssertionError(f"the forwarder kept reading: {seen}")
+
+
+@pytest.mark.parametrize("relay", ["splice", "copy"])
+def test_reset_by_client_reaches_a_target_that_is_not_reading(relay: str) -> None:
+    """The client's bytes wait behind a target that does not read, so the forwarder is not
+    reading the client: its reset must still be passed on at once, not once the target
+    drains (which may be never)."""
+    accepted = threading.Event()
+    done_waiting = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def stalled(conn: socket.socket) -> None:
+        accepted.set()
+        done_waiting.wait(20)  # reads nothing until the forwarder has acted, or gave up
+        outcome.append(reads_until_closed(conn)[1])
+
+    with (
+        Backend(stalled) as backend,
+        forwarder("--listen", "127.0.0.1:0", "--target", backend.address, "--relay", relay) as fwd,
+    ):
+        client = connect(fwd.port)
+        assert accepted.wait(10)
+        assert fill_until_stuck(client) > 0
+        wait_until_not_read(fwd.proc.pid, fwd.port, client.getsockname()[1])
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        try:
+            [close] = fwd.closes(1, timeout=10)
+        finally:
+            done_waiting.set()
+    assert close["reason"] == "reset"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ConnectionResetError)
