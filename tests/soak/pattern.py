@@ -62,6 +62,8 @@ def header(stream: int, up: int, down: int) -> bytes:
 
 def parse_header(data: bytes) -> tuple[int, int, int]:
     """(stream, up, down) from a header; ValueError when it is not one."""
+    if len(data) != HEADER.size:
+        raise ValueError(f"a soak stream header has {HEADER.size} bytes, not {len(data)}")
     magic, stream, up, down = HEADER.unpack(data)
     if magic != MAGIC:
         raise ValueError(f"not a soak stream header: {data!r}")
