@@ -500,23 +500,35 @@ async def stream_once(port: int, stream: int, size: int, tally: Tally, deadline:
 
 async def churn(args: argparse.Namespace) -> None:
     """Short connections one after another on `concurrency` workers: an echo check each
-    (`--protocol echo`), or a small checked stream each way (`--protocol stream`)."""
+    (`--protocol echo`), or a small checked stream each way (`--protocol stream`). With
+    `--until-stop`, they go on until "stop" on stdin, reporting progress as they go."""
     tally = Tally()
     started = time.monotonic()
     next_index = 0
+    stopping = asyncio.Event()
+    every: int = args.progress_every
 
     async def worker() -> None:
         nonlocal next_index
-        while next_index < args.count:
+        while not stopping.is_set() and (args.until_stop or next_index < args.count):
             stream = args.base + next_index
             next_index += 1
             if args.protocol == "stream":
                 await stream_once(args.port, stream, args.size, tally, args.timeout)
-                continue
-            message = _message(stream, args.size)
-            tally.outcomes[await echo_once(args.port, message, tally, args.timeout)] += 1
+            else:
+                message = _message(stream, args.size)
+                tally.outcomes[await echo_once(args.port, message, tally, args.timeout)] += 1
+            if every and next_index % every == 0:
+                emit(event="progress", started=next_index, completed=tally.outcomes[OK])
 
+    async def stop_on_word() -> None:
+        await wait_word(await _stdin(), "stop")
+        stopping.set()
+
+    stopper = asyncio.ensure_future(stop_on_word()) if args.until_stop else None
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    if stopper is not None:
+        stopper.cancel()
     elapsed = time.monotonic() - started
     emit(**tally.result(elapsed=elapsed))
 
@@ -777,6 +789,8 @@ def _parser() -> argparse.ArgumentParser:
     churn_job = client("churn")
     churn_job.add_argument("--concurrency", type=int, default=32)
     churn_job.add_argument("--protocol", choices=["echo", "stream"], default="echo")
+    churn_job.add_argument("--until-stop", action="store_true", help="until 'stop' on stdin")
+    churn_job.add_argument("--progress-every", type=int, default=0)
     streams_job = client("streams")
     streams_job.add_argument("--up", type=int, required=True)
     streams_job.add_argument("--down", type=int, required=True)

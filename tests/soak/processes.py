@@ -27,7 +27,13 @@ _REASON = re.compile(r" reason=(\S+)")
 _ERROR = re.compile(r" error=(\S+)")
 _FIELD = re.compile(r'(\w[\w-]*)=("[^"]*"|\S*)')
 # Signs of a crash or of an exception that escaped into the event loop.
-_ALARMS = ("Traceback", "Exception in callback", "Fatal Python error", "double free", "Error")
+_ALARMS = (
+    "Traceback",
+    "Exception in callback",
+    "Fatal Python error",
+    "double free",
+    "Segmentation fault",
+)
 _SAMPLE_EVERY = 0.05
 
 
@@ -131,16 +137,17 @@ class Forwarder:
         """Wait until `count` connections have logged their close line."""
         self._wait(lambda: self.closes.total() >= count, timeout, f"{count} close lines")
 
-    def wait_line(self, pattern: str, timeout: float = 30.0) -> str:
+    def wait_line(self, pattern: str, timeout: float = 30.0, count: int = 1) -> str:
+        """The `count`th line matching `pattern`, waiting for it if need be."""
         regex = re.compile(pattern)
         found: list[str] = []
 
         def seen() -> bool:
             found[:] = [line for line in self.lines if regex.search(line)]
-            return bool(found)
+            return len(found) >= count
 
-        self._wait(seen, timeout, f"line matching {pattern!r}")
-        return found[0]
+        self._wait(seen, timeout, f"{count} line(s) matching {pattern!r}")
+        return found[count - 1]
 
     def has_line(self, pattern: str) -> bool:
         regex = re.compile(pattern)
@@ -213,13 +220,18 @@ class Peer:
         self._stderr.flush()
         return " | ".join(self.log_path.read_text().splitlines()[-lines:])
 
-    def wait(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
-        """The first event named `event`, waiting for it if need be."""
+    def wait(
+        self,
+        event: str,
+        timeout: float = 60.0,
+        where: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ) -> dict[str, Any]:
+        """The first event named `event` (and passing `where`), waiting for it if need be."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 for found in self.events:
-                    if found.get("event") == event:
+                    if found.get("event") == event and where(found):
                         return found
                 if self._eof:
                     code = self.proc.wait()

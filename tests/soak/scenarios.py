@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pyforward.pipes import PipePool
+from tests.kubeapi import KubeApi, node, service
 from tests.soak import procfs
 from tests.soak.processes import Forwarder, Peer, SoakError, wait_until
 from tests.soak.report import MIB, Outcome
@@ -47,7 +48,10 @@ class Scale:
     resets: int  # connections of which every other one resets itself mid-transfer
     reset_size: int
     burst: int
+    flaps: int  # times the Kubernetes API goes away and comes back during churn
+    flap_connections: int  # connections that must pass during each outage, and after
     fd_limit: int
+    exhaustion_step: float  # seconds a held connection may take before the limit counts as hit
     exhaustion_window: float  # seconds the forwarder is watched while out of descriptors
     recovery: int
 
@@ -64,9 +68,12 @@ FULL = Scale(
     healthy_streams=20,
     healthy_size=8 * MIB,
     resets=200,
-    reset_size=4 * MIB,
+    reset_size=16 * MIB,
     burst=5_000,
+    flaps=5,
+    flap_connections=2_000,
     fd_limit=512,
+    exhaustion_step=2.0,
     exhaustion_window=3.0,
     recovery=1_000,
 )
@@ -82,10 +89,13 @@ QUICK = Scale(
     healthy_streams=10,
     healthy_size=2 * MIB,
     resets=60,
-    reset_size=2 * MIB,
+    reset_size=8 * MIB,
     burst=2_000,
+    flaps=2,
+    flap_connections=500,
     fd_limit=512,
-    exhaustion_window=2.0,
+    exhaustion_step=1.0,
+    exhaustion_window=1.0,
     recovery=200,
 )
 
@@ -103,7 +113,13 @@ class Run:
         self.verified = 0
         self.fwd: Forwarder | None = None
         self.baseline: procfs.Usage | None = None
+        self.baseline_fds: Counter[str] = Counter()  # see relay_fds()
+        # Sockets to these ports are the forwarder's own business (the Kubernetes API),
+        # not the relay's: they come and go with the API and are not compared.
+        self.foreign_ports: set[int] = set()
+        self._settle_failed = False
         self.peers: list[Peer] = []
+        self.cleanups: list[Callable[[], None]] = []  # run by finish(), last first
         self._names: Counter[str] = Counter()
         self._streams = 0
         self.started = time.monotonic()
@@ -150,8 +166,23 @@ class Run:
             prefix,
         )
         ports = self.fwd.wait_ready(listeners)
-        self.baseline = self.fwd.usage()
+        self.take_baseline()
         return ports
+
+    def take_baseline(self) -> None:
+        """Measure the baseline now (a forwarder still settling at start takes it later)."""
+        self.baseline = self.forwarder.usage()
+        self.baseline_fds = self.relay_fds()
+
+    def relay_fds(self) -> Counter[str]:
+        """The forwarder's descriptors by kind, less pipes (the splice pool keeps some)
+        and sockets to `foreign_ports`."""
+        fwd = self.forwarder
+        fds = fwd.usage().fds_except_pipes()
+        if self.foreign_ports:
+            owned = procfs.owned_sockets(fwd.pid)
+            fds["socket"] -= sum(1 for s in owned if s.remote_port in self.foreign_ports)
+        return fds
 
     def _peer(self, name: str, args: Sequence[str]) -> Peer:
         self._names[name] += 1
@@ -179,11 +210,12 @@ class Run:
         then check that no socket of its is left in CLOSE_WAIT."""
         fwd, baseline = self.forwarder, self.baseline
         assert baseline is not None
-        wanted = baseline.fds_except_pipes()
+        wanted = self.baseline_fds
         try:
-            wait_until(lambda: fwd.usage().fds_except_pipes() == wanted, timeout, "settled")
+            wait_until(lambda: self.relay_fds() == wanted, timeout, "settled")
         except SoakError:
-            now = fwd.usage().fds_except_pipes()
+            self._settle_failed = True
+            now = self.relay_fds()
             self.check(
                 False, f"descriptors not back to the baseline: {dict(now)} vs {dict(wanted)}"
             )
@@ -201,16 +233,20 @@ class Run:
         """Stop everything; apply the shared criteria; the outcome."""
         for peer in self.peers:
             peer.close()
+        for cleanup in reversed(self.cleanups):
+            cleanup()
         fwd, baseline = self.fwd, self.baseline
         if fwd is None or baseline is None:
             return self._outcome(
                 connections=0, closes={}, fds=(0, 0, 0), pooled=0, rss=(0, 0, 0), cpu=0.0
             )
-        if self.check(fwd.alive(), f"pyforward exited on its own ({fwd.proc.returncode})"):
+        alive = self.check(fwd.alive(), f"pyforward exited on its own ({fwd.proc.returncode})")
+        if alive and not self._settle_failed:
             self.settle(timeout=10.0)
-            final = fwd.usage()
-        else:
-            final = baseline
+        final = fwd.usage() if alive else baseline
+        # Counted as the criterion counts them: sockets to foreign ports left out.
+        base_count = self.baseline_fds.total() + baseline.fds["pipe"]
+        final_count = (self.relay_fds().total() if alive else 0) + final.fds["pipe"]
         code, stopped = fwd.stop()
         self.check(code == 0, f"pyforward exited {code} on SIGTERM")
         self.check(bool(stopped), "no event=stopped line")
@@ -226,7 +262,7 @@ class Run:
         return self._outcome(
             connections=int(stopped.get("accepted", 0)),
             closes=closes or logged,
-            fds=(baseline.fd_count, max(fwd.peak_fds, final.fd_count), final.fd_count),
+            fds=(base_count, max(fwd.peak_fds, final_count), final_count),
             pooled=pooled,
             rss=(baseline.rss, final.peak_rss, final.rss),
             cpu=final.cpu - baseline.cpu,
@@ -582,7 +618,9 @@ def fd_exhaustion(run: Run) -> None:
     )
     start = run.forwarder.wait_line("event=start")
     run.check(f"fd_limit={limit}" in start, f"start line does not show the limit: {start}")
-    holder = run.client("hold", port, "--max", 4 * limit, "--knocks", 100, "--step-timeout", 2)
+    holder = run.client(
+        "hold", port, "--max", 4 * limit, "--knocks", 100, "--step-timeout", scale.exhaustion_step
+    )
     held = holder.wait("held", timeout=120)
     run.check(held["count"] >= limit // 2 - 32, f"only {held['count']} held under {limit} fds")
     knocked = holder.wait("knocked", timeout=60)
@@ -617,6 +655,78 @@ def fd_exhaustion(run: Run) -> None:
     run.expect_closes({"eof", "reset", "error"})
 
 
+def discovery_flap(run: Run) -> None:
+    """Churn through a forwarder that follows the gateway Service through the Kubernetes
+    API while the API server goes away and comes back, again and again (a k3s restart):
+    no connection fails, each outage and each return is logged, and a NodePort change
+    after the last one reaches new connections."""
+    scale = run.scale
+    first, first_port = run.server("echo")
+    # The test API server of the default suite (real HTTPS, watch streams), run by this
+    # process in threads: what it serves is a single watch, no load to speak of.
+    api = KubeApi(run.dir)
+    api.start()
+    run.cleanups.append(api.stop)
+
+    def gateway(node_port: int) -> dict[str, Any]:
+        return service(ports=(("http2", 80, None), ("https", 443, node_port)))
+
+    api.put_service(gateway(first_port))
+    api.put_node(node("soak-node", "127.0.0.1"))
+    run.foreign_ports.add(api.port)
+    [port] = run.start_forwarder(
+        "--discover",
+        "--listen",
+        "127.0.0.1:0",
+        "--kubeconfig",
+        str(api.kubeconfig),
+        "--state-dir",
+        str(run.dir / "state"),
+        "--discover-timeout",
+        "30",
+    )
+    warm_up = run.count(run.client("churn", port, "--count", 200).result(), "first connections")
+    run.forwarder.wait_closes(200)
+    run.check(warm_up["completed"] == 200, f"{warm_up['completed']}/200 before any outage")
+    # Only now has it settled: the first target found and saved, connections relayed.
+    run.take_baseline()
+    every = 100
+    churn = run.client(
+        "churn", port, "--until-stop", "--concurrency", 16, "--progress-every", every
+    )
+
+    def passed(connections: int) -> None:
+        """Wait until `connections` more have been started from now on."""
+        now = max((e["started"] for e in churn.events if e.get("event") == "progress"), default=0)
+        churn.wait("progress", timeout=120, where=lambda e: e["started"] >= now + connections)
+
+    passed(every)
+    for flap in range(1, scale.flaps + 1):
+        api.stop()
+        run.forwarder.wait_line("event=discovery-degraded", count=flap)
+        passed(scale.flap_connections)
+        api.start()
+        run.forwarder.wait_line("event=discovery-ok", count=flap, timeout=60)
+    second, second_port = run.server("echo")
+    api.put_service(gateway(second_port))
+    run.forwarder.wait_line(f"event=target-change.*:{second_port}")
+    passed(scale.flap_connections)
+    churn.tell("stop")
+    result = run.count(churn.result(), "churn through the outages")
+    total = result["completed"] + sum(result["errors"].values())
+    run.forwarder.wait_closes(200 + total)
+    run.settle()
+    moved = run.count(second.stop(), "backend after the NodePort change")
+    run.check(moved["completed"] > 0, "no connection reached the new NodePort")
+    run.count(first.stop(), "backend before the NodePort change")
+    run.note(
+        f"{scale.flaps} API outages, each with {scale.flap_connections:,}+ connections; "
+        f"{result['completed']:,} connections, none failed; {moved['completed']:,} went to "
+        f"the new NodePort after the change"
+    )
+    run.expect_closes({"eof"})
+
+
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "churn": churn,
     "streaming": streaming,
@@ -626,10 +736,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "client-reset": client_reset,
     "burst": burst,
     "fd-exhaustion": fd_exhaustion,
-    # "discovery-flap" goes here once `pyforward run --discover` is on main: churn through
-    # a forwarder that follows a Service, while the fake API server (tests/kubeapi.py)
-    # stops answering and comes back; criteria: no client error, the targets it had stay
-    # in force while the API is gone, and it resumes watching once the API returns.
+    "discovery-flap": discovery_flap,
 }
 
 
