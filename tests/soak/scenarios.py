@@ -368,12 +368,11 @@ def streaming(run: Run) -> None:
         run.check(got["completed"] == scale.streams, f"{side}: {got['completed']} streams whole")
         run.check(got["verified"] == scale.streams * each, f"{side}: {got['verified']} B checked")
     rate = 2 * scale.streams * each / result["elapsed"]
-    run.note(f"{scale.streams} streams, {size_each(each)} each way each, {rate / MIB:,.0f} MiB/s")
+    run.note(
+        f"{scale.streams} streams of {each / MIB:.2f} MiB each way at once, "
+        f"{rate / MIB:,.0f} MiB/s through pyforward"
+    )
     run.expect_closes({"eof"})
-
-
-def size_each(count: int) -> str:
-    return f"{count / MIB:.2f} MiB"
 
 
 def backend_restart(run: Run) -> None:
