@@ -12,9 +12,9 @@ from typing import Annotated, Any
 import typer
 
 from pyforward import __version__
+from pyforward.daemon import serve_supervised
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.loops import loop_factory
-from pyforward.server import serve
 from pyforward.settings import (
     LogLevel,
     LoopName,
@@ -158,7 +158,11 @@ def run(
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings, loop_name=loop_name))
+        runner.run(
+            serve_supervised(
+                settings, loop_name=loop_name, reload_settings=lambda: load_settings(flags, config)
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

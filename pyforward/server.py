@@ -9,7 +9,7 @@ import logging
 import resource
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from pyforward import __version__
@@ -66,7 +66,12 @@ async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> R
 class Forwarder:
     """Accepts on every listener and hands each connection to a `Connection`."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        passed_sockets: Mapping[int, list[socket.socket]] | None = None,
+    ) -> None:
         self.settings = settings
         self.loop = loop
         self.stats = Stats()
@@ -78,6 +83,10 @@ class Forwarder:
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
         self._last_fd_warning = 0.0
+        # Listening sockets handed over by systemd, by route index (socket activation).
+        self.passed_sockets = dict(passed_sockets or {})
+        # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
+        self.status_notes: dict[str, str] = {}
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -90,17 +99,31 @@ class Forwarder:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
         backlog = settings.backlog or system_backlog()
         try:
-            for route in settings.routes:
+            for index, route in enumerate(settings.routes):
                 targets = [await resolve_target(self.loop, t) for t in route.targets]
                 policy = Policy(route.connect_timeout, route.idle_timeout, route.keepalive)
-                for family, sockaddr in bind_addresses(route.listen):
-                    sock = open_listener(route.listen, family, sockaddr, backlog)
+                for sock in self._listen_sockets(index, route, backlog):
                     label = format_peer(sock.getsockname())
                     self.listeners.append(Listener(sock, label, route, targets, policy))
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
+            close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
         self._resume_accepting()
+
+    def _listen_sockets(self, index: int, route: Route, backlog: int) -> list[socket.socket]:
+        """The route's listening sockets: passed by systemd if it did, else bound here."""
+        passed = self.passed_sockets.pop(index, None)
+        if passed:
+            return passed
+        socks: list[socket.socket] = []
+        try:
+            for family, sockaddr in bind_addresses(route.listen):
+                socks.append(open_listener(route.listen, family, sockaddr, backlog))
+        except BaseException:
+            close_all(socks)
+            raise
+        return socks
 
     # --- accepting
 
@@ -223,11 +246,15 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[Forwarder], None] | None = None,
     loop_name: str = "",
+    passed_sockets: Mapping[int, list[socket.socket]] | None = None,
 ) -> Forwarder:
-    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT)."""
+    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT).
+
+    `passed_sockets` are listening sockets by route index (socket activation); routes
+    without one are bound here."""
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
-    forwarder = Forwarder(settings, loop)
+    forwarder = Forwarder(settings, loop, passed_sockets)
     await forwarder.start()
     log.info(
         logfmt(
