@@ -15,6 +15,7 @@ from pyforward import __version__
 from pyforward.daemon import serve_supervised
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.loops import loop_factory
+from pyforward.service_cli import register_service_commands
 from pyforward.settings import (
     LogLevel,
     LoopName,
@@ -163,6 +164,9 @@ def run(
                 settings, loop_name=loop_name, reload_settings=lambda: load_settings(flags, config)
             )
         )
+
+
+register_service_commands(app)  # install, status, uninstall
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,529 @@
+"""Installing, checking and removing pyforward as a systemd service.
+
+install: validate everything first (settings, entry point, what the service user can
+read, ports in use), then write the config and units, daemon-reload, enable, start, and
+return only once every listener accepts; otherwise show the unit's state and log lines.
+A unit of the same name not written by pyforward (say, the socat unit) is stopped and kept
+as a backup that uninstall puts back.
+
+status: the unit's state, then for every route: is exactly that address listening and held
+by this service, does it accept, does the target accept, does a connection through the
+listener stay up (the forwarder closes it at once when it cannot reach the target).
+Exit 0 when all is well, 1 for warnings, 2 when forwarding is down.
+
+uninstall: stop, disable, remove what install wrote, restore a backup, daemon-reload.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from pyforward import configfile, installation, ports, systemctl
+from pyforward.errors import ConfigError, StartupError
+from pyforward.settings import Route, Settings, build_settings, parse_config_text
+from pyforward.units import MARKER, SOCKET_MARKER, UnitSpec, check_name, check_path, render_units
+
+CONFIG_DIR = Path("/etc/pyforward")
+BACKUP_DIR = CONFIG_DIR / "backup"
+SERVING_TIMEOUT = 15.0  # seconds install waits, after start, for every listener to accept
+THROUGH_WAIT = 1.0  # seconds a connection through the listener must stay up to count
+PROBE_TIMEOUT = 2.0  # seconds for one TCP connection attempt
+
+Echo = Callable[[str], None]
+
+
+def config_path(name: str) -> Path:
+    return CONFIG_DIR / f"{name}.toml"
+
+
+def unit_path(unit: str) -> Path:
+    return systemctl.UNIT_DIR / unit
+
+
+def written_by_pyforward(path: Path) -> bool:
+    """Whether a unit file was written by pyforward (its first line says so)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            first = handle.readline()
+    except OSError:
+        return False
+    return first.startswith((MARKER, SOCKET_MARKER))
+
+
+def require_systemd(command: str) -> None:
+    """install and uninstall change the system: root and a running systemd, or one line."""
+    if not systemctl.is_root():
+        raise StartupError(
+            f"pyforward {command} needs root (it writes /etc/systemd/system); "
+            "`pyforward install --dry-run` shows what it would write, "
+            "and `pyforward run` forwards in the foreground"
+        )
+    if not systemctl.systemd_running():
+        raise StartupError(
+            f"pyforward {command} needs a running systemd, and this system was not booted "
+            "with it; `pyforward install --dry-run` shows what it would write, "
+            "and `pyforward run` forwards in the foreground"
+        )
+
+
+# --- install
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    name: str
+    flags: Mapping[str, object]  # the `run` flags given, as build_settings takes them
+    env: Mapping[str, str]
+    file_data: Mapping[str, Any] | None  # the --config file's data
+    file_source: str
+    socket_activation: bool = False
+    kubeconfig: str | None = None
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    name: str
+    settings: Settings
+    files: dict[Path, str]  # what to write, config first
+    units: tuple[str, ...]  # unit names, socket first
+
+    @property
+    def service(self) -> str:
+        return f"{self.name}.service"
+
+
+def plan_install(
+    request: InstallRequest, find_installation: Callable[[], installation.Installation]
+) -> InstallPlan:
+    """Everything install will write, checked; writes nothing."""
+    name = check_name(request.name)
+    settings = build_settings(request.flags, request.env, request.file_data, request.file_source)
+    for route in settings.routes:
+        if route.listen.port == 0:
+            raise ConfigError(
+                f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
+            )
+    merged = configfile.merge(request.flags, request.env, request.file_data)
+    if build_settings({}, {}, merged) != settings:
+        raise StartupError(
+            "cannot write these settings as one config file; give them in a --config file"
+        )
+    if request.kubeconfig is not None:
+        check_path(request.kubeconfig, "--kubeconfig")
+    config = config_path(name)
+    header = (
+        f"Written by `pyforward install --name {name}`; {name}.service runs with it.\n"
+        f"After editing: `systemctl reload {name}` applies new targets and timeouts,\n"
+        f"`systemctl restart {name}` new listeners."
+    )
+    found = find_installation()
+    check_path(found.entry_point, "the pyforward entry point")
+    for path in found.bind_paths:
+        check_path(path, "installation directory")
+    spec = UnitSpec(
+        name=name,
+        exec_start=found.entry_point,
+        config_path=str(config),
+        listen=tuple(route.listen for route in settings.routes),
+        socket_activation=request.socket_activation,
+        kubeconfig=request.kubeconfig,
+        read_only_paths=found.bind_paths,
+        shutdown_timeout=settings.shutdown_timeout,
+        backlog=settings.backlog,
+    )
+    units = render_units(spec)
+    files = {config: configfile.to_toml(merged, header)}
+    files.update({unit_path(unit): text for unit, text in units.items()})
+    order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
+    return InstallPlan(name, settings, files, tuple(order))
+
+
+def render_plan(plan: InstallPlan) -> str:
+    """What --dry-run prints: each file under a `==> PATH <==` line."""
+    return "\n".join(f"==> {path} <==\n{text}" for path, text in plan.files.items())
+
+
+def foreign_units(plan: InstallPlan) -> list[Path]:
+    """Unit files install would replace that pyforward did not write."""
+    return [
+        unit_path(unit)
+        for unit in plan.units
+        if unit_path(unit).exists() and not written_by_pyforward(unit_path(unit))
+    ]
+
+
+def _pids_of(unit: str) -> set[int]:
+    props = systemctl.show(unit, ("MainPID", "ActiveState"))
+    pids = {int(props["MainPID"])} if props["MainPID"].isdigit() else set()
+    if unit.endswith(".socket") and props["ActiveState"] == "active":
+        pids.add(1)  # systemd itself holds the sockets of an active .socket unit
+    return pids - {0}
+
+
+def check_ports_free(plan: InstallPlan) -> None:
+    """Refuse when another program holds a port the service needs (e.g. k3s ServiceLB)."""
+    ours = _pids_of(plan.service) | _pids_of(f"{plan.name}.socket")
+    listening = ports.listening_sockets()
+    held = ports.owners({sock.inode for sock in listening})
+    for route in plan.settings.routes:
+        hosts = ports.numeric_hosts(route.listen)
+        for sock in listening:
+            pids = set(held.get(sock.inode, []))
+            if ports.overlaps(route.listen, hosts, sock) and pids and not pids & ours:
+                who = ", ".join(f"pid {p} ({ports.process_name(p)})" for p in sorted(pids))
+                raise StartupError(
+                    f"cannot listen on {route.listen}: {sock.label} is already held by {who}; "
+                    f"stop it or choose another port (see: ss -ltnp 'sport = :{sock.port}')"
+                )
+
+
+def _backup(unit_file: Path, echo: Echo) -> None:
+    unit = unit_file.name
+    state = {
+        "enabled": systemctl.run("is-enabled", unit).output == "enabled",
+        "active": systemctl.run("is-active", unit).output == "active",
+    }
+    systemctl.run("stop", unit)
+    systemctl.run("disable", unit)
+    BACKUP_DIR.mkdir(parents=True, exist_ok=True)
+    (BACKUP_DIR / f"{unit}.state.json").write_text(json.dumps(state) + "\n")
+    unit_file.replace(BACKUP_DIR / unit)
+    echo(f"{unit} was not written by pyforward: stopped it, kept it as {BACKUP_DIR / unit}")
+
+
+def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> None:
+    """Write, enable and start; return once every listener accepts, else StartupError."""
+    require_systemd("install")
+    # Before anything changes: a port held by anything but the units being replaced.
+    check_ports_free(plan)
+    # Stop what runs under these names: their ports are about to change hands.
+    for unit_file in foreign_units(plan):
+        _backup(unit_file, echo)
+    stale_socket = unit_path(f"{plan.name}.socket")
+    owned = [u for u in (f"{plan.name}.socket", plan.service) if written_by_pyforward(unit_path(u))]
+    if owned:
+        systemctl.run("stop", *owned)
+    if stale_socket.name not in plan.units and written_by_pyforward(stale_socket):
+        systemctl.run("disable", stale_socket.name)
+        stale_socket.unlink()
+    for path, text in plan.files.items():
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o644)  # the dynamic service user reads the config
+        echo(f"wrote {path}")
+    systemctl.must("daemon-reload")
+    systemctl.must("enable", *plan.units)
+    for unit in plan.units:
+        outcome = systemctl.run("start", unit)
+        if not outcome.ok:
+            raise _not_serving(plan, echo, f"{unit} failed to start: {outcome.output}")
+    _wait_serving(plan, echo, timeout)
+
+
+def _wait_serving(plan: InstallPlan, echo: Echo, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for route in plan.settings.routes:
+        host = ports.probe_host(route.listen)
+        while (problem := ports.can_connect(host, route.listen.port, PROBE_TIMEOUT)) is not None:
+            state = systemctl.show(plan.service, ("ActiveState",))["ActiveState"]
+            if time.monotonic() > deadline or state in {"failed", "inactive"}:
+                raise _not_serving(
+                    plan, echo, f"{route.listen} does not accept connections ({problem})"
+                )
+            time.sleep(0.1)
+        targets = ", ".join(str(t) for t in route.targets)
+        echo(f"{plan.service} accepts on {route.listen}, forwarding to {targets}")
+    echo(f"check it any time with: pyforward status --name {plan.name}")
+
+
+def _not_serving(plan: InstallPlan, echo: Echo, why: str) -> StartupError:
+    props = systemctl.show(plan.service)
+    echo(unit_summary(plan.service, props))
+    for line in systemctl.journal_tail(plan.service):
+        echo(f"  {line}")
+    return StartupError(
+        f"{plan.service} is not serving: {why}; see `journalctl -u {plan.service}`; "
+        f"`pyforward uninstall --name {plan.name}` removes it"
+    )
+
+
+# --- status
+
+
+class Level(IntEnum):
+    OK = 0
+    WARN = 1
+    DOWN = 2
+
+
+@dataclass(frozen=True)
+class Check:
+    subject: str
+    level: Level
+    detail: str
+
+
+@dataclass
+class StatusReport:
+    name: str
+    unit: dict[str, str] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    journal: list[str] = field(default_factory=list)
+
+    def add(self, subject: str, level: Level, detail: str) -> None:
+        self.checks.append(Check(subject, level, detail))
+
+    @property
+    def exit_code(self) -> int:
+        return int(max((check.level for check in self.checks), default=Level.OK))
+
+    def to_json(self) -> str:
+        data = {
+            "name": self.name,
+            "unit": self.unit,
+            "checks": [{**asdict(c), "level": c.level.name.lower()} for c in self.checks],
+            "journal": self.journal,
+            "exit_code": self.exit_code,
+        }
+        return json.dumps(data, indent=2)
+
+    def to_text(self) -> str:
+        lines = [unit_summary(f"{self.name}.service", self.unit)] if self.unit else []
+        if self.unit.get("StatusText"):
+            lines.append(f"  status: {self.unit['StatusText']}")
+        for check in self.checks:
+            lines.append(f"[{check.level.name.lower():>4}] {check.subject}: {check.detail}")
+        lines += [f"  {line}" for line in self.journal]
+        verdict = {
+            Level.OK: "ok: forwarding works",
+            Level.WARN: "warning: forwarding works, but see above",
+            Level.DOWN: "down: forwarding does not work",
+        }
+        lines.append(verdict[Level(self.exit_code)])
+        return "\n".join(lines)
+
+
+def unit_summary(unit: str, props: Mapping[str, str]) -> str:
+    """One line on a unit: state, enablement, main pid, restarts, last exit when failed."""
+    if props.get("LoadState") == "not-found":
+        return f"{unit}: not installed"
+    parts = [f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"]
+    parts.append(props.get("UnitFileState") or "?")
+    if props.get("MainPID", "0") not in ("", "0"):
+        parts.append(f"pid {props['MainPID']}")
+    restarts = props.get("NRestarts", "0")
+    if restarts not in ("", "0"):
+        parts.append(f"{restarts} restart{'s' if restarts != '1' else ''}")
+    if props.get("Result") not in ("", "success", None):
+        parts.append(f"result {props['Result']}")
+    if props.get("ActiveState") != "active" and props.get("ExecMainStatus", "0") not in ("", "0"):
+        parts.append(f"last exit status {props['ExecMainStatus']}")
+    return f"{unit}: " + ", ".join(parts)
+
+
+def read_installed_settings(name: str) -> Settings:
+    """The settings the installed service runs with (its config file, no environment)."""
+    path = config_path(name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return build_settings({}, {}, parse_config_text(text, str(path)), str(path))
+
+
+def through_listener(host: str, port: int, wait: float = THROUGH_WAIT) -> str | None:
+    """Connect through the listener and see whether the connection stays up; None if it
+    does (the forwarder reached the target), else what happened."""
+    try:
+        sock = socket.create_connection((host, port), timeout=PROBE_TIMEOUT)
+    except OSError as exc:
+        return f"cannot connect ({exc.strerror or exc})"
+    with sock:
+        sock.settimeout(wait)
+        try:
+            data = sock.recv(1)
+        except TimeoutError:
+            return None  # still open: the forwarder is connected to the target
+        except OSError:
+            return "reset at once: the forwarder could not reach the target"
+        if not data:
+            return "closed at once: the forwarder could not reach the target"
+    return None  # the target spoke first
+
+
+def status(name: str) -> StatusReport:
+    """Check the installed service, its listeners and its targets."""
+    report = StatusReport(check_name(name))
+    service, socket_unit = f"{name}.service", f"{name}.socket"
+    if not systemctl.systemd_running():
+        report.add(
+            "systemd", Level.DOWN, "not running here; `pyforward run` forwards in the foreground"
+        )
+        return report
+    report.unit = systemctl.show(service)
+    unit = report.unit
+    if unit["LoadState"] != "loaded":
+        report.add(service, Level.DOWN, f"not installed (pyforward install --name {name})")
+        return report
+    if not written_by_pyforward(Path(unit["FragmentPath"])):
+        report.add(service, Level.WARN, f"{unit['FragmentPath']} was not written by pyforward")
+    if unit["UnitFileState"] != "enabled":
+        report.add(service, Level.WARN, f"{unit['UnitFileState']}: it will not start at boot")
+    socket_props = systemctl.show(socket_unit, ("LoadState", "ActiveState"))
+    socket_active = socket_props["ActiveState"] == "active"
+    running = unit["ActiveState"] in {"active", "reloading"}
+    if running:
+        report.add(service, Level.OK, unit_summary(service, unit).split(": ", 1)[1])
+    elif socket_active:
+        report.add(
+            service,
+            Level.WARN,
+            f"{unit['ActiveState']}; {socket_unit} holds the ports and starts it "
+            "at the next connection",
+        )
+    else:
+        report.add(service, Level.DOWN, unit_summary(service, unit).split(": ", 1)[1])
+        report.journal = systemctl.journal_tail(service, 10)
+    try:
+        settings = read_installed_settings(name)
+    except ConfigError as exc:
+        report.add("config", Level.DOWN, str(exc))
+        return report
+    main_pid = int(unit["MainPID"]) if unit["MainPID"].isdigit() else 0
+    ours = ({main_pid} if running and main_pid else set()) | ({1} if socket_active else set())
+    listening = ports.listening_sockets()
+    held = ports.owners({sock.inode for sock in listening})
+    for route in settings.routes:
+        _check_route(report, route, listening, held, ours, probe_through=running)
+    configured = [(r.listen, ports.numeric_hosts(r.listen)) for r in settings.routes]
+    for sock in listening:
+        owned = main_pid and main_pid in held.get(sock.inode, [])
+        if owned and not any(ports.exactly(a, h, sock) for a, h in configured):
+            report.add(
+                f"listen {sock.label}",
+                Level.WARN,
+                "the service listens here but the config does not say so "
+                f"(restart to apply the config: systemctl restart {name})",
+            )
+    return report
+
+
+def _check_route(
+    report: StatusReport,
+    route: Route,
+    listening: list[ports.ListeningSocket],
+    held: Mapping[int, list[int]],
+    ours: set[int],
+    *,
+    probe_through: bool,
+) -> None:
+    hosts = ports.numeric_hosts(route.listen)
+    subject = f"listen {route.listen}"
+    exact = [sock for sock in listening if ports.exactly(route.listen, hosts, sock)]
+    if not exact:
+        others = [s for s in listening if ports.overlaps(route.listen, hosts, s)]
+        who = "; ".join(f"{s.label} by {_who(held.get(s.inode, []))}" for s in others)
+        report.add(subject, Level.DOWN, "nothing listens" + (f" (port held: {who})" if who else ""))
+        return
+    holders = sorted({pid for sock in exact for pid in held.get(sock.inode, [])})
+    if holders and not set(holders) & ours:
+        report.add(subject, Level.DOWN, f"listening, but held by {_who(holders)}, not the service")
+        return
+    problem = ports.can_connect(ports.probe_host(route.listen), route.listen.port, PROBE_TIMEOUT)
+    if problem is not None:
+        report.add(subject, Level.DOWN, f"listening but not accepting: {problem}")
+        return
+    report.add(subject, Level.OK, f"accepts connections (held by {_who(holders)})")
+    timeout = min(route.connect_timeout, PROBE_TIMEOUT)
+    failures = []
+    for target in route.targets:
+        assert target.host is not None
+        failure = ports.can_connect(target.host, target.port, timeout)
+        if failure is None:
+            report.add(f"target {target}", Level.OK, "accepts connections")
+        else:
+            failures.append(target)
+            report.add(f"target {target}", Level.DOWN, f"unreachable: {failure}")
+    if failures and len(failures) < len(route.targets):
+        # Failover still has somewhere to go: a warning, not an outage.
+        report.checks[-len(route.targets) :] = [
+            Check(c.subject, Level.WARN if c.level is Level.DOWN else c.level, c.detail)
+            for c in report.checks[-len(route.targets) :]
+        ]
+    if probe_through and len(failures) < len(route.targets):
+        host = ports.probe_host(route.listen)
+        problem = through_listener(host, route.listen.port)
+        level = Level.OK if problem is None else Level.DOWN
+        detail = problem or "a connection through the listener reached the target"
+        report.add(f"through {route.listen}", level, detail)
+
+
+def _who(pids: list[int]) -> str:
+    if not pids:
+        return "a process this user cannot see (run as root to know which)"
+    return ", ".join(f"pid {pid} ({ports.process_name(pid)})" for pid in pids)
+
+
+# --- uninstall
+
+
+def uninstall(name: str, echo: Echo) -> None:
+    """Stop, disable and remove what install wrote; put a backed-up unit back."""
+    name = check_name(name)
+    require_systemd("uninstall")
+    units = [f"{name}.socket", f"{name}.service"]
+    files = [unit_path(unit) for unit in units]
+    foreign = [path for path in files if path.exists() and not written_by_pyforward(path)]
+    if foreign:
+        raise StartupError(f"{foreign[0]} was not written by pyforward; leaving it alone")
+    ours = [path for path in files if path.exists()]
+    backups = [BACKUP_DIR / unit for unit in units if (BACKUP_DIR / unit).exists()]
+    config = config_path(name)
+    if not ours and not backups and not config.exists():
+        echo(f"{name} is not installed; nothing to remove")
+        return
+    if ours:
+        present = [path.name for path in ours]
+        systemctl.run("stop", *present)
+        systemctl.run("disable", *present)
+        # The state directory of a DynamicUser service (/var/lib/private/NAME).
+        systemctl.run("clean", "--what=state", f"{name}.service")
+    for path in [*ours, config]:
+        if path.exists():
+            path.unlink()
+            echo(f"removed {path}")
+    systemctl.must("daemon-reload")
+    for unit in units:
+        systemctl.run("reset-failed", unit)
+    for backup in backups:
+        _restore(backup, echo)
+    for directory in (BACKUP_DIR, CONFIG_DIR):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _restore(backup: Path, echo: Echo) -> None:
+    unit = backup.name
+    state_file = BACKUP_DIR / f"{unit}.state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    backup.replace(unit_path(unit))
+    state_file.unlink(missing_ok=True)
+    systemctl.must("daemon-reload")
+    echo(f"restored {unit_path(unit)}")
+    if state.get("enabled"):
+        systemctl.run("enable", unit)
+    if state.get("active"):
+        outcome = systemctl.run("start", unit)
+        echo(f"started {unit}" if outcome.ok else f"{unit} did not start: {outcome.output}")
