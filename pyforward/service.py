@@ -223,7 +223,7 @@ def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> 
     for unit in plan.units:
         outcome = systemctl.run("start", unit)
         if not outcome.ok:
-            raise _not_serving(plan, echo, f"{unit} failed to start: {outcome.output}")
+            raise _not_serving(plan, echo, f"{unit} failed to start")
     _wait_serving(plan, echo, timeout)
 
 
@@ -295,11 +295,13 @@ class StatusReport:
         return json.dumps(data, indent=2)
 
     def to_text(self) -> str:
-        lines = [unit_summary(f"{self.name}.service", self.unit)] if self.unit else []
-        if self.unit.get("StatusText"):
-            lines.append(f"  status: {self.unit['StatusText']}")
+        lines = []
+        status_text = self.unit.get("StatusText")
         for check in self.checks:
             lines.append(f"[{check.level.name.lower():>4}] {check.subject}: {check.detail}")
+            if status_text and check.subject == f"{self.name}.service":
+                lines.append(f"       it says: {status_text}")
+                status_text = None
         lines += [f"  {line}" for line in self.journal]
         verdict = {
             Level.OK: "ok: forwarding works",
