@@ -43,7 +43,10 @@ HOST_NODE_SIDE = "10.231.2.1"
 NODE_ADDRESS = "10.231.2.2"
 
 _ETC_FILES = {
-    "passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "passwd": (
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ),
     "group": "root:x:0:\nnogroup:x:65534:\n",
     "shadow": "root:*:19000:0:99999:7:::\n",
     "gshadow": "root:*::\n",
@@ -134,7 +137,7 @@ class NetNs:
     def path(self) -> str:
         return f"/run/netns/{self.name}"
 
-    def socket(self, family: int = socket.AF_INET) -> socket.socket:
+    def tcp_socket(self, family: int = socket.AF_INET) -> socket.socket:
         """A TCP socket created inside this namespace (it stays there wherever it is used)."""
         result: list[socket.socket | BaseException] = []
 
@@ -162,7 +165,7 @@ class NetNs:
 
     def connect(self, address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
         """A connected client socket from inside this namespace."""
-        sock = self.socket()
+        sock = self.tcp_socket()
         sock.settimeout(timeout)
         try:
             sock.connect(address)
@@ -172,7 +175,7 @@ class NetNs:
         return sock
 
     def listen(self, address: tuple[str, int]) -> socket.socket:
-        sock = self.socket()
+        sock = self.tcp_socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(128)
@@ -201,8 +204,10 @@ class Network:
         ):
             host_if, peer_if = f"to-{link}", "eth0"
             _run(
-                ["ip", "-n", self.host.name, "link", "add", host_if, "type", "veth"]
-                + ["peer", "name", peer_if, "netns", peer.name]
+                [
+                    *("ip", "-n", self.host.name, "link", "add", host_if, "type", "veth"),
+                    *("peer", "name", peer_if, "netns", peer.name),
+                ]
             )
             _run(["ip", "-n", self.host.name, "addr", "add", f"{host_ip}/24", "dev", host_if])
             _run(["ip", "-n", peer.name, "addr", "add", f"{peer_ip}/24", "dev", peer_if])
@@ -376,8 +381,7 @@ class SystemdBox:
         machine_id = _run(["systemd-id128", "new"]).stdout.strip()
         (root / "etc/machine-id").write_text(machine_id + "\n")
         for path in self.bind_paths:
-            target = root / path.lstrip("/")
-            target.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
             # Parents keep the host's modes: a 0700 /root must stay closed inside too.
             for parent in Path(path).parents:
                 if parent != Path("/"):

@@ -164,7 +164,7 @@ def test_install_serves_survives_sigkill_reports_status_and_uninstalls(
         code, report = status_json(box, "pyforward")
         assert code == 0, report
         assert set(levels(report).values()) == {"ok"}
-        assert levels(report)[f"through *:443"] == "ok"
+        assert levels(report)["through *:443"] == "ok"
 
         # SIGKILL of the main process: systemd restarts it and forwarding resumes.
         old_pid = box.show("pyforward.service", "MainPID")["MainPID"]
@@ -227,20 +227,21 @@ def connect_while_restarting(
             results.append((started, error))
             count += 1
 
+    def wait_for_more(seen: int) -> None:
+        box.wait_for("client connections", lambda: len(results) >= seen + 3)
+
     thread = threading.Thread(target=client)
     thread.start()
     windows = []
     try:
         for _ in range(restarts):
-            seen = len(results)
-            box.wait_for("client connections", lambda: len(results) >= seen + 3)
+            wait_for_more(len(results))
             old_pid = box.show(unit, "MainPID")["MainPID"]
             began = time.monotonic()
             box.systemctl("restart", unit)
             windows.append((began, time.monotonic()))
             assert box.show(unit, "MainPID")["MainPID"] not in {"0", old_pid}
-        seen = len(results)
-        box.wait_for("client connections", lambda: len(results) >= seen + 3)
+        wait_for_more(len(results))
     finally:
         stop.set()
         thread.join(timeout=30)
@@ -319,7 +320,7 @@ def test_replaces_the_socat_unit_and_uninstall_puts_it_back(
     box.systemctl("enable", "--now", f"{name}.service")
     try:
         box.wait_for("socat listening", lambda: _accepts(net, 9443))
-        code, out, err = pyforward(
+        _, out, _ = pyforward(
             box, "install", "--name", name, "--listen", "9443", "--target", target
         )
         assert f"kept it as /etc/pyforward/backup/{name}.service" in out

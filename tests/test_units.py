@@ -57,7 +57,7 @@ def write_examples() -> None:
     import io  # noqa: PLC0415
     from contextlib import redirect_stdout  # noqa: PLC0415
 
-    service_cli.find_installation = lambda: EXAMPLE_INSTALLATION  # type: ignore[assignment]
+    service_cli.find_installation = lambda: EXAMPLE_INSTALLATION
     for directory, args in EXAMPLES.items():
         out = io.StringIO()
         with redirect_stdout(out), pytest.raises(SystemExit):
@@ -233,7 +233,7 @@ def test_socket_activation_and_credential() -> None:
 
 def test_names_and_paths_that_cannot_go_into_a_unit() -> None:
     assert check_name("k3s-ingress-forward") == "k3s-ingress-forward"
-    with pytest.raises(ConfigError, match="without .service"):
+    with pytest.raises(ConfigError, match=r"without \.service"):
         check_name("pyforward.service")
     with pytest.raises(ConfigError, match="letters, digits"):
         check_name("a/b")

@@ -1,0 +1,159 @@
+"""install/status/uninstall where they cannot act, and the parts that need no systemd."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pyforward import service, systemctl
+from pyforward.cli import main
+from pyforward.service import Check, Level, StatusReport, through_listener
+
+ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    captured = capsys.readouterr()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemctl, "is_root", lambda: False)
+    monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
+
+
+@pytest.fixture
+def no_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemctl, "is_root", lambda: True)
+    monkeypatch.setattr(systemctl, "systemd_running", lambda: False)
+
+
+@pytest.mark.usefixtures("not_root")
+@pytest.mark.parametrize("command", [["install", *ROUTE], ["uninstall"]])
+def test_not_root_is_one_line_naming_what_still_works(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(command, capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "needs root" in err
+    assert "--dry-run" in err
+    assert "pyforward run" in err
+
+
+@pytest.mark.usefixtures("no_systemd")
+@pytest.mark.parametrize("command", [["install", *ROUTE], ["uninstall", "--name", "x"]])
+def test_no_systemd_is_one_line_naming_what_still_works(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(command, capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "needs a running systemd" in err
+    assert "pyforward run" in err
+
+
+@pytest.mark.usefixtures("no_systemd")
+def test_status_without_systemd_is_down(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["status", "--json"], capsys)
+    assert code == 2
+    report = json.loads(out)
+    assert report["checks"][0]["level"] == "down"
+    assert "not running" in report["checks"][0]["detail"]
+
+
+@pytest.mark.usefixtures("not_root")
+def test_dry_run_needs_neither_root_nor_systemd(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["install", "--dry-run", "--name", "edge", *ROUTE], capsys)
+    assert code == 0
+    assert "==> /etc/pyforward/edge.toml <==" in out
+    assert "==> /etc/systemd/system/edge.service <==" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "a b", *ROUTE], "--name 'a b'"),
+        (["--listen", "0", "--target", "10.0.0.5:1"], "needs a fixed port"),
+        (["--listen", "443"], "needs a target"),
+        ([], "no route to forward"),
+        (["--bogus", *ROUTE], "No such option: --bogus"),
+        (["--socket-activation", "--listen", "localhost:443", "--target", "10.0.0.5:1"], "numeric"),
+        (["--kubeconfig", "/etc/my kube.yaml", *ROUTE], "free of spaces"),
+    ],
+)
+def test_bad_input_is_exit_2_and_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["install", "--dry-run", *args], capsys)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_report_exit_codes_and_json() -> None:
+    report = StatusReport("fwd")
+    assert report.exit_code == 0
+    report.checks.append(Check("fwd.service", Level.OK, "active (running)"))
+    report.checks.append(Check("fwd.service", Level.WARN, "disabled: it will not start at boot"))
+    assert report.exit_code == 1
+    report.checks.append(Check("target 10.0.0.5:1", Level.DOWN, "unreachable: Connection refused"))
+    assert report.exit_code == 2
+    data = json.loads(report.to_json())
+    assert [check["level"] for check in data["checks"]] == ["ok", "warn", "down"]
+    assert data["exit_code"] == 2
+    assert report.to_text().splitlines()[-1] == "down: forwarding does not work"
+
+
+@pytest.fixture
+def closing_server() -> Iterator[int]:
+    """Accepts and closes at once, as the forwarder does when the target refuses."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+
+
+def test_through_listener_sees_an_immediate_close(closing_server: int) -> None:
+    assert through_listener("127.0.0.1", closing_server, wait=2.0) == (
+        "closed at once: the forwarder could not reach the target"
+    )
+
+
+def test_through_listener_accepts_a_connection_that_stays() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert through_listener("127.0.0.1", server.getsockname()[1], wait=0.2) is None
+
+
+def test_unit_summary() -> None:
+    props = {
+        "LoadState": "loaded",
+        "ActiveState": "failed",
+        "SubState": "failed",
+        "UnitFileState": "enabled",
+        "MainPID": "0",
+        "NRestarts": "5",
+        "Result": "exit-code",
+        "ExecMainStatus": "203",
+    }
+    assert service.unit_summary("fwd.service", props) == (
+        "fwd.service: failed (failed), enabled, 5 restarts, result exit-code, last exit status 203"
+    )
