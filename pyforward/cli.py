@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -14,7 +15,9 @@ import typer
 from pyforward import __version__
 from pyforward.daemon import serve_supervised
 from pyforward.errors import ConfigError, PyforwardError
+from pyforward.logfmt import logfmt
 from pyforward.loops import loop_factory
+from pyforward.server import serve
 from pyforward.service_cli import register_service_commands
 from pyforward.settings import (
     LogLevel,
@@ -25,6 +28,7 @@ from pyforward.settings import (
     env_name,
     parse_config_text,
 )
+from pyforward.socat_args import parse_socat_args, summarize, to_flags
 
 app = typer.Typer(
     name="pyforward",
@@ -134,6 +138,21 @@ def run(
     shutdown_timeout: Annotated[
         float | None, typer.Option(help="Seconds connections get to finish on SIGTERM [20].")
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="Only clients in this network (CIDR) may connect; repeatable."),
+    ] = None,
+    deny: Annotated[
+        list[str] | None,
+        typer.Option(help="Clients in this network (CIDR) are refused; repeatable."),
+    ] = None,
+    max_connections_per_source: Annotated[
+        int | None, typer.Option(help="Connections one client address may hold [0 = no cap].")
+    ] = None,
+    first_byte_timeout: Annotated[
+        float | None,
+        typer.Option(help="Close a client that sends nothing for this long; 0 = never [0]."),
+    ] = None,
     log_level: Annotated[LogLevel | None, typer.Option(help="debug, info, warning, error.")] = None,
     quiet: Annotated[
         bool | None, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
@@ -152,6 +171,10 @@ def run(
         "max_connections": max_connections,
         "backlog": backlog,
         "shutdown_timeout": shutdown_timeout,
+        "allow": allow,
+        "deny": deny,
+        "max_connections_per_source": max_connections_per_source,
+        "first_byte_timeout": first_byte_timeout,
         "log_level": log_level,
         "quiet": quiet,
     }
@@ -159,11 +182,54 @@ def run(
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(
-            serve_supervised(
-                settings, loop_name=loop_name, reload_settings=lambda: load_settings(flags, config)
-            )
-        )
+        # SIGHUP re-reads the same flags, environment and config file.
+        reload = functools.partial(load_settings, flags, config)
+        runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
+
+
+SOCAT_HELP = """\
+Usage: pyforward-socat [OPTIONS] TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]
+       (the same as: pyforward socat ...)
+
+Runs pyforward from a socat command line, so a socat unit switches by its binary alone.
+  options:  -d (repeatable; -dddd logs at debug)  -T SECONDS (idle timeout)
+            -t SECONDS, -b SIZE (accepted; pyforward half-closes without delay and
+            sizes its own buffers)  -ls
+  listen:   TCP-LISTEN, TCP4-LISTEN, TCP6-LISTEN (TCP-L, ...) with fork, reuseaddr,
+            bind=ADDRESS, backlog=N, max-children=N, keepalive, nodelay
+  target:   TCP, TCP4, TCP6 (TCP-CONNECT, ...) with connect-timeout=SECONDS,
+            keepalive, nodelay
+Without fork, one connection is served, then pyforward exits, as socat does.
+Anything else is refused with the reason."""
+
+
+@app.command(
+    context_settings={
+        # socat's words (-d -d, -T 30, TCP-LISTEN:...) pass through untouched.
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": [],
+    },
+)
+def socat(
+    args: Annotated[list[str] | None, typer.Argument(help="socat's arguments.")] = None,
+) -> None:
+    """Run from a socat command line: TCP-LISTEN:PORT,fork TCP:HOST:PORT (see -h)."""
+    words = args or []
+    if words[:1] in (["-h"], ["-?"], ["--help"]):
+        typer.echo(SOCAT_HELP)
+        return
+    if words[:1] == ["-V"]:
+        typer.echo(f"pyforward {__version__} (socat command line)")
+        return
+    command = parse_socat_args(words)
+    settings = build_settings(to_flags(command), dict(os.environ))
+    setup_logging(settings.log_level)
+    for item in summarize(command).dropped:
+        logging.getLogger("pyforward").info(logfmt({"event": "socat-ignored", "what": item}))
+    factory, loop_name = loop_factory(settings.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, loop_name=loop_name, max_accepts=command.max_accepts))
 
 
 register_service_commands(app)  # install, status, uninstall

@@ -7,8 +7,8 @@ The protocol with systemd (Type=notify), in the order it happens:
   plus notes the forwarder carries (`Forwarder.status_notes`, e.g. degraded discovery).
 - WATCHDOG=1 every half WatchdogSec, sent by a timer on the event loop: a stuck loop stops
   the pings and systemd restarts the service.
-- SIGHUP (ExecReload=): RELOADING=1, the configuration reloaded (see pyforward.reload),
-  then READY=1, whether the reload worked or not (a failed reload keeps what was running).
+- SIGHUP (ExecReload=): RELOADING=1, the configuration reloaded (Forwarder.reload), then
+  READY=1, whether the reload worked or not (a failed reload keeps what was running).
 - SIGTERM or SIGINT: STOPPING=1, then the forwarder's ordered shutdown.
 Outside systemd none of this sends anything; SIGHUP still reloads.
 """
@@ -23,14 +23,10 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 
-from pyforward import reload
 from pyforward.activation import take_passed_sockets
-from pyforward.addresses import Address
-from pyforward.connection import ResolvedTarget
-from pyforward.errors import PyforwardError
 from pyforward.logfmt import logfmt
 from pyforward.sdnotify import Notifier, message, watchdog_interval
-from pyforward.server import Forwarder, resolve_target, serve
+from pyforward.server import Forwarder, apply_reload, serve
 from pyforward.settings import Settings
 
 log = logging.getLogger("pyforward")
@@ -58,12 +54,10 @@ class Supervisor:
     def __init__(
         self,
         notifier: Notifier,
-        settings: Settings,
         reload_settings: Callable[[], Settings] | None,
         watchdog: float | None,
     ) -> None:
         self.notifier = notifier
-        self.settings = settings
         self.reload_settings = reload_settings
         self.watchdog = watchdog
         self.forwarder: Forwarder | None = None
@@ -135,6 +129,9 @@ class Supervisor:
 
     def request_reload(self) -> None:
         """SIGHUP: reload now, or once more after the reload under way."""
+        if self.reload_settings is None:
+            log.info(logfmt({"event": "reload", "msg": "nothing to reload"}))
+            return
         if self.forwarder is None:
             # Still starting: READY=1 must not go out before the listeners are bound.
             log.warning(logfmt({"event": "reload-ignored", "msg": "still starting"}))
@@ -145,42 +142,15 @@ class Supervisor:
         self._reloading = asyncio.get_running_loop().create_task(self._reload())
 
     async def _reload(self) -> None:
+        assert self.forwarder is not None and self.reload_settings is not None
         while True:
             self._reload_again = False
             self.notifier.send(message(RELOADING="1", STATUS="reloading"))
-            try:
-                await self._reload_once()
-                self.last_reload_error = None
-            except PyforwardError as exc:
-                self.last_reload_error = str(exc)
-                log.error(logfmt({"event": "reload-failed", "error": str(exc)}))
+            self.last_reload_error = await apply_reload(self.forwarder, self.reload_settings)
             self._last_status = self.status()
             self.notifier.send(message(READY="1", STATUS=self._last_status))
             if not self._reload_again:
                 return
-
-    async def _reload_once(self) -> None:
-        assert self.forwarder is not None
-        if self.reload_settings is None:
-            log.info(logfmt({"event": "reload", "msg": "nothing to reload"}))
-            return
-        new = self.reload_settings()
-        reload_plan = reload.plan(self.settings, new)
-        loop = asyncio.get_running_loop()
-        targets: dict[Address, list[ResolvedTarget]] = {}
-        for route in reload_plan.changed_routes:
-            targets[route.listen] = [await resolve_target(loop, t) for t in route.targets]
-        reload.apply(self.forwarder, reload_plan, targets)
-        self.settings = reload.applied(self.settings, reload_plan)
-        self.forwarder.settings = self.settings
-        fields: dict[str, object] = {
-            "event": "reload",
-            "changed_routes": ",".join(str(r.listen) for r in reload_plan.changed_routes),
-        }
-        if reload_plan.needs_restart:
-            fields["restart_needed"] = "; ".join(reload_plan.needs_restart)
-            fields["msg"] = "these changes take effect at the next restart"
-        log.log(logging.WARNING if reload_plan.needs_restart else logging.INFO, logfmt(fields))
 
 
 async def serve_supervised(
@@ -194,9 +164,7 @@ async def serve_supervised(
     Uses listening sockets passed by systemd when there are any (socket activation)."""
     loop = asyncio.get_running_loop()
     notifier = Notifier.from_environment()
-    supervisor = Supervisor(
-        notifier, settings, reload_settings, watchdog_interval(os.environ, os.getpid())
-    )
+    supervisor = Supervisor(notifier, reload_settings, watchdog_interval(os.environ, os.getpid()))
     stop = asyncio.Event()
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pyforward.daemon import status_line
 from pyforward.sdnotify import Notifier, message, socket_address, watchdog_interval
 
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
@@ -185,3 +186,12 @@ def test_notifier_without_systemd_sends_nothing() -> None:
     notifier = Notifier.from_environment({})
     assert not notifier.enabled
     assert notifier.send(message(READY="1")) is False
+
+
+def test_status_line() -> None:
+    routes = [("[::]:443", ["10.0.0.5:32653"])]
+    expected = "forwarding [::]:443 -> 10.0.0.5:32653; 1 active connection"
+    assert status_line(routes, 1, {}) == expected
+    many = [(f"[::]:{port}", ["10.0.0.5:1"]) for port in range(6)]
+    line = status_line(many, 0, {"discovery": "degraded: API unreachable"})
+    assert line.endswith("and 2 more; 0 active connections; discovery degraded: API unreachable")
