@@ -27,7 +27,8 @@ from typing import Any
 
 from pyforward import configfile, installation, ports, systemctl
 from pyforward.errors import ConfigError, StartupError
-from pyforward.settings import Route, Settings, build_settings, parse_config_text
+from pyforward.settings import Route, Settings, build_settings, env_name, parse_config_text
+from pyforward.socat_unit import settings_from_socat_unit
 from pyforward.units import MARKER, SOCKET_MARKER, UnitSpec, check_name, check_path, render_units
 
 CONFIG_DIR = Path("/etc/pyforward")
@@ -97,6 +98,44 @@ class InstallPlan:
     @property
     def service(self) -> str:
         return f"{self.name}.service"
+
+
+def routes_given(
+    flags: Mapping[str, object], env: Mapping[str, str], file_data: Mapping[str, Any] | None
+) -> bool:
+    """Whether any layer names a route (listen, target or route)."""
+    keys = configfile.ROUTE_DEFINING
+    return (
+        any(flags.get(key) not in (None, [], ()) for key in keys)
+        or any(env_name(key) in env for key in keys)
+        or any(key in (file_data or {}) for key in keys)
+    )
+
+
+@dataclass(frozen=True)
+class CarriedOver:
+    """What a replaced socat unit's ExecStart= says, as `run` flags."""
+
+    flags: dict[str, object]
+    carried: list[str]
+    dropped: list[str]
+
+
+def carry_over_replaced_unit(name: str) -> CarriedOver | None:
+    """Routes from the socat unit install would replace, when the user gave none."""
+    path = unit_path(f"{check_name(name)}.service")
+    if not path.exists() or written_by_pyforward(path):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        flags, carried, dropped = settings_from_socat_unit(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read {path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(
+            f"no route given, and {path} cannot be carried over ({exc}); give --listen and --target"
+        ) from None
+    return CarriedOver(flags, carried, dropped)
 
 
 def plan_install(
@@ -296,7 +335,9 @@ class StatusReport:
 
     def to_text(self) -> str:
         lines = []
-        status_text = self.unit.get("StatusText")
+        # systemd keeps the last STATUS= after the service stops: show it only while it runs.
+        running = self.unit.get("ActiveState") in {"active", "reloading"}
+        status_text = self.unit.get("StatusText") if running else None
         for check in self.checks:
             lines.append(f"[{check.level.name.lower():>4}] {check.subject}: {check.detail}")
             if status_text and check.subject == f"{self.name}.service":

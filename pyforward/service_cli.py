@@ -66,6 +66,7 @@ def install(
     Takes every option of `pyforward run` (see pyforward run --help) and writes them to
     /etc/pyforward/NAME.toml. A unit of the same name not written by pyforward (such as
     k3s-ingress-forward's socat) is stopped and kept; `pyforward uninstall` restores it.
+    Given no route, install takes the routes from that socat unit's ExecStart=.
     """
     from pyforward.cli import read_config_file  # noqa: PLC0415  (cli imports this module)
 
@@ -75,11 +76,22 @@ def install(
         config = Path(env[env_name("config")])
     if not dry_run:
         service.require_systemd("install")
+    file_data = read_config_file(config) if config is not None else None
+    if not service.routes_given(flags, env, file_data):
+        # Replacing a socat unit: its ExecStart= says where to listen and forward.
+        found = service.carry_over_replaced_unit(name)
+        if found is not None:
+            given = {k: v for k, v in flags.items() if v not in (None, [], ())}
+            flags = {**flags, **found.flags, **given}
+            for item in found.carried:
+                _echo_err(f"from {name}.service: {item}")
+            for item in found.dropped:
+                _echo_err(f"from {name}.service, not carried over: {item}")
     request = service.InstallRequest(
         name=name,
         flags=flags,
         env=env,
-        file_data=read_config_file(config) if config is not None else None,
+        file_data=file_data,
         file_source=str(config) if config else "config file",
         socket_activation=socket_activation,
         kubeconfig=kubeconfig,

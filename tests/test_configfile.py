@@ -48,6 +48,11 @@ CASES: dict[str, tuple[dict[str, object], dict[str, str], dict[str, Any] | None]
             ],
         },
     ),
+    "access lists and per-source cap": (
+        {"allow": ["10.0.0.0/8", "192.168.0.0/16"], "max_connections_per_source": 20},
+        {"PYFORWARD_DENY": "10.9.0.0/16, 10.8.0.0/16", "PYFORWARD_FIRST_BYTE_TIMEOUT": "5"},
+        {"route": [{"listen": "443", "target": ["10.0.0.5:1"], "allow": ["172.16.0.0/12"]}]},
+    ),
     "flag routes replace file routes, file options stay": (
         {"listen": "8443", "target": ["10.0.0.9:1"]},
         {},

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +159,43 @@ def test_unit_summary() -> None:
     assert service.unit_summary("fwd.service", props) == (
         "fwd.service: failed (failed), enabled, 5 restarts, result exit-code, last exit status 203"
     )
+
+
+SOCAT_UNIT = """[Unit]
+After=network-online.target k3s.service
+[Service]
+User=root
+Restart=always
+ExecStart=/usr/bin/socat -T 60 TCP-LISTEN:443,fork,reuseaddr TCP:10.211.55.14:32653
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_dry_run_carries_routes_over_from_the_socat_unit_it_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
+    (tmp_path / "k3s-ingress-forward.service").write_text(SOCAT_UNIT)
+    code, out, err = run_cli(
+        ["install", "--dry-run", "--name", "k3s-ingress-forward", "--idle-timeout", "30"], capsys
+    )
+    assert code == 0, err
+    assert "from k3s-ingress-forward.service: listen *:443 (from TCP-LISTEN:443)" in err
+    assert "would stop k3s-ingress-forward.service (not written by pyforward)" in err
+    config = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
+    # The routes come from socat's command line; a flag given still wins over -T 60.
+    assert config["route"] == [{"listen": "443", "target": ["10.211.55.14:32653"]}]
+    assert config["idle_timeout"] == 30.0
+    # The unit on disk is untouched by a dry run.
+    assert (tmp_path / "k3s-ingress-forward.service").read_text() == SOCAT_UNIT
+
+
+def test_no_route_and_a_unit_that_is_not_socat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
+    (tmp_path / "web.service").write_text("[Service]\nExecStart=/usr/sbin/nginx\n")
+    code, out, err = run_cli(["install", "--dry-run", "--name", "web"], capsys)
+    assert (code, out) == (2, "")
+    assert "cannot be carried over (ExecStart= runs '/usr/sbin/nginx', not socat)" in err

@@ -320,9 +320,9 @@ def test_replaces_the_socat_unit_and_uninstall_puts_it_back(
     box.systemctl("enable", "--now", f"{name}.service")
     try:
         box.wait_for("socat listening", lambda: _accepts(net, 9443))
-        _, out, _ = pyforward(
-            box, "install", "--name", name, "--listen", "9443", "--target", target
-        )
+        # No route given: install carries socat's over from the unit it replaces.
+        _, out, err = pyforward(box, "install", "--name", name)
+        assert f"from {name}.service: listen *:9443 (from TCP-LISTEN:9443)" in err
         assert f"kept it as /etc/pyforward/backup/{name}.service" in out
         assert exchange(net, 9443) == b"node:hello"
         assert "pyforward run" in box.show(f"{name}.service", "ExecStart")["ExecStart"]
