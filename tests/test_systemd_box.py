@@ -21,6 +21,7 @@ import pytest
 from tests.systemd_box import (
     HOST_CLIENT_SIDE,
     NODE_ADDRESS,
+    REQUIRE_ENV,
     CannotRun,
     NetNs,
     Network,
@@ -370,3 +371,71 @@ def test_install_reports_a_service_that_cannot_start(box_lab: tuple[Network, Sys
     finally:
         pyforward(box, "uninstall", "--name", "broken", check=False)
     assert leftovers(box, "broken") == []
+
+
+def test_a_stuck_event_loop_is_restarted_by_the_watchdog(
+    box_lab: tuple[Network, SystemdBox], backend: Backend
+) -> None:
+    net, box = box_lab
+    name = "pyf-watchdog"
+    unit = f"{name}.service"
+    dropin = box.path(f"/etc/systemd/system/{unit}.d/fast-watchdog.conf")
+    try:
+        pyforward(
+            box,
+            "install",
+            "--name",
+            name,
+            "--listen",
+            "7443",
+            "--target",
+            f"{NODE_ADDRESS}:{backend.port}",
+        )
+        # A shorter watchdog than the unit's 10 s, to keep the test short.
+        dropin.parent.mkdir()
+        dropin.write_text("[Service]\nWatchdogSec=2\nTimeoutAbortSec=1\n")
+        box.systemctl("daemon-reload")
+        box.systemctl("restart", unit)
+
+        # The pings arrive: systemd's last watchdog timestamp keeps moving.
+        first = box.show(unit, "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
+        box.wait_for(
+            "a WATCHDOG=1 ping",
+            lambda: (
+                box.show(unit, "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
+                not in {first, "0"}
+            ),
+        )
+        assert box.show(unit, "ActiveState")["ActiveState"] == "active"
+
+        # A loop that stops running stops the pings: systemd kills and restarts the service.
+        old_pid = box.show(unit, "MainPID")["MainPID"]
+        box.systemctl("kill", "--signal=SIGSTOP", "--kill-whom=main", unit)
+
+        def restarted() -> bool:
+            props = box.show(unit, "NRestarts", "ActiveState", "MainPID")
+            return (
+                props["NRestarts"] == "1"
+                and props["ActiveState"] == "active"
+                and (props["MainPID"] not in {"0", old_pid})
+            )
+
+        box.wait_for("a restart after the watchdog timeout", restarted)
+        journal = box.run(["journalctl", "-u", unit, "--no-pager"]).stdout
+        assert "Watchdog timeout" in journal
+        assert exchange(net, 7443) == b"node:hello"
+    finally:
+        dropin.unlink(missing_ok=True)
+        if dropin.parent.exists():
+            dropin.parent.rmdir()
+        pyforward(box, "uninstall", "--name", name, check=False)
+    assert leftovers(box, name) == []
+
+
+def test_cannot_run_is_a_failure_where_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="cannot run: needs root"):
+        require_or_skip("needs root")
+    monkeypatch.delenv(REQUIRE_ENV)
+    with pytest.raises(pytest.skip.Exception):
+        require_or_skip("needs root")
