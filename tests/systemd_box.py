@@ -62,10 +62,6 @@ R="$1"; shift
 mount --bind "$R" "$R"
 mount --bind /usr "$R/usr"
 mount -o remount,bind,ro "$R/usr"
-for path in "$@"; do
-    mount --bind "$path" "$R$path"
-    mount -o remount,bind,ro "$R$path"
-done
 mount -t proc proc "$R/proc"
 mount -t sysfs -o ro sysfs "$R/sys"
 mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
@@ -80,6 +76,12 @@ ln -s pts/ptmx "$R/dev/ptmx"
 mount -t tmpfs -o mode=0755 run "$R/run"
 mount -t tmpfs -o mode=1777 tmp "$R/tmp"
 mount -t tmpfs -o mode=0755 var "$R/var"
+# The installation under test, at the same paths (after the tmpfs mounts, which would hide it).
+for path in "$@"; do
+    mkdir -p "$R$path"
+    mount --bind "$path" "$R$path"
+    mount -o remount,bind,ro "$R$path"
+done
 exec chroot "$R" /usr/bin/env -i container=pyforward-test \
     /lib/systemd/systemd --system --unit=multi-user.target --show-status=no
 """
@@ -223,30 +225,66 @@ class Network:
 # --- the box
 
 
-def installation_roots() -> list[str]:
-    """Directories the Python installation running the tests lives in, outside /usr."""
-    project = Path(__file__).resolve().parent.parent
-    candidates = {
-        project,
-        Path(sys.prefix).resolve(),
-        Path(sys.base_prefix).resolve(),
-        Path(os.path.realpath(sys.executable)).parent.parent,
-    }
+VOLATILE = ("/tmp", "/var/tmp", "/dev/shm", "/run/user")
+COPY_ENV = "PYFORWARD_BOX_COPY_VENV"  # 1: test a copy of the venv even where it need not
+# Test tools the copied venv leaves out: the service needs only pyforward's own dependencies.
+_DEV_ONLY = ("__editable__*", "pyforward*", "mypy*", "hypothesis*", "_pytest", "pytest*", "ruff*")
+
+
+@dataclass(frozen=True)
+class Installation:
+    """The pyforward to install in the box, and the directories it lives in."""
+
+    entry_point: str
+    roots: tuple[str, ...]  # bound into the box at the same paths
+    made: str | None = None  # a directory made for the test, removed afterwards
+
+
+def _roots(candidates: set[Path]) -> tuple[str, ...]:
     roots: list[Path] = []
     for path in sorted(candidates, key=lambda p: len(p.parts)):
         if path.is_relative_to("/usr") or any(path.is_relative_to(r) for r in roots):
             continue
         roots.append(path)
-    return [str(root) for root in roots]
+    return tuple(str(root) for root in roots)
+
+
+def installation_under_test(tag: str) -> Installation:
+    """This test run's venv, where a service can run from it; otherwise a copy of it.
+
+    pyforward refuses to install a service from /tmp and the like (the service would not
+    see it, and it does not survive a reboot). Where the checkout and its venv live there,
+    a venv is made outside, from the same interpreter, with the same packages copied in.
+    """
+    project = Path(__file__).resolve().parent.parent
+    base = {Path(sys.base_prefix).resolve(), Path(os.path.realpath(sys.executable)).parent.parent}
+    here = _roots({project, Path(sys.prefix).resolve(), *base})
+    volatile = any(Path(root).is_relative_to(area) for root in here for area in VOLATILE)
+    if not volatile and os.environ.get(COPY_ENV) != "1":
+        return Installation(str(Path(sys.prefix) / "bin" / "pyforward"), here)
+    venv = Path(f"/var/lib/{tag}-venv")
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = venv / "lib" / version / "site-packages"
+    for source in {Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()}:
+        shutil.copytree(source, site, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_DEV_ONLY))
+    shutil.copytree(project / "pyforward", site / "pyforward")
+    entry = venv / "bin" / "pyforward"
+    entry.write_text(
+        f"#!{venv}/bin/python\nimport sys\nfrom pyforward.cli import main\nsys.exit(main())\n"
+    )
+    entry.chmod(0o755)
+    return Installation(str(entry), _roots({venv, *base}), str(venv))
 
 
 class SystemdBox:
     """systemd as PID 1 of its own namespaces, in the network namespace `netns`."""
 
-    def __init__(self, netns: NetNs, tag: str, bind_paths: Sequence[str]) -> None:
+    def __init__(self, netns: NetNs, tag: str, installation: Installation) -> None:
         self.netns = netns
         self.tag = tag
-        self.bind_paths = list(bind_paths)
+        self.pyforward = installation.entry_point
+        self.bind_paths = list(installation.roots)
         self.root = Path(tempfile.mkdtemp(prefix=f"{tag}-root-"))
         self.log_path = Path(tempfile.mkstemp(prefix=f"{tag}-", suffix=".log")[1])
         self.cgroups: list[Path] = []
@@ -443,9 +481,11 @@ def lab() -> Iterator[tuple[Network, SystemdBox]]:
     tag = f"pyf{os.getpid()}{secrets.token_hex(2)}"
     network = Network(tag)
     box: SystemdBox | None = None
+    installation: Installation | None = None
     try:
+        installation = installation_under_test(tag)
         network.up()
-        box = SystemdBox(network.host, tag, installation_roots())
+        box = SystemdBox(network.host, tag, installation)
         box.boot()
         yield network, box
     finally:
@@ -454,3 +494,5 @@ def lab() -> Iterator[tuple[Network, SystemdBox]]:
                 box.close()
         finally:
             network.down()
+            if installation is not None and installation.made:
+                shutil.rmtree(installation.made, ignore_errors=True)

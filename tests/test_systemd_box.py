@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,8 +29,6 @@ from tests.systemd_box import (
     lab,
     require_or_skip,
 )
-
-PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
 
 
 class Backend:
@@ -88,7 +85,7 @@ def exchange(net: Network, port: int, payload: bytes = b"hello") -> bytes:
 
 
 def pyforward(box: SystemdBox, *args: str, check: bool = True) -> tuple[int, str, str]:
-    result = box.run([PYFORWARD, *args], check=check, timeout=90)
+    result = box.run([box.pyforward, *args], check=check, timeout=90)
     return result.returncode, result.stdout, result.stderr
 
 
