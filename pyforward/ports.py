@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyforward.addresses import Address, format_peer
+from pyforward.errors import StartupError
 from pyforward.listeners import bind_addresses
 
 _LISTEN_STATE = "0A"
@@ -88,9 +89,10 @@ def numeric_hosts(address: Address) -> frozenset[str]:
     """The numeric hosts a listen address binds (none for every interface)."""
     if address.host is None:
         return frozenset()
-    with contextlib.suppress(Exception):
+    try:
         return frozenset(str(sockaddr[0]) for _, sockaddr in bind_addresses(address))
-    return frozenset({address.host})
+    except StartupError:  # a name that does not resolve: compare it as written
+        return frozenset({address.host})
 
 
 def socket_inodes(pid: int, proc: Path = Path("/proc")) -> set[int]:

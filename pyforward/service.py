@@ -446,7 +446,7 @@ def status(name: str) -> StatusReport:
     listening = ports.listening_sockets()
     held = ports.owners({sock.inode for sock in listening})
     for route in settings.routes:
-        _check_route(report, route, listening, held, ours, probe_through=running)
+        check_route(report, route, listening, held, ours, probe_through=running)
     configured = [(r.listen, ports.numeric_hosts(r.listen)) for r in settings.routes]
     for sock in listening:
         owned = main_pid and main_pid in held.get(sock.inode, [])
@@ -460,7 +460,7 @@ def status(name: str) -> StatusReport:
     return report
 
 
-def _check_route(
+def check_route(
     report: StatusReport,
     route: Route,
     listening: list[ports.ListeningSocket],
@@ -469,6 +469,8 @@ def _check_route(
     *,
     probe_through: bool,
 ) -> None:
+    """Check one route: exactly its address listening and held by `ours`, accepting; its
+    targets accepting; and, with `probe_through`, a connection through it staying up."""
     hosts = ports.numeric_hosts(route.listen)
     subject = f"listen {route.listen}"
     exact = [sock for sock in listening if ports.exactly(route.listen, hosts, sock)]
@@ -487,21 +489,18 @@ def _check_route(
         return
     report.add(subject, Level.OK, f"accepts connections (held by {_who(holders)})")
     timeout = min(route.connect_timeout, PROBE_TIMEOUT)
-    failures = []
+    results = []
     for target in route.targets:
         assert target.host is not None
-        failure = ports.can_connect(target.host, target.port, timeout)
+        results.append((target, ports.can_connect(target.host, target.port, timeout)))
+    failures = [target for target, failure in results if failure is not None]
+    # With failover, a target down while another answers is a warning, not an outage.
+    down = Level.DOWN if len(failures) == len(route.targets) else Level.WARN
+    for target, failure in results:
         if failure is None:
             report.add(f"target {target}", Level.OK, "accepts connections")
         else:
-            failures.append(target)
-            report.add(f"target {target}", Level.DOWN, f"unreachable: {failure}")
-    if failures and len(failures) < len(route.targets):
-        # Failover still has somewhere to go: a warning, not an outage.
-        report.checks[-len(route.targets) :] = [
-            Check(c.subject, Level.WARN if c.level is Level.DOWN else c.level, c.detail)
-            for c in report.checks[-len(route.targets) :]
-        ]
+            report.add(f"target {target}", down, f"unreachable: {failure}")
     if probe_through and len(failures) < len(route.targets):
         host = ports.probe_host(route.listen)
         problem = through_listener(host, route.listen.port)

@@ -22,9 +22,9 @@ WATCHDOG_SEC = 10
 STOP_MARGIN_SEC = 10  # TimeoutStopSec= beyond shutdown_timeout, for the final cleanup
 # A unit name: what systemd allows, minus `@` (templates) and `\` escapes.
 _UNIT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
-# Paths written into a unit: no whitespace, quotes, `%` (specifiers) or `$` (variables),
-# so they mean exactly themselves without any escaping.
-_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+,:=@~-]*")
+# Paths written into a unit: no whitespace, quotes, `%` (specifiers), `$` (variables) or
+# `:` (BindReadOnlyPaths= separator), so they mean exactly themselves without escaping.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+,=@~-]*")
 _OMIT = "\0omit\0"  # marks a template line that renders to nothing
 
 

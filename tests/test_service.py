@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import tomllib
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import service, systemctl
+from pyforward import ports, service, systemctl
 from pyforward.cli import main
 from pyforward.service import Check, Level, StatusReport, through_listener
+from pyforward.settings import build_settings
 
 ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
 
@@ -199,3 +201,42 @@ def test_no_route_and_a_unit_that_is_not_socat(
     code, out, err = run_cli(["install", "--dry-run", "--name", "web"], capsys)
     assert (code, out) == (2, "")
     assert "cannot be carried over (ExecStart= runs '/usr/sbin/nginx', not socat)" in err
+
+
+def route_checks(ours: set[int], port: int, targets: list[int]) -> list[tuple[str, Level]]:
+    """(kind of check, level) for a route from 127.0.0.1:port to the target ports."""
+    text = ",".join(f"127.0.0.1:{t}" for t in targets)
+    route = build_settings({"route": [f"127.0.0.1:{port}={text}"]}, {}).routes[0]
+    report = StatusReport("fwd")
+    listening = ports.listening_sockets()
+    held = ports.owners({sock.inode for sock in listening})
+    service.check_route(report, route, listening, held, ours, probe_through=True)
+    return [(check.subject.split()[0], check.level) for check in report.checks]
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_route_checks_with_real_sockets() -> None:
+    me = {os.getpid()}
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_server(("127.0.0.1", 0)) as target,
+    ):
+        port, live, dead = listener.getsockname()[1], target.getsockname()[1], unused_port()
+        # Held by the service (this process here); one of two failover targets down: a warning.
+        assert route_checks(me, port, [live, dead]) == [
+            ("listen", Level.OK),
+            ("target", Level.OK),
+            ("target", Level.WARN),
+            ("through", Level.OK),
+        ]
+        # Its only target down: forwarding is down, and no probe goes through.
+        assert route_checks(me, port, [dead]) == [("listen", Level.OK), ("target", Level.DOWN)]
+        # The port is held, but not by the service: down.
+        assert route_checks({1}, port, [live]) == [("listen", Level.DOWN)]
+    # Nothing listening at all.
+    assert route_checks(me, port, [live]) == [("listen", Level.DOWN)]
