@@ -104,6 +104,7 @@ class Forwarder:
         self._accepting = False
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
+        self._closed = False
         self._per_source: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
         self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
@@ -327,12 +328,18 @@ class Forwarder:
 
     # --- stopping
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let connections finish for up to `timeout`, then close them."""
-        # 1. Stop accepting: close the listeners, so new clients are refused at once.
-        self._drained = asyncio.Event()
+    def stop_accepting(self) -> None:
+        """Close the listeners, so new clients are refused at once."""
+        if self._drained is None:
+            self._drained = asyncio.Event()
         self._pause_accepting()
         close_all([listener.sock for listener in self.listeners])
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let connections finish for up to `timeout`, then close them."""
+        # 1. Stop accepting.
+        self.stop_accepting()
+        assert self._drained is not None
         # 2. Let connections in flight finish on their own.
         if self.connections:
             log.info(
@@ -340,12 +347,19 @@ class Forwarder:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), timeout)
-        # 3. Past the deadline, close what remains; a reset tells each peer it was cut short.
+        # 3. Past the deadline, close what remains.
+        self.close()
+
+    def close(self) -> None:
+        """Close everything now; a reset tells each remaining peer it was cut short."""
+        self.stop_accepting()
         for connection in list(self.connections):
             connection.close("shutdown", reset=True)
         if self.pipes is not None:
             self.pipes.close()
-        self.poller.close()
+        if not self._closed:
+            self._closed = True
+            self.poller.close()
 
 
 def _log_listeners(forwarder: Forwarder) -> None:
@@ -453,6 +467,7 @@ async def serve(
         log.info(logfmt({"event": "stopping", "active": len(forwarder.connections)}))
         await forwarder.shutdown(settings.shutdown_timeout)
     finally:
+        forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
         if remove_handlers is not None:
             remove_handlers()
         if reload_settings is not None:

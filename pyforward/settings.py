@@ -273,8 +273,9 @@ def build_settings(
     if pick("quiet"):
         level = LogLevel.WARNING
     backlog: int = pick("backlog")
-    if backlog == 0:
-        raise ConfigError("--backlog must be at least 1")
+    if backlog is not None and not 1 <= backlog <= 65535:
+        # The kernel caps it at net.core.somaxconn anyway; a huge number is a typo.
+        raise ConfigError(f"--backlog must be 1-65535, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
