@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pyforward import installation, service
+from pyforward import installation, service, service_status
 from pyforward.settings import env_name
 
 NameOpt = Annotated[
@@ -116,7 +116,7 @@ def status(
 
     Exit status 0: all is well; 1: forwarding works, with warnings; 2: forwarding is down.
     """
-    report = service.status(name)
+    report = service_status.status(name)
     typer.echo(report.to_json() if as_json else report.to_text())
     sys.stdout.flush()
     raise typer.Exit(report.exit_code)

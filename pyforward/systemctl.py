@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +94,26 @@ def journal_tail(unit: str, lines: int = 15) -> list[str]:
     if not outcome.ok:
         return []
     return [line for line in outcome.output.splitlines() if not line.startswith("-- ")]
+
+
+def unit_summary(unit: str, props: Mapping[str, str]) -> str:
+    """One line on a unit: its name, then `unit_state`."""
+    return f"{unit}: {unit_state(props)}"
+
+
+def unit_state(props: Mapping[str, str]) -> str:
+    """State, enablement, main pid, restarts, and the last exit when it failed."""
+    if props.get("LoadState") == "not-found":
+        return "not installed"
+    parts = [f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"]
+    parts.append(props.get("UnitFileState") or "?")
+    if props.get("MainPID", "0") not in ("", "0"):
+        parts.append(f"pid {props['MainPID']}")
+    restarts = props.get("NRestarts", "0")
+    if restarts not in ("", "0"):
+        parts.append(f"{restarts} restart{'s' if restarts != '1' else ''}")
+    if props.get("Result") not in ("", "success", None):
+        parts.append(f"result {props['Result']}")
+    if props.get("ActiveState") != "active" and props.get("ExecMainStatus", "0") not in ("", "0"):
+        parts.append(f"last exit status {props['ExecMainStatus']}")
+    return ", ".join(parts)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import ports, service, systemctl
+from pyforward import ports, service_status, systemctl
 from pyforward.cli import main
-from pyforward.service import Check, Level, StatusReport, through_listener
+from pyforward.service_status import Check, Level, StatusReport, through_listener
 from pyforward.settings import build_settings
 
 ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
@@ -158,7 +158,7 @@ def test_unit_summary() -> None:
         "Result": "exit-code",
         "ExecMainStatus": "203",
     }
-    assert service.unit_summary("fwd.service", props) == (
+    assert systemctl.unit_summary("fwd.service", props) == (
         "fwd.service: failed (failed), enabled, 5 restarts, result exit-code, last exit status 203"
     )
 
@@ -210,7 +210,7 @@ def route_checks(ours: set[int], port: int, targets: list[int]) -> list[tuple[st
     report = StatusReport("fwd")
     listening = ports.listening_sockets()
     held = ports.owners({sock.inode for sock in listening})
-    service.check_route(report, route, listening, held, ours, probe_through=True)
+    service_status.check_route(report, route, listening, held, ours, probe_through=True)
     return [(check.subject.split()[0], check.level) for check in report.checks]
 
 
