@@ -130,6 +130,10 @@ def can_connect(host: str, port: int, timeout: float) -> str | None:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return None
+    except (ConnectionResetError, ConnectionAbortedError):
+        # The handshake completed and the peer closed at once (a forwarder whose target is
+        # down does that); on a busy machine the reset can reach connect() itself.
+        return None
     except TimeoutError:
         return f"no answer within {timeout:g} s"
     except OSError as exc:
