@@ -14,6 +14,7 @@ import typer
 
 from pyforward import __version__
 from pyforward.daemon import serve_supervised
+from pyforward.discovery.options import PresetName
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.logfmt import logfmt
 from pyforward.loops import loop_factory
@@ -106,6 +107,37 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", dir_okay=False)
 ]
 
+# Kubernetes discovery options, shared by `run` and `discover`.
+DiscoverOpt = Annotated[
+    bool | None, typer.Option("--discover", help="Find the target from the cluster and follow it.")
+]
+KubeconfigOpt = Annotated[
+    str | None,
+    typer.Option(help="Kubeconfig file [$KUBECONFIG, ~/.kube/config, k3s's, in-cluster]."),
+]
+ServiceOpt = Annotated[
+    str | None,
+    typer.Option(help="NAMESPACE/NAME of the gateway Service [istio-system/istio-ingressgateway]."),
+]
+ServicePortOpt = Annotated[
+    str | None, typer.Option(help="The Service's port, by name or number [https].")
+]
+PresetOpt = Annotated[
+    PresetName | None,
+    typer.Option(help="istio (443->https, 80->http2) or traefik (443->websecure, 80->web)."),
+]
+NodeIpOpt = Annotated[
+    str | None, typer.Option(help="Forward to this node address instead of the Ready nodes.")
+]
+StateDirOpt = Annotated[
+    str | None,
+    typer.Option(help="Where the last target is kept [$STATE_DIRECTORY or /var/lib/pyforward]."),
+]
+DiscoverTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(help="At start, seconds to wait for the API when nothing is saved [60]."),
+]
+
 
 @app.command()
 def run(
@@ -157,6 +189,14 @@ def run(
     quiet: Annotated[
         bool | None, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = None,
+    discover: DiscoverOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    service: ServiceOpt = None,
+    service_port: ServicePortOpt = None,
+    preset: PresetOpt = None,
+    node_ip: NodeIpOpt = None,
+    state_dir: StateDirOpt = None,
+    discover_timeout: DiscoverTimeoutOpt = None,
 ) -> None:
     """Listen and forward every connection to its target."""
     flags = {
@@ -177,14 +217,61 @@ def run(
         "first_byte_timeout": first_byte_timeout,
         "log_level": log_level,
         "quiet": quiet,
+        "discover": discover,
+        "kubeconfig": kubeconfig,
+        "service": service,
+        "service_port": service_port,
+        "preset": preset,
+        "node_ip": node_ip,
+        "state_dir": state_dir,
+        "discover_timeout": discover_timeout,
     }
     settings = load_settings(flags, config)
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        # SIGHUP re-reads the same flags, environment and config file.
-        reload = functools.partial(load_settings, flags, config)
-        runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
+        # Under systemd: readiness, status, watchdog, socket activation (pyforward/daemon.py).
+        if settings.discovery is not None:
+            runner.run(serve_supervised(settings, loop_name=loop_name))
+        else:
+            # SIGHUP re-reads the same flags, environment and config file.
+            reload = functools.partial(load_settings, flags, config)
+            runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
+
+
+@app.command()
+def discover(
+    kubeconfig: KubeconfigOpt = None,
+    service: ServiceOpt = None,
+    service_port: ServicePortOpt = None,
+    preset: PresetOpt = None,
+    node_ip: NodeIpOpt = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen", "-l", help="Host port to check for conflicts [the preset's, 443]."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show what the cluster says the forwarder should forward to, and why."""
+    from pyforward.discovery import report  # noqa: PLC0415  (loads kubernetes)
+
+    flags = {
+        "discover": True,
+        "kubeconfig": kubeconfig,
+        "service": service,
+        "service_port": service_port,
+        "preset": preset,
+        "node_ip": node_ip,
+        "listen": listen,
+    }
+    settings = load_settings(flags, config)
+    found = report.inspect(settings)
+    typer.echo(report.as_json(found) if as_json else report.as_text(found))
+    if found.error is not None:
+        raise found.error
 
 
 SOCAT_HELP = """\

@@ -22,12 +22,16 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pyforward.activation import take_passed_sockets
 from pyforward.logfmt import logfmt
 from pyforward.sdnotify import Notifier, message, watchdog_interval
 from pyforward.server import Forwarder, apply_reload, serve
 from pyforward.settings import Settings
+
+if TYPE_CHECKING:  # discovery loads only when configured
+    from pyforward.discovery.runtime import DiscoveryStatus
 
 log = logging.getLogger("pyforward")
 
@@ -62,6 +66,7 @@ class Supervisor:
         self.watchdog = watchdog
         self.forwarder: Forwarder | None = None
         self.last_reload_error: str | None = None
+        self.discovery_note: str | None = None  # set while discovery is degraded
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._last_status = ""
         self._reloading: asyncio.Task[None] | None = None
@@ -76,9 +81,18 @@ class Supervisor:
             for listener in forwarder.listeners
         ]
         notes = dict(forwarder.status_notes)
+        if self.discovery_note:
+            notes["discovery"] = self.discovery_note
         if self.last_reload_error:
             notes["reload"] = f"failed: {self.last_reload_error}"
         return status_line(routes, forwarder.stats.active, notes)
+
+    def discovery_status(self, status: DiscoveryStatus) -> None:
+        """Discovery's state changed: a degraded one shows in the status line at once."""
+        self.discovery_note = f"degraded: {status.message}" if status.degraded else None
+        if self.forwarder is not None and self.notifier.enabled:
+            self._last_status = self.status()
+            self.notifier.send(message(STATUS=self._last_status))
 
     # --- lifecycle, called by serve()
 
@@ -178,6 +192,18 @@ async def serve_supervised(
     passed: dict[int, list[socket.socket]] = {}
     try:
         passed = take_passed_sockets(settings.routes)
+        if settings.discovery is not None:
+            # Imported here: static forwarding never loads discovery or kubernetes.
+            from pyforward.discovery.runtime import serve_discovered  # noqa: PLC0415
+
+            return await serve_discovered(
+                settings,
+                shutdown_trigger=shutdown_trigger,
+                on_ready=supervisor.ready,
+                on_status=supervisor.discovery_status,
+                loop_name=loop_name,
+                passed_sockets=passed,
+            )
         return await serve(
             settings,
             shutdown_trigger=shutdown_trigger,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import resource
 import signal
 import socket
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyforward import __version__
@@ -19,6 +20,7 @@ from pyforward.access import AccessList
 from pyforward.addresses import Address, client_host, format_peer
 from pyforward.connection import Connection, Policy, ResolvedTarget
 from pyforward.errors import PyforwardError, StartupError
+from pyforward.health import TargetHealth
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
@@ -64,6 +66,18 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def literal_target(address: Address) -> ResolvedTarget | None:
+    """The target of an IP-literal address, without a name lookup; None for a host name."""
+    assert address.host is not None
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return ResolvedTarget(socket.AF_INET6, (str(ip), address.port, 0, 0), str(address))
+    return ResolvedTarget(socket.AF_INET, (str(ip), address.port), str(address))
+
+
 async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> ResolvedTarget:
     assert address.host is not None
     try:
@@ -101,6 +115,7 @@ class Forwarder:
         self.relay = "copy"
         self.listeners: list[Listener] = []
         self.connections: set[Connection] = set()
+        self.health = TargetHealth()
         self._accepting = False
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
@@ -249,6 +264,9 @@ class Forwarder:
                     continue
                 self._per_source[source] += 1
             self.stats.active += 1
+            targets: Sequence[ResolvedTarget] = listener.targets
+            if len(targets) > 1:
+                targets = self.health.order(targets, self.loop.time())
             self._served += 1
             last = self.max_accepts is not None and self._served >= self.max_accepts
             if last:
@@ -259,7 +277,7 @@ class Forwarder:
                 client,
                 client_label=format_peer(peer),
                 listen_label=listener.label,
-                targets=listener.targets,
+                targets=targets,
                 policy=listener.policy,
                 source=source,
             )
@@ -325,6 +343,35 @@ class Forwarder:
             cap = self.settings.max_connections
             if cap is None or self.stats.active < cap:
                 self._resume_accepting()
+
+    # --- targets and their health
+
+    def set_targets(self, route: Route, targets: Sequence[ResolvedTarget]) -> None:
+        """Send the route's new connections to `targets` from now on; connections already
+        made, or still connecting, keep the targets they started with."""
+        for listener in self.listeners:
+            if listener.route == route:
+                # A new list, never an in-place change: connections hold the old one.
+                listener.targets = list(targets)
+        self.health.retain(t for listener in self.listeners for t in listener.targets)
+
+    def target_failed(self, target: ResolvedTarget, reason: str) -> None:
+        if self.health.failed(target, self.loop.time()):
+            log.warning(
+                logfmt(
+                    {
+                        "event": "target-down",
+                        "target": target.label,
+                        "reason": reason,
+                        "for": self.health.down_for,
+                        "msg": "tried last until then",
+                    }
+                )
+            )
+
+    def target_connected(self, target: ResolvedTarget) -> None:
+        if self.health.succeeded(target):
+            log.info(logfmt({"event": "target-up", "target": target.label}))
 
     # --- stopping
 

@@ -14,6 +14,7 @@ uninstall: stop, disable, remove what install wrote, restore a backup, daemon-re
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyforward import configfile, installation, ports, systemctl
+from pyforward.discovery.kubeconfig import candidate_sources
 from pyforward.errors import ConfigError, StartupError
 from pyforward.settings import Settings, build_settings, env_name
 from pyforward.socat_unit import settings_from_socat_unit
@@ -132,6 +134,15 @@ def carry_over_replaced_unit(name: str) -> CarriedOver | None:
     return CarriedOver(flags, carried, dropped)
 
 
+def kubeconfig_to_hand_over(env: Mapping[str, str]) -> str | None:
+    """The kubeconfig `pyforward discover` would use here, for LoadCredential=: the first
+    candidate file that exists (systemd reads it as root, whatever its permissions)."""
+    for source in candidate_sources(None, env):
+        if source.path and os.pathsep not in source.path and os.path.isfile(source.path):
+            return source.path
+    return None
+
+
 def plan_install(
     request: InstallRequest, find_installation: Callable[[], installation.Installation]
 ) -> InstallPlan:
@@ -148,8 +159,17 @@ def plan_install(
         raise StartupError(
             "cannot write these settings as one config file; give them in a --config file"
         )
-    if request.kubeconfig is not None:
-        check_path(request.kubeconfig, "--kubeconfig")
+    kubeconfig = request.kubeconfig
+    if settings.discovery is not None:
+        # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
+        # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
+        # so the config file names no kubeconfig of its own.
+        kubeconfig = (
+            kubeconfig or settings.discovery.kubeconfig or kubeconfig_to_hand_over(request.env)
+        )
+        merged.pop("kubeconfig", None)
+    if kubeconfig is not None:
+        check_path(kubeconfig, "--kubeconfig")
     config = config_path(name)
     header = (
         f"Written by `pyforward install --name {name}`; {name}.service runs with it.\n"
@@ -166,7 +186,7 @@ def plan_install(
         config_path=str(config),
         listen=tuple(route.listen for route in settings.routes),
         socket_activation=request.socket_activation,
-        kubeconfig=request.kubeconfig,
+        kubeconfig=kubeconfig,
         read_only_paths=found.bind_paths,
         shutdown_timeout=settings.shutdown_timeout,
         backlog=settings.backlog,
@@ -271,7 +291,7 @@ def _wait_serving(plan: InstallPlan, echo: Echo, timeout: float) -> None:
                     plan, echo, f"{route.listen} does not accept connections ({problem})"
                 )
             time.sleep(0.1)
-        targets = ", ".join(str(t) for t in route.targets)
+        targets = ", ".join(str(t) for t in route.targets) or "what discovery finds"
         echo(f"{plan.service} accepts on {route.listen}, forwarding to {targets}")
     echo(f"check it any time with: pyforward status --name {plan.name}")
 

@@ -56,8 +56,9 @@ def install(
     kubeconfig: Annotated[
         str | None,
         typer.Option(
-            help="Kubeconfig to hand to the service as credential 'kubeconfig' "
-            "(read as root by systemd; the file keeps its permissions)."
+            help="Kubeconfig for --discover, handed to the service as credential 'kubeconfig' "
+            "(systemd reads it as root; the file keeps its permissions) [with --discover: the "
+            "one `pyforward discover` would use]."
         ),
     ] = None,
 ) -> None:

@@ -9,6 +9,7 @@ Exit 0 when all is well, 1 for warnings, 2 when forwarding is down.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ from pyforward.systemctl import unit_state
 from pyforward.units import check_name
 
 THROUGH_WAIT = 1.0  # seconds a connection through the listener must stay up to count
+# How the service's status line (pyforward.daemon.status_line) reports degraded discovery.
+DEGRADED_DISCOVERY = re.compile(r"discovery (degraded: .*?)(?:; |$)")
 
 
 class Level(IntEnum):
@@ -137,6 +140,9 @@ def status(name: str) -> StatusReport:
     running = unit["ActiveState"] in {"active", "reloading"}
     if running:
         report.add(service, Level.OK, unit_state(unit))
+        degraded = DEGRADED_DISCOVERY.search(unit["StatusText"])
+        if degraded:
+            report.add("discovery", Level.WARN, degraded.group(1))
     elif socket_active:
         report.add(
             service,
@@ -212,7 +218,10 @@ def check_route(
             report.add(f"target {target}", Level.OK, "accepts connections")
         else:
             report.add(f"target {target}", down, f"unreachable: {failure}")
-    if probe_through and len(failures) < len(route.targets):
+    if not route.targets:
+        # Discovered: the service follows the cluster; `pyforward discover` shows what it says.
+        report.add(f"targets of {route.listen}", Level.OK, "discovered from the cluster")
+    if probe_through and (not route.targets or len(failures) < len(route.targets)):
         host = ports.probe_host(route.listen)
         problem = through_listener(host, route.listen.port)
         level = Level.OK if problem is None else Level.DOWN

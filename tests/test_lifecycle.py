@@ -48,10 +48,11 @@ def test_sigterm_lets_connections_finish_and_refuses_new_ones() -> None:
 
 def test_sigterm_deadline_closes_what_remains_and_exits_zero() -> None:
     accepted = threading.Event()
+    finished = threading.Event()
 
     def never_done(conn: socket.socket) -> None:
         accepted.set()
-        threading.Event().wait(5)
+        finished.wait(10)
 
     with (
         Backend(never_done) as backend,
@@ -68,6 +69,7 @@ def test_sigterm_deadline_closes_what_remains_and_exits_zero() -> None:
         assert fwd.proc.wait(10) == 0
         assert fwd.closes(1)[0]["reason"] == "shutdown"
         assert isinstance(error, ConnectionResetError)  # cut short, and the client knows
+        finished.set()
 
 
 def open_fds(pid: int) -> list[str]:

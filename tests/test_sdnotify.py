@@ -10,10 +10,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from pyforward.daemon import status_line
+from pyforward.daemon import Supervisor, status_line
+from pyforward.discovery.runtime import DiscoveryStatus
 from pyforward.sdnotify import Notifier, message, socket_address, watchdog_interval
 
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
@@ -195,3 +198,24 @@ def test_status_line() -> None:
     many = [(f"[::]:{port}", ["10.0.0.5:1"]) for port in range(6)]
     line = status_line(many, 0, {"discovery": "degraded: API unreachable"})
     assert line.endswith("and 2 more; 0 active connections; discovery degraded: API unreachable")
+
+
+def test_degraded_discovery_shows_in_the_status_at_once(tmp_path: Path) -> None:
+    listener = NotifyListener(str(tmp_path / "n"))
+    supervisor = Supervisor(Notifier(str(tmp_path / "n")), None, None)
+    target = SimpleNamespace(label="10.0.0.5:32653")
+    forwarder: Any = SimpleNamespace(
+        listeners=[SimpleNamespace(label="[::]:443", targets=[target])],
+        stats=SimpleNamespace(active=0),
+        status_notes={},
+    )
+    supervisor.forwarder = forwarder
+    supervisor.discovery_status(DiscoveryStatus(degraded=True, message="API unreachable"))
+    assert listener.next()["STATUS"] == (
+        "forwarding [::]:443 -> 10.0.0.5:32653; 0 active connections; "
+        "discovery degraded: API unreachable"
+    )
+    supervisor.discovery_status(DiscoveryStatus(degraded=False, message="following"))
+    assert "discovery" not in listener.next()["STATUS"]
+    supervisor.notifier.close()
+    listener.sock.close()

@@ -14,7 +14,14 @@ import pytest
 
 from pyforward import ports, service_status, systemctl
 from pyforward.cli import main
-from pyforward.service_status import Check, Level, StatusReport, through_listener
+from pyforward.daemon import status_line
+from pyforward.service_status import (
+    DEGRADED_DISCOVERY,
+    Check,
+    Level,
+    StatusReport,
+    through_listener,
+)
 from pyforward.settings import build_settings
 
 ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
@@ -240,3 +247,35 @@ def test_route_checks_with_real_sockets() -> None:
         assert route_checks({1}, port, [live]) == [("listen", Level.DOWN)]
     # Nothing listening at all.
     assert route_checks(me, port, [live]) == [("listen", Level.DOWN)]
+
+
+def test_degraded_discovery_in_the_status_line_is_found() -> None:
+    line = status_line([("[::]:443", ["10.0.0.5:1"])], 0, {"discovery": "degraded: API down"})
+    found = DEGRADED_DISCOVERY.search(line)
+    assert found is not None
+    assert found.group(1) == "degraded: API down"
+    assert DEGRADED_DISCOVERY.search(status_line([("[::]:443", ["10.0.0.5:1"])], 0, {})) is None
+
+
+def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "k3s.yaml"
+    kubeconfig.write_text("apiVersion: v1\n")
+    kubeconfig.chmod(0o600)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    code, out, err = run_cli(["install", "--dry-run", "--discover", "--preset", "istio"], capsys)
+    assert code == 0, err
+    assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
+    config = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
+    # The service finds it in $CREDENTIALS_DIRECTORY: the file names no kubeconfig.
+    assert config == {"preset": "istio", "discover": True}
+
+    # One named in a config file goes the same way.
+    given = tmp_path / "pyforward.toml"
+    given.write_text(f'discover = true\npreset = "istio"\nkubeconfig = "{kubeconfig}"\n')
+    monkeypatch.delenv("KUBECONFIG")
+    code, out, err = run_cli(["install", "--dry-run", "--config", str(given)], capsys)
+    assert code == 0, err
+    assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
+    assert "kubeconfig =" not in out
