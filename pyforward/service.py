@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pyforward import configfile, installation, ports, systemctl
-from pyforward.discovery.kubeconfig import candidate_sources
 from pyforward.errors import ConfigError, StartupError
 from pyforward.settings import Settings, build_settings, env_name
 from pyforward.socat_unit import settings_from_socat_unit
@@ -137,6 +136,9 @@ def carry_over_replaced_unit(name: str) -> CarriedOver | None:
 def kubeconfig_to_hand_over(env: Mapping[str, str]) -> str | None:
     """The kubeconfig `pyforward discover` would use here, for LoadCredential=: the first
     candidate file that exists (systemd reads it as root, whatever its permissions)."""
+    # Imported here: static forwarding loads nothing of discovery.
+    from pyforward.discovery.kubeconfig import candidate_sources  # noqa: PLC0415
+
     for source in candidate_sources(None, env):
         if source.path and os.pathsep not in source.path and os.path.isfile(source.path):
             return source.path
