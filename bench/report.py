@@ -50,7 +50,8 @@ def table(
             for subject, summary in rows:
                 if summary is None:
                     continue
-                ratio = f"{summary.ratio:.2f}x" if summary.ratio is not None else "-"
+                shown = summary.ratio is not None and metric.better
+                ratio = f"{summary.ratio:.2f}x" if shown else "-"
                 lines.append(
                     f"  {subject.label:<{width}}{number(summary.median):>10}"
                     f"{number(summary.low):>10}{number(summary.high):>10}{ratio:>10}"

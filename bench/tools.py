@@ -48,7 +48,7 @@ def version_of(tool: Tool) -> str:
         return f"unknown ({exc.strerror})"
     lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     for line in lines:
-        if "version" in line.lower() or line.startswith(tool.name):
+        if "version" in line.lower() and not line.startswith("-"):  # not wrk's usage text
             return line
     return lines[0] if lines else "unknown"
 
