@@ -39,7 +39,9 @@ Transfer/sec:      0.95MB
 
 def test_wrk_output_gives_rate_percentiles_in_ms_and_errors() -> None:
     parsed = parse_wrk(WRK_OUTPUT)
-    assert parsed == pytest.approx({"rate": 6433.71, "p50": 0.571, "p99": 1.46, "errors": 6})
+    assert parsed == pytest.approx(
+        {"rate": 6433.71, "requests": 6437, "p50": 0.571, "p99": 1.46, "errors": 6}
+    )
 
 
 def test_iperf3_bidir_counts_both_directions() -> None:

@@ -38,6 +38,8 @@ def parse_wrk(output: str) -> dict[str, float]:
     if rate is None:
         raise BenchError(f"wrk printed no request rate: {' '.join(output.split())[-300:]}")
     values["rate"] = float(rate[1])
+    requests = re.search(r"^\s+(\d+) requests in", output, re.M)
+    values["requests"] = float(requests[1]) if requests else 0.0
     for percent in ("50", "99"):
         found = re.search(rf"^\s+{percent}%\s+(\S+)", output, re.M)
         if found is None:
@@ -65,6 +67,7 @@ class ConnectionRate:
         Metric("connrate.ttfb_p50", "time to first byte of a new connection, p50", "ms", "lower"),
         Metric("connrate.ttfb_p99", "time to first byte of a new connection, p99", "ms", "lower"),
         Metric("connrate.cpu", "forwarder CPU during the run", "% of a core", "", True),
+        Metric("connrate.cpu_per_conn", "forwarder CPU per connection", "us", "lower", True),
         Metric("connrate.errors", "wrk socket errors and non-2xx answers", "count", "lower"),
     )
 
@@ -100,4 +103,6 @@ class ConnectionRate:
         }
         if subject.subject.forwarder:
             values["connrate.cpu"] = 100 * cpu / elapsed
+            if wrk["requests"]:
+                values["connrate.cpu_per_conn"] = cpu / wrk["requests"] * 1e6
         return values

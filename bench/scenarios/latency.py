@@ -51,6 +51,7 @@ class Latency:
         Metric("latency.p99", "round trip, p99", "us", "lower"),
         Metric("latency.p999", "round trip, p99.9", "us", "lower"),
         Metric("latency.cpu", "forwarder CPU during the round trips", "% of a core", "", True),
+        Metric("latency.cpu_per_rtt", "forwarder CPU per round trip", "us", "lower", True),
     )
 
     def backend(self, workdir: Path) -> contextlib.AbstractContextManager[int]:
@@ -69,4 +70,5 @@ class Latency:
         }
         if subject.subject.forwarder:
             values["latency.cpu"] = 100 * cpu / elapsed
+            values["latency.cpu_per_rtt"] = cpu / (plan.rtt_messages + _WARMUP) * 1e6
         return values
