@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -133,6 +134,21 @@ def run(
     shutdown_timeout: Annotated[
         float | None, typer.Option(help="Seconds connections get to finish on SIGTERM [20].")
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="Only clients in this network (CIDR) may connect; repeatable."),
+    ] = None,
+    deny: Annotated[
+        list[str] | None,
+        typer.Option(help="Clients in this network (CIDR) are refused; repeatable."),
+    ] = None,
+    max_connections_per_source: Annotated[
+        int | None, typer.Option(help="Connections one client address may hold [0 = no cap].")
+    ] = None,
+    first_byte_timeout: Annotated[
+        float | None,
+        typer.Option(help="Close a client that sends nothing for this long; 0 = never [0]."),
+    ] = None,
     log_level: Annotated[LogLevel | None, typer.Option(help="debug, info, warning, error.")] = None,
     quiet: Annotated[
         bool | None, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
@@ -151,6 +167,10 @@ def run(
         "max_connections": max_connections,
         "backlog": backlog,
         "shutdown_timeout": shutdown_timeout,
+        "allow": allow,
+        "deny": deny,
+        "max_connections_per_source": max_connections_per_source,
+        "first_byte_timeout": first_byte_timeout,
         "log_level": log_level,
         "quiet": quiet,
     }
@@ -158,7 +178,9 @@ def run(
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings, loop_name=loop_name))
+        # SIGHUP re-reads the same flags, environment and config file.
+        reload = functools.partial(load_settings, flags, config)
+        runner.run(serve(settings, loop_name=loop_name, reload_settings=reload))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,8 @@ from typing import Protocol
 
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool
+from pyforward.poller import Poller
+from pyforward.ratelimit import Every
 from pyforward.relay import CopyDirection, Direction, SpliceDirection
 from pyforward.stats import Stats
 
@@ -36,7 +38,15 @@ log = logging.getLogger("pyforward.connection")
 _LINGER_RESET = struct.pack("ii", 1, 0)
 # A splice that fails on these before moving a byte falls back to copying; pipe2 fails
 # with EMFILE/ENFILE when descriptors run out.
-_SPLICE_FALLBACK = {errno.EINVAL, errno.ENOSYS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+_SPLICE_FALLBACK = {
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOMEM,
+    errno.ENOBUFS,  # PipeTooSmall
+}
+_fallback_log = Every(5.0)
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _READ_ROUNDS = 8  # batches moved per wakeup before yielding to other connections
@@ -53,6 +63,7 @@ class Owner(Protocol):
     """What a connection needs from the server that made it."""
 
     loop: asyncio.AbstractEventLoop
+    poller: Poller
     stats: Stats
     pipes: PipePool | None  # None: copy only
 
@@ -64,6 +75,7 @@ class Policy:
     connect_timeout: float
     idle_timeout: float | None
     keepalive: bool
+    first_byte_timeout: float | None = None
 
 
 def set_keepalive(sock: socket.socket) -> None:
@@ -84,11 +96,14 @@ class Connection:
         listen_label: str,
         targets: Sequence[ResolvedTarget],
         policy: Policy,
+        source: str = "",
     ) -> None:
         self._owner = owner
         self._loop = owner.loop
+        self._poller = owner.poller
         self.client = client
         self.client_label = client_label
+        self.source = source  # the client's address, for per-source limits
         self.listen_label = listen_label
         self._targets = targets
         self._policy = policy
@@ -97,6 +112,7 @@ class Connection:
         self._started = time.monotonic()
         self._attempt = 0
         self._deadline = 0.0
+        self._attempt_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._directions: list[Direction] = []
         self._last_active = 0.0
@@ -112,6 +128,37 @@ class Connection:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._policy.keepalive:
             set_keepalive(client)
+        first_byte_timeout = self._policy.first_byte_timeout
+        if first_byte_timeout:
+            # Wait for the client to speak before spending a connection on the target:
+            # a client that connects and sends nothing (slowloris) costs the target nothing.
+            self._poller.add_reader(client.fileno(), self._on_first_byte)
+            self._timer = self._loop.call_later(first_byte_timeout, self._on_first_byte_timeout)
+            return
+        self._begin_connecting()
+
+    def _on_first_byte(self) -> None:
+        self._poller.remove_reader(self.client.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            peeked = self.client.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            peeked = b"?"  # a spurious wakeup: let the relay find out
+        except OSError:
+            self.close("reset", reset=True)
+            return
+        if not peeked:
+            self.close("eof")  # gone without a word: no need to bother the target
+            return
+        self._begin_connecting()
+
+    def _on_first_byte_timeout(self) -> None:
+        self._timer = None
+        self.close("first-byte-timeout", reset=True)
+
+    def _begin_connecting(self) -> None:
         self._deadline = self._loop.time() + self._policy.connect_timeout
         self._connect_next()
 
@@ -137,21 +184,29 @@ class Connection:
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(code)
             return
-        self._loop.add_writer(sock.fileno(), self._on_connect_ready)
-        self._timer = self._loop.call_later(budget, self._on_connect_timeout)
+        self._poller.add_writer(sock.fileno(), self._on_connect_ready)
+        self._attempt_deadline = self._loop.time() + budget
+        self._timer = self._loop.call_at(self._attempt_deadline, self._on_connect_timeout)
 
     def _on_connect_ready(self) -> None:
         sock = self.target
         assert sock is not None
-        self._loop.remove_writer(sock.fileno())
+        self._poller.remove_writer(sock.fileno())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._connect_failed(code)
-        else:
-            self._start_relay(sock)
+            return
+        try:
+            sock.getpeername()
+        except OSError:
+            # A spurious wakeup: still connecting. Wait on, within the same budget.
+            self._poller.add_writer(sock.fileno(), self._on_connect_ready)
+            self._timer = self._loop.call_at(self._attempt_deadline, self._on_connect_timeout)
+            return
+        self._start_relay(sock)
 
     def _on_connect_timeout(self) -> None:
         self._timer = None
@@ -160,7 +215,7 @@ class Connection:
     def _connect_failed(self, code: int) -> None:
         sock = self.target
         if sock is not None:
-            self._loop.remove_writer(sock.fileno())
+            self._poller.remove_writer(sock.fileno())
             sock.close()
             self.target = None
         if code == errno.ECONNREFUSED:
@@ -203,7 +258,7 @@ class Connection:
                 CopyDirection(target, self.client, owner.stats),
             ]
         self._error = ""
-        add_reader = self._loop.add_reader
+        add_reader = self._poller.add_reader
         add_reader(self.client.fileno(), self._readable, 0)
         add_reader(target.fileno(), self._readable, 1)
         if self._policy.idle_timeout:
@@ -232,8 +287,8 @@ class Connection:
                 direction.flush()
             except BlockingIOError:
                 # The destination is full: stop reading until it drains (backpressure).
-                self._loop.remove_reader(direction.src_fd)
-                self._loop.add_writer(direction.dst_fd, self._writable, index)
+                self._poller.remove_reader(direction.src_fd)
+                self._poller.add_writer(direction.dst_fd, self._writable, index)
                 return
             except OSError as exc:
                 self._abort(exc)
@@ -252,8 +307,8 @@ class Connection:
         except OSError as exc:
             self._abort(exc)
             return
-        self._loop.remove_writer(direction.dst_fd)
-        self._loop.add_reader(direction.src_fd, self._readable, index)
+        self._poller.remove_writer(direction.dst_fd)
+        self._poller.add_reader(direction.src_fd, self._readable, index)
         self._readable(index)
 
     def _fall_back_to_copy(self, index: int, exc: OSError) -> Direction:
@@ -262,21 +317,22 @@ class Connection:
         new = CopyDirection(old.src, old.dst, self._owner.stats)
         new.total = old.total
         self._directions[index] = new
-        log.warning(
-            logfmt(
-                {
-                    "event": "splice-fallback",
-                    "client": self.client_label,
-                    "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-                }
-            )
-        )
+        if _fallback_log.due(self._loop.time()):
+            fields: dict[str, object] = {
+                "event": "splice-fallback",
+                "client": self.client_label,
+                "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                "msg": exc.strerror,
+            }
+            if suppressed := _fallback_log.take_suppressed():
+                fields["more"] = suppressed
+            log.warning(logfmt(fields))
         return new
 
     def _eof(self, index: int) -> None:
         direction = self._directions[index]
         direction.done = True
-        self._loop.remove_reader(direction.src_fd)
+        self._poller.remove_reader(direction.src_fd)
         # If the destination is already gone, its own direction will say so.
         with contextlib.suppress(OSError):
             direction.dst.shutdown(socket.SHUT_WR)
@@ -309,7 +365,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        loop = self._loop
+        poller = self._poller
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -321,8 +377,8 @@ class Connection:
             if sock is None or sock.fileno() < 0:
                 continue
             fd = sock.fileno()
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
+            poller.remove_reader(fd)
+            poller.remove_writer(fd)
             if reset:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

@@ -9,16 +9,21 @@ import logging
 import resource
 import signal
 import socket
+import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyforward import __version__
-from pyforward.addresses import Address, format_peer
+from pyforward.access import AccessList
+from pyforward.addresses import Address, client_host, format_peer
 from pyforward.connection import Connection, Policy, ResolvedTarget
-from pyforward.errors import StartupError
+from pyforward.errors import PyforwardError, StartupError
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
+from pyforward.poller import make_poller
+from pyforward.ratelimit import Every
 from pyforward.settings import RelayMode, Route, Settings
 from pyforward.stats import Stats
 
@@ -27,6 +32,8 @@ log = logging.getLogger("pyforward")
 _ACCEPT_BATCH = 64  # connections accepted per wakeup before other work gets a turn
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
+_REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -36,7 +43,13 @@ class Listener:
     route: Route
     targets: list[ResolvedTarget]
     policy: Policy
-    connections: set[Connection] = field(default_factory=set)
+    access: AccessList
+
+
+def _policy(route: Route) -> Policy:
+    return Policy(
+        route.connect_timeout, route.idle_timeout, route.keepalive, route.first_byte_timeout
+    )
 
 
 def raise_fd_limit() -> int:
@@ -69,6 +82,7 @@ class Forwarder:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
+        self.poller = make_poller(loop)
         self.stats = Stats()
         self.pipes: PipePool | None = None
         self.relay = "copy"
@@ -77,7 +91,10 @@ class Forwarder:
         self._accepting = False
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
-        self._last_fd_warning = 0.0
+        self._per_source: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()  # since the last refusal log line
+        self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
+        self._fd_log = Every(5.0)
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -88,19 +105,73 @@ class Forwarder:
                 self.relay = "splice"
             elif settings.relay is RelayMode.SPLICE:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
-        backlog = settings.backlog or system_backlog()
         try:
             for route in settings.routes:
-                targets = [await resolve_target(self.loop, t) for t in route.targets]
-                policy = Policy(route.connect_timeout, route.idle_timeout, route.keepalive)
-                for family, sockaddr in bind_addresses(route.listen):
-                    sock = open_listener(route.listen, family, sockaddr, backlog)
-                    label = format_peer(sock.getsockname())
-                    self.listeners.append(Listener(sock, label, route, targets, policy))
+                targets = await self._resolve(route)
+                self.listeners += self._open_route(route, targets)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             raise
         self._resume_accepting()
+
+    async def _resolve(self, route: Route) -> list[ResolvedTarget]:
+        return [await resolve_target(self.loop, target) for target in route.targets]
+
+    def _open_route(self, route: Route, targets: list[ResolvedTarget]) -> list[Listener]:
+        backlog = self.settings.backlog or system_backlog()
+        opened: list[Listener] = []
+        try:
+            for family, sockaddr in bind_addresses(route.listen):
+                sock = open_listener(route.listen, family, sockaddr, backlog)
+                label = format_peer(sock.getsockname())
+                opened.append(Listener(sock, label, route, targets, _policy(route), route.access))
+        except BaseException:
+            close_all([listener.sock for listener in opened])
+            raise
+        return opened
+
+    async def reload(self, settings: Settings) -> None:
+        """Apply a new configuration without dropping a connection.
+
+        New listeners open, removed ones stop accepting (their connections finish on their
+        own), and changed targets and per-route settings apply to new connections. Everything
+        that can fail (name lookups, binding) happens before anything changes, so on an
+        error the old configuration stays in force whole.
+        """
+        new_routes = {route.listen: route for route in settings.routes}
+        current = {listener.route.listen for listener in self.listeners}
+        resolved = {route.listen: await self._resolve(route) for route in settings.routes}
+        opened: list[Listener] = []
+        try:
+            for route in settings.routes:
+                if route.listen not in current:
+                    opened += self._open_route(route, resolved[route.listen])
+        except BaseException:
+            close_all([listener.sock for listener in opened])
+            raise
+        kept: list[Listener] = []
+        for listener in self.listeners:
+            new_route = new_routes.get(listener.route.listen)
+            if new_route is None:
+                if self._accepting:
+                    self.loop.remove_reader(listener.sock.fileno())
+                listener.sock.close()
+                continue
+            listener.route, listener.targets = new_route, resolved[new_route.listen]
+            listener.policy, listener.access = _policy(new_route), new_route.access
+            kept.append(listener)
+        for name in ("relay", "loop", "backlog"):
+            if getattr(settings, name) != getattr(self.settings, name):
+                log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
+        self.listeners = kept + opened
+        self.settings = settings
+        if self._accepting:
+            for listener in opened:
+                self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
+        elif self._drained is None and not self._paused_for_fds:
+            cap = settings.max_connections
+            if cap is None or self.stats.active < cap:
+                self._resume_accepting()
 
     # --- accepting
 
@@ -134,6 +205,16 @@ class Forwarder:
                     return
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             self.stats.accepted += 1
+            source = client_host(peer[0])
+            if listener.access and not listener.access.permits(source):
+                self._refuse(client, "denied", source)
+                continue
+            per_source_cap = self.settings.max_connections_per_source
+            if per_source_cap is not None:
+                if self._per_source[source] >= per_source_cap:
+                    self._refuse(client, "source-limit", source)
+                    continue
+                self._per_source[source] += 1
             self.stats.active += 1
             connection = Connection(
                 self,
@@ -142,14 +223,26 @@ class Forwarder:
                 listen_label=listener.label,
                 targets=listener.targets,
                 policy=listener.policy,
+                source=source,
             )
             self.connections.add(connection)
             connection.start()
 
+    def _refuse(self, client: socket.socket, reason: str, source: str) -> None:
+        """Close a refused client at once, with a reset; log at most one line per interval,
+        so a flood cannot fill the disk."""
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        client.close()
+        self.stats.closed[reason] += 1
+        self._refusals[reason] += 1
+        if self._refusal_log.due(self.loop.time()):
+            counts = dict(self._refusals)
+            self._refusals.clear()
+            log.warning(logfmt({"event": "refused", "reason": reason, "client": source, **counts}))
+
     def _out_of_descriptors(self, exc: OSError) -> None:
-        now = self.loop.time()
-        if now - self._last_fd_warning >= 5.0:
-            self._last_fd_warning = now
+        if self._fd_log.due(self.loop.time()):
             log.warning(
                 logfmt(
                     {
@@ -172,6 +265,10 @@ class Forwarder:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self.stats.active -= 1
+        if self.settings.max_connections_per_source is not None:
+            self._per_source[connection.source] -= 1
+            if not self._per_source[connection.source]:
+                del self._per_source[connection.source]
         if self._drained is not None:
             if not self.connections:
                 self._drained.set()
@@ -200,6 +297,35 @@ class Forwarder:
             connection.close("shutdown", reset=True)
         if self.pipes is not None:
             self.pipes.close()
+        self.poller.close()
+
+
+def _log_listeners(forwarder: Forwarder) -> None:
+    for listener in forwarder.listeners:
+        targets = ",".join(target.label for target in listener.targets)
+        log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
+
+
+async def _reload(forwarder: Forwarder, load: Callable[[], Settings]) -> None:
+    log.info(logfmt({"event": "reloading"}))
+    try:
+        await forwarder.reload(load())
+    except PyforwardError as exc:
+        log.error(
+            logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
+        )
+        return
+    for listener in forwarder.listeners:
+        log.info(
+            logfmt(
+                {
+                    "event": "listen",
+                    "address": listener.label,
+                    "target": ",".join(t.label for t in listener.targets),
+                }
+            )
+        )
+    log.info(logfmt({"event": "reloaded", "listeners": len(forwarder.listeners)}))
 
 
 def install_signal_handlers(
@@ -223,8 +349,13 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[Forwarder], None] | None = None,
     loop_name: str = "",
+    reload_settings: Callable[[], Settings] | None = None,
 ) -> Forwarder:
-    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT)."""
+    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT).
+
+    With `reload_settings`, SIGHUP calls it and applies what it returns (see `reload`);
+    a configuration that fails to load or apply is logged and the old one stays.
+    """
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
     forwarder = Forwarder(settings, loop)
@@ -241,21 +372,22 @@ async def serve(
             }
         )
     )
-    for listener in forwarder.listeners:
-        log.info(
-            logfmt(
-                {
-                    "event": "listen",
-                    "address": listener.label,
-                    "target": ",".join(t.label for t in listener.targets),
-                }
-            )
-        )
+    _log_listeners(forwarder)
     remove_handlers: Callable[[], None] | None = None
     if shutdown_trigger is None:
         stop = asyncio.Event()
         remove_handlers = install_signal_handlers(loop, stop)
         shutdown_trigger = stop.wait
+    reloads: set[asyncio.Task[None]] = set()
+    if reload_settings is not None:
+        load = reload_settings
+
+        def on_sighup() -> None:
+            task = loop.create_task(_reload(forwarder, load))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if on_ready is not None:
         on_ready(forwarder)
     try:
@@ -265,6 +397,8 @@ async def serve(
     finally:
         if remove_handlers is not None:
             remove_handlers()
+        if reload_settings is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
     log.info(
         logfmt(
             {

@@ -16,10 +16,11 @@ import difflib
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pyforward.access import AccessList
 from pyforward.addresses import Address, parse_listen, parse_target
 from pyforward.errors import ConfigError
 
@@ -54,6 +55,8 @@ class Route:
     connect_timeout: float
     idle_timeout: float | None
     keepalive: bool
+    access: AccessList = field(default_factory=AccessList)
+    first_byte_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Settings:
     backlog: int | None
     max_connections: int | None
     shutdown_timeout: float
+    max_connections_per_source: int | None = None
 
 
 # --- value converters: each takes a raw value (str from the environment, or a TOML value)
@@ -172,6 +176,10 @@ OPTIONS: dict[str, Option] = {
     "connect_timeout": Option(_duration, 10.0, per_route=True),
     "idle_timeout": Option(_duration, 0.0, per_route=True),
     "keepalive": Option(_boolean, False, per_route=True),
+    "first_byte_timeout": Option(_duration, 0.0, per_route=True),
+    "allow": Option(_string_list, [], per_route=True),
+    "deny": Option(_string_list, [], per_route=True),
+    "max_connections_per_source": Option(_positive_int, None),
 }
 ROUTE_KEYS = {"listen", "target"} | {key for key, opt in OPTIONS.items() if opt.per_route}
 FILE_ONLY_KEYS = {"config"}
@@ -269,6 +277,7 @@ def build_settings(
         raise ConfigError("--backlog must be at least 1")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
+        max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),
         relay=pick("relay"),
         loop=pick("loop"),
@@ -321,9 +330,15 @@ def _route_specs(
             raise ConfigError(f"{source}: a target needs a listen address ({listen_name})")
         if not targets:
             raise ConfigError(f"{source}: listen address {listen} needs a target")
-        specs.append((_string(listen), list(targets)))
-    for item in layer.get("route") or [] if route_strings else []:
-        listen_text, sep, target_text = str(item).partition("=")
+        specs.append(
+            (
+                _convert("listen", listen, f"{source}: listen"),
+                _convert("target", targets, f"{source}: target"),
+            )
+        )
+    routes = _convert("route", layer.get("route") or [], source) if route_strings else []
+    for item in routes:
+        listen_text, sep, target_text = item.partition("=")
         if not sep:
             raise ConfigError(
                 f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
@@ -353,4 +368,6 @@ def _route(
         connect_timeout=connect_timeout,
         idle_timeout=values["idle_timeout"] or None,
         keepalive=values["keepalive"],
+        access=AccessList.parse(values["allow"], values["deny"]),
+        first_byte_timeout=values["first_byte_timeout"] or None,
     )

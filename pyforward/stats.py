@@ -14,6 +14,9 @@ REASONS = (
     "refused",  # every target refused the connection
     "unreachable",  # no route to the target, or the network is down
     "shutdown",  # the forwarder stopped before the connection finished
+    "denied",  # the client's address is not allowed (allow/deny lists)
+    "source-limit",  # the client's address already has max_connections_per_source open
+    "first-byte-timeout",  # the client sent nothing within first_byte_timeout
     "error",  # any other socket error; the log line names it
 )
 

@@ -1,0 +1,126 @@
+"""Readiness callbacks for the relay's raw sockets.
+
+On Linux the relay's sockets live on an epoll of our own, which the event loop watches
+as a single descriptor. The reason: uvloop (through libuv's uv_poll) treats POLLERR on a
+watched descriptor as fatal to the watcher: it closes it and never calls the callback.
+A socket that receives a reset, or a connect that is refused, reports exactly that, so
+with the loop's own `add_reader` such a connection would hang until a timeout. Our epoll
+hands every error and hang-up to the callbacks as readiness, where the next recv, send,
+splice or SO_ERROR read reports it properly.
+
+Callbacks must tolerate spurious wakeups (a descriptor closed and reused within one
+batch of events): the relay's do, since every operation is non-blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+from collections.abc import Callable
+from typing import Any, Protocol
+
+Callback = Callable[..., object]
+
+# Errors and hang-ups wake both callbacks: the next operation on the socket reports them.
+_TROUBLE = getattr(select, "EPOLLERR", 0) | getattr(select, "EPOLLHUP", 0)
+_READ_EVENTS = getattr(select, "EPOLLIN", 0) | _TROUBLE
+_WRITE_EVENTS = getattr(select, "EPOLLOUT", 0) | _TROUBLE
+
+
+class Poller(Protocol):
+    def add_reader(self, fd: int, callback: Callback, *args: Any) -> None: ...
+    def remove_reader(self, fd: int) -> None: ...
+    def add_writer(self, fd: int, callback: Callback, *args: Any) -> None: ...
+    def remove_writer(self, fd: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class EpollPoller:
+    """Level-triggered epoll, dispatched from one reader on the event loop."""
+
+    _BATCH = 512
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._readers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
+        self._writers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
+        self._masks: dict[int, int] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def add_reader(self, fd: int, callback: Callback, *args: Any) -> None:
+        self._readers[fd] = (callback, args)
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callback, *args: Any) -> None:
+        self._writers[fd] = (callback, args)
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def _update(self, fd: int) -> None:
+        mask = (select.EPOLLIN if fd in self._readers else 0) | (
+            select.EPOLLOUT if fd in self._writers else 0
+        )
+        old = self._masks.get(fd)
+        if mask == old:
+            return
+        if not mask:
+            del self._masks[fd]
+            self._epoll.unregister(fd)
+        elif old is None:
+            self._masks[fd] = mask
+            self._epoll.register(fd, mask)
+        else:
+            self._masks[fd] = mask
+            self._epoll.modify(fd, mask)
+
+    def _dispatch(self) -> None:
+        readers, writers = self._readers, self._writers
+        for fd, events in self._epoll.poll(0, self._BATCH):
+            if events & _READ_EVENTS:
+                entry = readers.get(fd)
+                if entry is not None:
+                    entry[0](*entry[1])
+            if events & _WRITE_EVENTS:
+                entry = writers.get(fd)
+                if entry is not None:
+                    entry[0](*entry[1])
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+
+_READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP if hasattr(select, "epoll") else 0
+_WRITE_EVENTS = (
+    select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP if hasattr(select, "epoll") else 0
+)
+
+
+class LoopPoller:
+    """The event loop's own readiness callbacks, where there is no epoll."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.add_reader = loop.add_reader
+        self.add_writer = loop.add_writer
+        self._loop = loop
+
+    def remove_reader(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        self._loop.remove_writer(fd)
+
+    def close(self) -> None:
+        pass
+
+
+def make_poller(loop: asyncio.AbstractEventLoop) -> Poller:
+    return EpollPoller(loop) if hasattr(select, "epoll") else LoopPoller(loop)

@@ -1,0 +1,66 @@
+"""A forwarder running in a thread of the test process, for tests that inject faults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+
+from pyforward.server import Forwarder, serve
+from pyforward.settings import Settings
+from tests.harness import TIMEOUT
+
+
+class LogLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[tuple[Forwarder, LogLines]]:
+    """Serve `settings` in a background thread until the block ends."""
+    ready = threading.Event()
+    holder: dict[str, object] = {}
+    logs = LogLines()
+    logger = logging.getLogger("pyforward")
+    logger.addHandler(logs)
+    logger.setLevel(logging.INFO)
+
+    def main() -> None:
+        async def run() -> None:
+            stop = asyncio.Event()
+            holder["loop"], holder["stop"] = asyncio.get_running_loop(), stop
+
+            def on_ready(forwarder: Forwarder) -> None:
+                holder["forwarder"] = forwarder
+                ready.set()
+
+            await serve(settings, shutdown_trigger=stop.wait, on_ready=on_ready)
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            holder["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(TIMEOUT), "the forwarder did not start"
+        if "error" in holder:
+            raise AssertionError(f"the forwarder failed: {holder['error']!r}")
+        forwarder = holder["forwarder"]
+        assert isinstance(forwarder, Forwarder)
+        yield forwarder, logs
+    finally:
+        loop, stop = holder.get("loop"), holder.get("stop")
+        if isinstance(loop, asyncio.AbstractEventLoop) and isinstance(stop, asyncio.Event):
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(TIMEOUT)
+        logger.removeHandler(logs)
