@@ -67,6 +67,7 @@ def draw(path: Path, subjects: Sequence[Subject], summaries: Sequence[Summary], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: PLC0415
 
     found = {(s.metric, s.subject): s for s in summaries}
     figure, axes = plt.subplots(4, 2, figsize=(14, 17), layout="constrained")
@@ -90,6 +91,8 @@ def draw(path: Path, subjects: Sequence[Subject], summaries: Sequence[Summary], 
         ax.set_xticklabels([s.label for s in shown], rotation=30, ha="right", fontsize=8)
         if panel.log:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())  # 100, not 10^2
+            ax.yaxis.set_minor_formatter(NullFormatter())
         if len(panel.series) > 1:
             ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
