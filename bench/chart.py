@@ -40,6 +40,7 @@ PANELS = (
         "Small-message round trip (lower is better)",
         "us",
         (("latency.p50", "p50"), ("latency.p99", "p99"), ("latency.p999", "p99.9")),
+        log=True,  # a stray p99.9 would otherwise flatten the p50 bars
     ),
     Panel(
         "Memory, PSS summed over processes (lower is better)",
@@ -67,7 +68,7 @@ def draw(path: Path, subjects: Sequence[Subject], summaries: Sequence[Summary], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: PLC0415
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: PLC0415
 
     found = {(s.metric, s.subject): s for s in summaries}
     figure, axes = plt.subplots(4, 2, figsize=(14, 17), layout="constrained")
@@ -91,7 +92,9 @@ def draw(path: Path, subjects: Sequence[Subject], summaries: Sequence[Summary], 
         ax.set_xticklabels([s.label for s in shown], rotation=30, ha="right", fontsize=8)
         if panel.log:
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())  # 100, not 10^2
+            # Ticks at 1, 2, 5 x 10^n, written as plain numbers (50, not 5x10^1).
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         if len(panel.series) > 1:
             ax.legend(fontsize=8)
