@@ -13,7 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from pyforward import __version__
+from pyforward.discovery.options import PresetName
 from pyforward.errors import ConfigError, PyforwardError
+from pyforward.logfmt import logfmt
 from pyforward.loops import loop_factory
 from pyforward.server import serve
 from pyforward.settings import (
@@ -25,6 +27,7 @@ from pyforward.settings import (
     env_name,
     parse_config_text,
 )
+from pyforward.socat_args import parse_socat_args, summarize, to_flags
 
 app = typer.Typer(
     name="pyforward",
@@ -102,6 +105,37 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", dir_okay=False)
 ]
 
+# Kubernetes discovery options, shared by `run` and `discover`.
+DiscoverOpt = Annotated[
+    bool | None, typer.Option("--discover", help="Find the target from the cluster and follow it.")
+]
+KubeconfigOpt = Annotated[
+    str | None,
+    typer.Option(help="Kubeconfig file [$KUBECONFIG, ~/.kube/config, k3s's, in-cluster]."),
+]
+ServiceOpt = Annotated[
+    str | None,
+    typer.Option(help="NAMESPACE/NAME of the gateway Service [istio-system/istio-ingressgateway]."),
+]
+ServicePortOpt = Annotated[
+    str | None, typer.Option(help="The Service's port, by name or number [https].")
+]
+PresetOpt = Annotated[
+    PresetName | None,
+    typer.Option(help="istio (443->https, 80->http2) or traefik (443->websecure, 80->web)."),
+]
+NodeIpOpt = Annotated[
+    str | None, typer.Option(help="Forward to this node address instead of the Ready nodes.")
+]
+StateDirOpt = Annotated[
+    str | None,
+    typer.Option(help="Where the last target is kept [$STATE_DIRECTORY or /var/lib/pyforward]."),
+]
+DiscoverTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(help="At start, seconds to wait for the API when nothing is saved [60]."),
+]
+
 
 @app.command()
 def run(
@@ -153,6 +187,14 @@ def run(
     quiet: Annotated[
         bool | None, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = None,
+    discover: DiscoverOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    service: ServiceOpt = None,
+    service_port: ServicePortOpt = None,
+    preset: PresetOpt = None,
+    node_ip: NodeIpOpt = None,
+    state_dir: StateDirOpt = None,
+    discover_timeout: DiscoverTimeoutOpt = None,
 ) -> None:
     """Listen and forward every connection to its target."""
     flags = {
@@ -173,14 +215,108 @@ def run(
         "first_byte_timeout": first_byte_timeout,
         "log_level": log_level,
         "quiet": quiet,
+        "discover": discover,
+        "kubeconfig": kubeconfig,
+        "service": service,
+        "service_port": service_port,
+        "preset": preset,
+        "node_ip": node_ip,
+        "state_dir": state_dir,
+        "discover_timeout": discover_timeout,
     }
     settings = load_settings(flags, config)
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        # SIGHUP re-reads the same flags, environment and config file.
-        reload = functools.partial(load_settings, flags, config)
-        runner.run(serve(settings, loop_name=loop_name, reload_settings=reload))
+        if settings.discovery is not None:
+            # Imported here: static forwarding never loads discovery or kubernetes.
+            from pyforward.discovery.runtime import serve_discovered  # noqa: PLC0415
+
+            runner.run(serve_discovered(settings, loop_name=loop_name))
+        else:
+            # SIGHUP re-reads the same flags, environment and config file.
+            reload = functools.partial(load_settings, flags, config)
+            runner.run(serve(settings, loop_name=loop_name, reload_settings=reload))
+
+
+@app.command()
+def discover(
+    kubeconfig: KubeconfigOpt = None,
+    service: ServiceOpt = None,
+    service_port: ServicePortOpt = None,
+    preset: PresetOpt = None,
+    node_ip: NodeIpOpt = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen", "-l", help="Host port to check for conflicts [the preset's, 443]."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show what the cluster says the forwarder should forward to, and why."""
+    from pyforward.discovery import report  # noqa: PLC0415  (loads kubernetes)
+
+    flags = {
+        "discover": True,
+        "kubeconfig": kubeconfig,
+        "service": service,
+        "service_port": service_port,
+        "preset": preset,
+        "node_ip": node_ip,
+        "listen": listen,
+    }
+    settings = load_settings(flags, config)
+    found = report.inspect(settings)
+    typer.echo(report.as_json(found) if as_json else report.as_text(found))
+    if found.error is not None:
+        raise found.error
+
+
+SOCAT_HELP = """\
+Usage: pyforward-socat [OPTIONS] TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]
+       (the same as: pyforward socat ...)
+
+Runs pyforward from a socat command line, so a socat unit switches by its binary alone.
+  options:  -d (repeatable; -dddd logs at debug)  -T SECONDS (idle timeout)
+            -t SECONDS, -b SIZE (accepted; pyforward half-closes without delay and
+            sizes its own buffers)  -ls
+  listen:   TCP-LISTEN, TCP4-LISTEN, TCP6-LISTEN (TCP-L, ...) with fork, reuseaddr,
+            bind=ADDRESS, backlog=N, max-children=N, keepalive, nodelay
+  target:   TCP, TCP4, TCP6 (TCP-CONNECT, ...) with connect-timeout=SECONDS,
+            keepalive, nodelay
+Without fork, one connection is served, then pyforward exits, as socat does.
+Anything else is refused with the reason."""
+
+
+@app.command(
+    context_settings={
+        # socat's words (-d -d, -T 30, TCP-LISTEN:...) pass through untouched.
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": [],
+    },
+)
+def socat(
+    args: Annotated[list[str] | None, typer.Argument(help="socat's arguments.")] = None,
+) -> None:
+    """Run from a socat command line: TCP-LISTEN:PORT,fork TCP:HOST:PORT (see -h)."""
+    words = args or []
+    if words[:1] in (["-h"], ["-?"], ["--help"]):
+        typer.echo(SOCAT_HELP)
+        return
+    if words[:1] == ["-V"]:
+        typer.echo(f"pyforward {__version__} (socat command line)")
+        return
+    command = parse_socat_args(words)
+    settings = build_settings(to_flags(command), dict(os.environ))
+    setup_logging(settings.log_level)
+    for item in summarize(command).dropped:
+        logging.getLogger("pyforward").info(logfmt({"event": "socat-ignored", "what": item}))
+    factory, loop_name = loop_factory(settings.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, loop_name=loop_name, max_accepts=command.max_accepts))
 
 
 def main(argv: list[str] | None = None) -> None:

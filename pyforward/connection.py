@@ -69,6 +69,11 @@ class Owner(Protocol):
 
     def connection_closed(self, connection: Connection) -> None: ...
 
+    # Passive health: a target that refused or timed out, and one that accepted.
+    def target_failed(self, target: ResolvedTarget, reason: str) -> None: ...
+
+    def target_connected(self, target: ResolvedTarget) -> None: ...
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -227,6 +232,8 @@ class Connection:
         else:
             self._last_failure = "error"
         self._error = errno.errorcode.get(code, str(code))
+        if self._last_failure != "error":
+            self._owner.target_failed(self._targets[self._attempt], self._last_failure)
         if self._attempt + 1 < len(self._targets):
             log.warning(
                 logfmt(
@@ -246,6 +253,7 @@ class Connection:
 
     def _start_relay(self, target: socket.socket) -> None:
         owner = self._owner
+        owner.target_connected(self._targets[self._attempt])
         pipes = owner.pipes
         if pipes is not None:
             self._directions = [

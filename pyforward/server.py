@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import resource
 import signal
 import socket
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pyforward import __version__
@@ -19,6 +20,7 @@ from pyforward.access import AccessList
 from pyforward.addresses import Address, client_host, format_peer
 from pyforward.connection import Connection, Policy, ResolvedTarget
 from pyforward.errors import PyforwardError, StartupError
+from pyforward.health import TargetHealth
 from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool, splice_available
@@ -64,6 +66,18 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def literal_target(address: Address) -> ResolvedTarget | None:
+    """The target of an IP-literal address, without a name lookup; None for a host name."""
+    assert address.host is not None
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return ResolvedTarget(socket.AF_INET6, (str(ip), address.port, 0, 0), str(address))
+    return ResolvedTarget(socket.AF_INET, (str(ip), address.port), str(address))
+
+
 async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> ResolvedTarget:
     assert address.host is not None
     try:
@@ -79,18 +93,32 @@ async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> R
 class Forwarder:
     """Accepts on every listener and hands each connection to a `Connection`."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_accepts: int | None = None,
+    ) -> None:
         self.settings = settings
         self.loop = loop
         self.poller = make_poller(loop)
+        # After this many connections the listeners close for good, and `finished` is
+        # set once the last connection ends (socat without `fork` serves one).
+        self.max_accepts = max_accepts
+        self.finished = asyncio.Event()
+        self._accepts_done = False
+        self._served = 0  # connections handed to a Connection (refused ones are not)
         self.stats = Stats()
         self.pipes: PipePool | None = None
         self.relay = "copy"
         self.listeners: list[Listener] = []
         self.connections: set[Connection] = set()
+        self.health = TargetHealth()
         self._accepting = False
         self._paused_for_fds = False
         self._drained: asyncio.Event | None = None
+        self._closed = False
         self._per_source: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
         self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
@@ -176,7 +204,7 @@ class Forwarder:
     # --- accepting
 
     def _resume_accepting(self) -> None:
-        if not self._accepting:
+        if not self._accepting and not self._accepts_done:
             self._accepting = True
             for listener in self.listeners:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
@@ -216,17 +244,33 @@ class Forwarder:
                     continue
                 self._per_source[source] += 1
             self.stats.active += 1
+            targets: Sequence[ResolvedTarget] = listener.targets
+            if len(targets) > 1:
+                targets = self.health.order(targets, self.loop.time())
+            self._served += 1
+            last = self.max_accepts is not None and self._served >= self.max_accepts
+            if last:
+                # Before the connection starts, which may end it at once.
+                self._close_listeners_for_good(listener.label)
             connection = Connection(
                 self,
                 client,
                 client_label=format_peer(peer),
                 listen_label=listener.label,
-                targets=listener.targets,
+                targets=targets,
                 policy=listener.policy,
                 source=source,
             )
             self.connections.add(connection)
             connection.start()
+            if last:
+                return
+
+    def _close_listeners_for_good(self, label: str) -> None:
+        self._pause_accepting()
+        self._accepts_done = True
+        close_all([listener.sock for listener in self.listeners])
+        log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
     def _refuse(self, client: socket.socket, reason: str, source: str) -> None:
         """Close a refused client at once, with a reset; log at most one line per interval,
@@ -272,19 +316,57 @@ class Forwarder:
         if self._drained is not None:
             if not self.connections:
                 self._drained.set()
+        elif self._accepts_done:
+            if not self.connections:
+                self.finished.set()
         elif not self._accepting and not self._paused_for_fds:
             cap = self.settings.max_connections
             if cap is None or self.stats.active < cap:
                 self._resume_accepting()
 
+    # --- targets and their health
+
+    def set_targets(self, route: Route, targets: Sequence[ResolvedTarget]) -> None:
+        """Send the route's new connections to `targets` from now on; connections already
+        made, or still connecting, keep the targets they started with."""
+        for listener in self.listeners:
+            if listener.route == route:
+                # A new list, never an in-place change: connections hold the old one.
+                listener.targets = list(targets)
+        self.health.retain(t for listener in self.listeners for t in listener.targets)
+
+    def target_failed(self, target: ResolvedTarget, reason: str) -> None:
+        if self.health.failed(target, self.loop.time()):
+            log.warning(
+                logfmt(
+                    {
+                        "event": "target-down",
+                        "target": target.label,
+                        "reason": reason,
+                        "for": self.health.down_for,
+                        "msg": "tried last until then",
+                    }
+                )
+            )
+
+    def target_connected(self, target: ResolvedTarget) -> None:
+        if self.health.succeeded(target):
+            log.info(logfmt({"event": "target-up", "target": target.label}))
+
     # --- stopping
+
+    def stop_accepting(self) -> None:
+        """Close the listeners, so new clients are refused at once."""
+        if self._drained is None:
+            self._drained = asyncio.Event()
+        self._pause_accepting()
+        close_all([listener.sock for listener in self.listeners])
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let connections finish for up to `timeout`, then close them."""
-        # 1. Stop accepting: close the listeners, so new clients are refused at once.
-        self._drained = asyncio.Event()
-        self._pause_accepting()
-        close_all([listener.sock for listener in self.listeners])
+        # 1. Stop accepting.
+        self.stop_accepting()
+        assert self._drained is not None
         # 2. Let connections in flight finish on their own.
         if self.connections:
             log.info(
@@ -292,12 +374,19 @@ class Forwarder:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), timeout)
-        # 3. Past the deadline, close what remains; a reset tells each peer it was cut short.
+        # 3. Past the deadline, close what remains.
+        self.close()
+
+    def close(self) -> None:
+        """Close everything now; a reset tells each remaining peer it was cut short."""
+        self.stop_accepting()
         for connection in list(self.connections):
             connection.close("shutdown", reset=True)
         if self.pipes is not None:
             self.pipes.close()
-        self.poller.close()
+        if not self._closed:
+            self._closed = True
+            self.poller.close()
 
 
 def _log_listeners(forwarder: Forwarder) -> None:
@@ -350,15 +439,17 @@ async def serve(
     on_ready: Callable[[Forwarder], None] | None = None,
     loop_name: str = "",
     reload_settings: Callable[[], Settings] | None = None,
+    max_accepts: int | None = None,
 ) -> Forwarder:
-    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT).
+    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT),
+    or, with `max_accepts`, until that many connections have come and gone.
 
     With `reload_settings`, SIGHUP calls it and applies what it returns (see `reload`);
     a configuration that fails to load or apply is logged and the old one stays.
     """
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
-    forwarder = Forwarder(settings, loop)
+    forwarder = Forwarder(settings, loop, max_accepts=max_accepts)
     await forwarder.start()
     log.info(
         logfmt(
@@ -391,10 +482,14 @@ async def serve(
     if on_ready is not None:
         on_ready(forwarder)
     try:
-        await shutdown_trigger()
+        if max_accepts is None:
+            await shutdown_trigger()
+        else:
+            await _first_of(shutdown_trigger, forwarder.finished.wait)
         log.info(logfmt({"event": "stopping", "active": len(forwarder.connections)}))
         await forwarder.shutdown(settings.shutdown_timeout)
     finally:
+        forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
         if remove_handlers is not None:
             remove_handlers()
         if reload_settings is not None:
@@ -410,3 +505,16 @@ async def serve(
         )
     )
     return forwarder
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Wait until the first of `waits` returns (or raises); cancel the others."""
+    tasks = [asyncio.ensure_future(wait()) for wait in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # an exception from a trigger is the caller's to see

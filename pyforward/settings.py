@@ -16,12 +16,24 @@ import difflib
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from pyforward.access import AccessList
 from pyforward.addresses import Address, parse_listen, parse_target
+from pyforward.discovery.options import (
+    DEFAULT_BOOT_TIMEOUT,
+    DEFAULT_SERVICE,
+    DEFAULT_SERVICE_PORT,
+    PRESETS,
+    DiscoverySettings,
+    PresetName,
+    default_state_dir,
+    parse_node_ip,
+    parse_port_ref,
+    parse_service_ref,
+)
 from pyforward.errors import ConfigError
 
 ENV_PREFIX = "PYFORWARD_"
@@ -57,6 +69,8 @@ class Route:
     keepalive: bool
     access: AccessList = field(default_factory=AccessList)
     first_byte_timeout: float | None = None
+    # Discovered routes: no static targets; the Service port (name or number) to follow.
+    service_port: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ class Settings:
     max_connections: int | None
     shutdown_timeout: float
     max_connections_per_source: int | None = None
+    discovery: DiscoverySettings | None = None
 
 
 # --- value converters: each takes a raw value (str from the environment, or a TOML value)
@@ -180,6 +195,15 @@ OPTIONS: dict[str, Option] = {
     "allow": Option(_string_list, [], per_route=True),
     "deny": Option(_string_list, [], per_route=True),
     "max_connections_per_source": Option(_positive_int, None),
+    # Kubernetes discovery (pyforward/discovery/).
+    "discover": Option(_boolean, False),
+    "kubeconfig": Option(_string, None),
+    "service": Option(parse_service_ref, None),
+    "service_port": Option(parse_port_ref, None, per_route=True),
+    "preset": Option(_choice(PresetName), None),
+    "node_ip": Option(parse_node_ip, None),
+    "state_dir": Option(_string, None),
+    "discover_timeout": Option(_duration, DEFAULT_BOOT_TIMEOUT),
 }
 ROUTE_KEYS = {"listen", "target"} | {key for key, opt in OPTIONS.items() if opt.per_route}
 FILE_ONLY_KEYS = {"config"}
@@ -259,7 +283,11 @@ def build_settings(
         return OPTIONS[key].default
 
     route_defaults = {key: pick(key) for key in OPTIONS if OPTIONS[key].per_route}
-    routes = _build_routes(layers, file_data, file_source, route_defaults)
+    discover: bool = pick("discover")
+    routes = _build_routes(layers, file_data, file_source, route_defaults, discover=discover)
+    discovery = None
+    if discover:
+        routes, discovery = _discovered_routes(routes, pick, route_defaults, env)
     if not routes:
         raise ConfigError(
             "no route to forward: give --listen PORT --target HOST:PORT, --route, or --config FILE"
@@ -273,8 +301,9 @@ def build_settings(
     if pick("quiet"):
         level = LogLevel.WARNING
     backlog: int = pick("backlog")
-    if backlog == 0:
-        raise ConfigError("--backlog must be at least 1")
+    if backlog is not None and not 1 <= backlog <= 65535:
+        # The kernel caps it at net.core.somaxconn anyway; a huge number is a typo.
+        raise ConfigError(f"--backlog must be 1-65535, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
@@ -285,6 +314,7 @@ def build_settings(
         backlog=backlog,
         max_connections=max_connections,
         shutdown_timeout=pick("shutdown_timeout"),
+        discovery=discovery,
     )
 
 
@@ -293,15 +323,17 @@ def _build_routes(
     file_data: Mapping[str, Any],
     file_source: str,
     overrides_and_defaults: Mapping[str, Any],
+    *,
+    discover: bool = False,
 ) -> list[Route]:
     # Per-route keys given as a flag or in the environment override every route.
     overriding = {key for key in overrides_and_defaults if any(key in layer for _, layer in layers)}
     for source, layer in layers:
         name_listen = flag_name("listen") if source == "flags" else env_name("listen")
-        specs = _route_specs(layer, name_listen, source)
+        specs = _route_specs(layer, name_listen, source, discover=discover)
         if specs:
             return [_route(spec, {}, overrides_and_defaults, set(), source) for spec in specs]
-    specs = _route_specs(file_data, "listen", file_source, route_strings=False)
+    specs = _route_specs(file_data, "listen", file_source, route_strings=False, discover=discover)
     file_defaults = {
         key: _convert(key, file_data[key], f"{file_source}: {key}")
         if key in file_data and key not in overriding
@@ -311,29 +343,34 @@ def _build_routes(
     routes = [_route(spec, {}, file_defaults, overriding, file_source) for spec in specs]
     for index, table in enumerate(file_data.get("route") or [], 1):
         where = f"{file_source}: route {index}"
-        if "listen" not in table or "target" not in table:
+        if "listen" not in table or ("target" not in table and not discover):
             raise ConfigError(f"{where}: needs both 'listen' and 'target'")
         listen = _convert("listen", table["listen"], f"{where}: listen")
-        targets = _convert("target", table["target"], f"{where}: target")
+        targets = _convert("target", table.get("target", []), f"{where}: target")
         extra = {k: v for k, v in table.items() if k not in ("listen", "target")}
         routes.append(_route((listen, targets), extra, file_defaults, overriding, where))
     return routes
 
 
 def _route_specs(
-    layer: Mapping[str, Any], listen_name: str, source: str, *, route_strings: bool = True
+    layer: Mapping[str, Any],
+    listen_name: str,
+    source: str,
+    *,
+    route_strings: bool = True,
+    discover: bool = False,
 ) -> list[tuple[str, list[str]]]:
     specs: list[tuple[str, list[str]]] = []
     listen, targets = layer.get("listen"), layer.get("target")
     if listen is not None or targets:
         if listen is None:
             raise ConfigError(f"{source}: a target needs a listen address ({listen_name})")
-        if not targets:
-            raise ConfigError(f"{source}: listen address {listen} needs a target")
+        if not targets and not discover:
+            raise ConfigError(f"{source}: listen address {listen} needs a target (or --discover)")
         specs.append(
             (
                 _convert("listen", listen, f"{source}: listen"),
-                _convert("target", targets, f"{source}: target"),
+                _convert("target", targets or [], f"{source}: target"),
             )
         )
     routes = _convert("route", layer.get("route") or [], source) if route_strings else []
@@ -370,4 +407,41 @@ def _route(
         keepalive=values["keepalive"],
         access=AccessList.parse(values["allow"], values["deny"]),
         first_byte_timeout=values["first_byte_timeout"] or None,
+        service_port=values["service_port"],
     )
+
+
+def _discovered_routes(
+    routes: list[Route],
+    pick: Callable[[str], Any],
+    route_defaults: Mapping[str, Any],
+    env: Mapping[str, str],
+) -> tuple[list[Route], DiscoverySettings]:
+    """Routes without a target follow the Service; with no route at all, the preset's ports."""
+    preset = PRESETS[pick("preset")] if pick("preset") is not None else None
+    service = pick("service") or (preset.service if preset else DEFAULT_SERVICE)
+    main_port = preset.ports[0][1] if preset else DEFAULT_SERVICE_PORT
+    if not routes:
+        ports = (
+            preset.ports
+            if preset and route_defaults["service_port"] is None
+            else ((443, route_defaults["service_port"] or main_port),)
+        )
+        routes = [
+            _route((str(port), []), {"service_port": name}, route_defaults, set(), "--preset")
+            for port, name in ports
+        ]
+    elif all(route.targets for route in routes):
+        raise ConfigError("--discover: every route already has a target; nothing to discover")
+    routes = [
+        route if route.targets or route.service_port else replace(route, service_port=main_port)
+        for route in routes
+    ]
+    discovery = DiscoverySettings(
+        service=service,
+        kubeconfig=pick("kubeconfig"),
+        node_ip=pick("node_ip"),
+        state_dir=pick("state_dir") or default_state_dir(env),
+        boot_timeout=pick("discover_timeout"),
+    )
+    return routes, discovery

@@ -29,17 +29,21 @@ def fields(line: str) -> dict[str, str]:
 
 
 class ForwarderProcess:
-    """`python -m pyforward ARGS` with its stderr collected line by line."""
+    """`python -m pyforward ARGS` (or `program ARGS`) with its stderr collected line by line."""
 
     def __init__(
-        self, args: Sequence[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        program: Sequence[str] = (sys.executable, "-m", "pyforward"),
     ) -> None:
         self.args = list(args)
         self.lines: list[str] = []
         self.close_lines: list[dict[str, str]] = []
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "pyforward", *self.args],
+            [*prefix, *program, *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -47,10 +48,11 @@ def test_sigterm_lets_connections_finish_and_refuses_new_ones() -> None:
 
 def test_sigterm_deadline_closes_what_remains_and_exits_zero() -> None:
     accepted = threading.Event()
+    finished = threading.Event()
 
     def never_done(conn: socket.socket) -> None:
         accepted.set()
-        threading.Event().wait(5)
+        finished.wait(10)
 
     with (
         Backend(never_done) as backend,
@@ -67,6 +69,7 @@ def test_sigterm_deadline_closes_what_remains_and_exits_zero() -> None:
         assert fwd.proc.wait(10) == 0
         assert fwd.closes(1)[0]["reason"] == "shutdown"
         assert isinstance(error, ConnectionResetError)  # cut short, and the client knows
+        finished.set()
 
 
 def open_fds(pid: int) -> list[str]:
@@ -121,3 +124,31 @@ def test_ten_thousand_short_connections_leave_no_descriptor_behind(relay: str) -
     ]
     assert len([fd for fd in after if fd.startswith("pipe:")]) <= 2 * PipePool().capacity
     assert "08" not in states  # no CLOSE_WAIT
+
+
+@pytest.mark.asyncio
+async def test_cancelling_serve_closes_listeners_and_connections() -> None:
+    from pyforward.server import Forwarder, serve  # noqa: PLC0415
+    from pyforward.settings import build_settings  # noqa: PLC0415
+
+    with Backend(echo) as backend:
+        settings = build_settings({"listen": "127.0.0.1:0", "target": [backend.address]}, {})
+        ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(settings, shutdown_trigger=asyncio.Event().wait, on_ready=ready.set_result)
+        )
+        forwarder = await ready
+        port = forwarder.listeners[0].sock.getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hi")
+        assert await reader.readexactly(2) == b"hi"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert forwarder.listeners[0].sock.fileno() == -1
+        assert not forwarder.connections
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        with pytest.raises(ConnectionResetError):  # cut short, and the client is told so
+            await reader.read()
+        writer.close()

@@ -1,0 +1,273 @@
+"""The few API calls discovery makes, on the blocking `kubernetes` client.
+
+Lists and watches return the objects as the JSON the API server sent (plain dicts), so
+the pure model parses exactly what is on the wire. Every failure becomes one
+`DiscoveryError` that says what was asked of whom and what went wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyforward.discovery.errors import (
+    ApiFailed,
+    ApiRefused,
+    ApiUnreachable,
+    DiscoveryError,
+    WatchExpired,
+)
+from pyforward.discovery.kubeconfig import KubeconfigSource, load_configuration
+
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A collection to list and watch: Services in a namespace, or all Nodes."""
+
+    kind: str  # "services" or "nodes"
+    namespace: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind} in namespace {self.namespace}" if self.namespace else self.kind
+
+
+@dataclass(frozen=True)
+class Listing:
+    items: tuple[dict[str, Any], ...]
+    resource_version: str | None
+
+
+class ClusterApi:
+    """A connection to one API server, built from one kubeconfig source."""
+
+    def __init__(self, source: KubeconfigSource) -> None:
+        import kubernetes  # noqa: PLC0415  (lazy: static runs never need it)
+
+        client: Any = kubernetes.client  # its annotations are partial: used untyped here
+
+        self.source = source
+        configuration = load_configuration(source)
+        self.host: str = configuration.host
+        self._client: Any = client.ApiClient(configuration)
+        self._core: Any = client.CoreV1Api(self._client)
+        self._lock = threading.Lock()
+        self._watches: set[Any] = set()
+        self._closed = False
+
+    def list(self, resource: Resource, *, timeout: float = 30.0) -> Listing:
+        """List a collection; the list's resourceVersion is where a watch starts."""
+        try:
+            response = self._call(resource, _preload_content=False, _request_timeout=timeout)
+            data = json.loads(response.data)
+        except DiscoveryError:
+            raise
+        except Exception as exc:  # the client's errors have no common base: translate all
+            raise self._translate(exc, "list", resource) from None
+        items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
+        version = (data.get("metadata") or {}).get("resourceVersion") or None
+        return Listing(items, version)
+
+    def list_all_services(self) -> Listing:
+        """Services in every namespace (for the ServiceLB port check)."""
+        try:
+            response = self._core.list_service_for_all_namespaces(
+                _preload_content=False, _request_timeout=30.0
+            )
+            data = json.loads(response.data)
+        except Exception as exc:  # the client's errors have no common base: translate all
+            raise self._translate(exc, "list", Resource("services in all namespaces")) from None
+        items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
+        return Listing(items, None)
+
+    def open_watch(
+        self, resource: Resource, resource_version: str | None, timeout: int, read_timeout: float
+    ) -> Watch:
+        """Start a watch from `resource_version`; returns once the server has answered.
+
+        The server ends the stream after `timeout` seconds; `read_timeout`, a little
+        longer, ends a stream that stays silent past that: a silently dead connection.
+        """
+        try:
+            response = self._call(
+                resource,
+                watch=True,
+                resource_version=resource_version,
+                timeout_seconds=timeout,
+                allow_watch_bookmarks=True,
+                _preload_content=False,
+                _request_timeout=(CONNECT_TIMEOUT, read_timeout),
+            )
+        except Exception as exc:
+            raise self._translate(exc, "watch", resource) from None
+        stream = Watch(self, resource, response)
+        with self._lock:
+            if self._closed:
+                stream.interrupt()
+            self._watches.add(stream)
+        return stream
+
+    def close(self) -> None:
+        """Stop watches in progress (from any thread) and release connections."""
+        with self._lock:
+            self._closed = True
+            watches = list(self._watches)
+        for stream in watches:
+            stream.interrupt()
+
+    def release(self) -> None:
+        """Close pooled connections; call once no thread uses this client any more."""
+        self.close()
+        self._client.close()
+
+    # --- helpers
+
+    def _method(self, resource: Resource) -> Any:
+        if resource.kind == "nodes":
+            return self._core.list_node
+        return self._core.list_namespaced_service
+
+    @staticmethod
+    def _args(resource: Resource) -> tuple[str, ...]:
+        return () if resource.kind == "nodes" else (resource.namespace or "default",)
+
+    def _call(self, resource: Resource, **kwargs: Any) -> Any:
+        return self._method(resource)(*self._args(resource), **kwargs)
+
+    def _translate(self, exc: Exception, verb: str, resource: Resource) -> DiscoveryError:
+        status = getattr(exc, "status", None)
+        if status == 0:  # the client's way of reporting a TLS failure
+            return ApiUnreachable(
+                f"cannot reach the Kubernetes API at {self.host} ({verb} {resource}): "
+                f"{_tls_reason(str(getattr(exc, 'reason', exc)))}"
+            )
+        if isinstance(status, int) and type(exc).__name__.endswith("Exception"):
+            message = _status_message(getattr(exc, "body", None)) or str(getattr(exc, "reason", ""))
+            if status == 401:
+                return ApiRefused(
+                    f"the API server at {self.host} rejected the credentials from "
+                    f"{self.source} (401 Unauthorized): {message}"
+                )
+            if status == 403:
+                return ApiRefused(
+                    f"the API server at {self.host} forbids '{verb}' on {resource} "
+                    f"to the credentials from {self.source} (403 Forbidden; RBAC must "
+                    f"allow verbs list and watch on {resource.kind}): {message}"
+                )
+            if status == 410:
+                return WatchExpired(f"watch on {resource} expired (410 Gone): {message}")
+            return ApiFailed(
+                f"the API server at {self.host} answered {status} to {verb} {resource}: {message}"
+            )
+        return ApiUnreachable(
+            f"cannot reach the Kubernetes API at {self.host} ({verb} {resource}): "
+            f"{network_reason(exc)}"
+        )
+
+
+def _status_message(body: object) -> str:
+    """The `message` of a v1.Status body, if the body is one."""
+    if not isinstance(body, str | bytes):
+        return ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return " ".join(str(body).split())[:200]
+    return str(data.get("message", "")) if isinstance(data, dict) else ""
+
+
+def _tls_reason(text: str) -> str:
+    """'SSLError [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)'
+    -> 'TLS: certificate verify failed: ...'."""
+    text = re.sub(r"\[SSL: [A-Z0-9_]+\] ?|\s*\(_ssl\.c:\d+\)", "", text)
+    text = text.removeprefix("SSLError").strip(" :")
+    return f"TLS: {text}"
+
+
+def network_reason(exc: BaseException) -> str:
+    """The innermost cause a user recognises: 'Connection refused', a TLS failure, ..."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"TLS: {current.verify_message or current.reason}"
+        if isinstance(current, ssl.SSLError):
+            return f"TLS: {current.reason or current}"
+        if isinstance(current, TimeoutError) or "timed out" in str(current).lower():
+            return "timed out"
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        for nxt in (getattr(current, "reason", None), current.__cause__, current.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+class Watch:
+    """One watch response: iterate for events (raw dicts with `type` and `object`)."""
+
+    def __init__(self, api: ClusterApi, resource: Resource, response: Any) -> None:
+        self._api = api
+        self._resource = resource
+        self._response = response
+        self._closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        buffer = b""
+        try:
+            for chunk in self._response.stream(amt=None, decode_content=False):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield self._event(line)
+        except DiscoveryError:
+            raise
+        except Exception as exc:
+            if self._closed:
+                return
+            raise self._api._translate(exc, "watch", self._resource) from None
+        finally:
+            self._release()
+
+    def _event(self, line: bytes) -> dict[str, Any]:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise ApiFailed(f"watch on {self._resource}: not a JSON event: {line[:80]!r}") from None
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            raise ApiFailed(f"watch on {self._resource}: malformed event {line[:80]!r}")
+        if event.get("type") == "ERROR":
+            status = event["object"]
+            code, message = status.get("code"), status.get("message", "")
+            if code == 410:
+                raise WatchExpired(f"watch on {self._resource} expired (410 Gone): {message}")
+            raise ApiFailed(f"watch on {self._resource}: error {code}: {message}")
+        return event
+
+    def interrupt(self) -> None:
+        """End the watch from another thread: the reading thread wakes and stops."""
+        self._closed = True
+        # Shutting the socket down wakes a thread blocked reading it; close() alone would not.
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            self._response.shutdown()
+
+    def _release(self) -> None:
+        self._closed = True
+        self._response.close()
+        self._response.release_conn()
+        with self._api._lock:
+            self._api._watches.discard(self)

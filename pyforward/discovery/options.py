@@ -1,0 +1,122 @@
+"""Discovery options: Service references, port references, presets. Pure.
+
+A preset names a gateway's Service and the host ports it is usually exposed on, so
+`--preset istio --discover` forwards 443 and 80 with one flag.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+# RFC 1123 labels: what Kubernetes accepts for namespaces and Service names.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# IANA service names, what Kubernetes accepts for a port's name.
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?")
+
+DEFAULT_STATE_DIR = "/var/lib/pyforward"
+DEFAULT_BOOT_TIMEOUT = 60.0
+
+
+class PresetName(StrEnum):
+    ISTIO = "istio"
+    TRAEFIK = "traefik"
+
+
+@dataclass(frozen=True, order=True)
+class ServiceRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: PresetName
+    service: ServiceRef
+    # (host port to listen on, the Service port it forwards to), first is the main one.
+    ports: tuple[tuple[int, str], ...]
+
+
+PRESETS: Mapping[PresetName, Preset] = {
+    PresetName.ISTIO: Preset(
+        PresetName.ISTIO,
+        ServiceRef("istio-system", "istio-ingressgateway"),
+        ((443, "https"), (80, "http2")),
+    ),
+    PresetName.TRAEFIK: Preset(
+        PresetName.TRAEFIK,
+        ServiceRef("kube-system", "traefik"),
+        ((443, "websecure"), (80, "web")),
+    ),
+}
+DEFAULT_SERVICE = PRESETS[PresetName.ISTIO].service
+DEFAULT_SERVICE_PORT = "https"
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """What discovery looks for and where it keeps its state."""
+
+    service: ServiceRef
+    kubeconfig: str | None
+    node_ip: str | None
+    state_dir: str
+    boot_timeout: float
+
+
+def parse_service_ref(value: object) -> ServiceRef:
+    """`NAMESPACE/NAME` -> ServiceRef; raises ValueError with a message for the user."""
+    if not isinstance(value, str):
+        raise ValueError("expected NAMESPACE/NAME")
+    namespace, sep, name = value.strip().partition("/")
+    if not sep:
+        raise ValueError(
+            f"expected NAMESPACE/NAME, e.g. istio-system/istio-ingressgateway, got {value!r}"
+        )
+    for what, part in (("namespace", namespace), ("Service name", name)):
+        if not _DNS_LABEL.fullmatch(part):
+            raise ValueError(
+                f"{what} {part!r} in {value!r} is not a valid Kubernetes name "
+                "(lowercase letters, digits and '-', at most 63)"
+            )
+    return ServiceRef(namespace, name)
+
+
+def parse_port_ref(value: object) -> str:
+    """A Service port by name (`https`) or number (`443`), kept as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a port name or number")
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        if not 1 <= int(text) <= 65535:
+            raise ValueError(f"port number must be 1-65535, got {text}")
+        return str(int(text))
+    if not _PORT_NAME.fullmatch(text):
+        raise ValueError(f"expected a port name (like https) or number, got {value!r}")
+    return text
+
+
+def parse_node_ip(value: object) -> str:
+    """An IP address literal, normalised."""
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {value!r}") from None
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> str:
+    """systemd's $STATE_DIRECTORY (first entry) when set, else /var/lib/pyforward."""
+    env = os.environ if env is None else env
+    given = env.get("STATE_DIRECTORY", "")
+    return given.split(":", 1)[0] or DEFAULT_STATE_DIR

@@ -1,0 +1,387 @@
+"""Discovery on the event loop: resolve before accepting, then follow the cluster.
+
+Boot: the watchers start; with a state file from an earlier run its targets are served
+at once (degraded); otherwise the first resolution is awaited with a bounded wait, so a
+k3s that answers later than it starts is waited for instead of failing into systemd's
+start limit. Afterwards every change of the Service or the Nodes is resolved again; a
+new target is handed to the Forwarder (new connections only) and saved. While the API
+cannot be reached or the objects give no usable target, the last target stays in use
+and the state is reported as degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from pyforward.addresses import Address
+from pyforward.discovery import state
+from pyforward.discovery.api import ClusterApi, Resource
+from pyforward.discovery.errors import DiscoveryError
+from pyforward.discovery.hostinfo import this_host
+from pyforward.discovery.kubeconfig import KubeconfigSource, find_kubeconfig
+from pyforward.discovery.model import (
+    HostIdentity,
+    Node,
+    Resolution,
+    Service,
+    parse_node,
+    parse_service,
+    resolve,
+)
+from pyforward.discovery.options import DiscoverySettings
+from pyforward.discovery.watcher import (
+    ResourceWatcher,
+    Snapshot,
+    Trouble,
+    Update,
+    WatchTiming,
+)
+from pyforward.errors import StartupError
+from pyforward.logfmt import logfmt
+from pyforward.server import Forwarder, literal_target, serve
+from pyforward.settings import Route, Settings
+
+log = logging.getLogger("pyforward.discovery")
+
+
+@dataclass(frozen=True)
+class DiscoveryStatus:
+    """What a status surface (logs, systemd's STATUS=) shows about discovery."""
+
+    degraded: bool
+    message: str
+
+
+def _targets_text(targets: Sequence[Address]) -> str:
+    return ",".join(str(t) for t in targets) or "-"
+
+
+class Discovery:
+    """Follows one Service (and the Nodes) for the routes that have no static target."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: HostIdentity | None = None,
+        timing: WatchTiming | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        assert settings.discovery is not None
+        self.settings = settings
+        self.config: DiscoverySettings = settings.discovery
+        self.routes: list[Route] = list(settings.routes)
+        self._indexes = [i for i, route in enumerate(self.routes) if not route.targets]
+        self._host = host or this_host(env)
+        self._timing = timing or WatchTiming()
+        self._env = dict(os.environ if env is None else env)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._api: ClusterApi | None = None
+        self._watchers: list[ResourceWatcher] = []
+        self._services: tuple[Service, ...] | None = None
+        self._nodes: tuple[Node, ...] | None = None
+        self._trouble: dict[Resource, DiscoveryError] = {}
+        self._problem: DiscoveryError | None = None
+        self._current: dict[int, tuple[Address, ...]] = {}
+        self._resolution: Resolution | None = None
+        self._changed = asyncio.Event()
+        self._forwarder: Forwarder | None = None
+        self._save_task: asyncio.Task[None] | None = None
+        self._state_note = ""  # set while serving what the state file said
+        self.source: KubeconfigSource | None = None
+        self.status = DiscoveryStatus(True, "starting")
+        self.status_listeners: list[Callable[[DiscoveryStatus], None]] = []
+        self.state_file = state.state_path(self.config.state_dir, self.config.service)
+
+    @property
+    def degraded(self) -> bool:
+        """True while forwarding to a target the cluster has not confirmed."""
+        return self.status.degraded
+
+    # --- boot
+
+    async def start(self) -> Settings:
+        """Connect and find the first targets; return the settings with them filled in."""
+        self._loop = loop = asyncio.get_running_loop()
+        self.source = find_kubeconfig(self.config.kubeconfig, self._env)
+        log.info(logfmt({"event": "kubeconfig", "source": str(self.source)}))
+        self._api = api = await loop.run_in_executor(None, ClusterApi, self.source)
+        ports = ",".join(str(self.routes[i].service_port) for i in self._indexes)
+        log.info(
+            logfmt(
+                {
+                    "event": "discovery",
+                    "api": api.host,
+                    "service": self.config.service,
+                    "ports": ports,
+                }
+            )
+        )
+        resources = [Resource("services", self.config.service.namespace)]
+        if self.config.node_ip is None:
+            resources.append(Resource("nodes"))
+        for resource in resources:
+            watcher = ResourceWatcher(api, resource, self._deliver, self._timing)
+            self._watchers.append(watcher)
+            watcher.start()
+        if not self._load_state():
+            await self._wait_for_first_target()
+        for index in self._indexes:
+            self.routes[index] = replace(self.routes[index], targets=self._current[index])
+        return replace(self.settings, routes=tuple(self.routes))
+
+    def _load_state(self) -> bool:
+        try:
+            saved = state.load(self.state_file)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                logfmt({"event": "state-unreadable", "file": self.state_file, "error": exc})
+            )
+            return False
+        if saved is None or saved.service != self.config.service:
+            return False
+        found = {}
+        for index in self._indexes:
+            route = self.routes[index]
+            targets = saved.targets_for(str(route.listen), str(route.service_port))
+            if not targets:
+                return False
+            found[index] = targets
+        self._current.update(found)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved.saved_at))
+        self._state_note = f"serving the targets saved at {when} in {self.state_file}"
+        self._set_status(True, f"{self._state_note} until the Kubernetes API answers")
+        return True
+
+    async def _wait_for_first_target(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.boot_timeout
+        while self._resolution is None:
+            problem = self._problem
+            if problem is not None and problem.permanent:
+                raise problem
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if problem is not None:
+                    raise type(problem)(
+                        f"{problem} (still so after {self.config.boot_timeout:g} s)"
+                    )
+                raise StartupError(
+                    f"no answer from the Kubernetes API at {self._api.host if self._api else '?'} "
+                    f"within {self.config.boot_timeout:g} s"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def attach(self, forwarder: Forwarder) -> None:
+        """Start handing target changes to the running forwarder."""
+        self._forwarder = forwarder
+        for index in self._indexes:
+            self._apply(index)
+
+    async def stop(self) -> None:
+        """Stop the watchers and wait for their threads."""
+        for watcher in self._watchers:
+            watcher.stop()
+        if self._api is not None:
+            self._api.close()
+        loop = asyncio.get_running_loop()
+        for watcher in self._watchers:
+            await loop.run_in_executor(None, watcher.join, 5.0)
+        if self._save_task is not None and not self._save_task.done():
+            await asyncio.wait([self._save_task], timeout=5.0)
+        if self._api is not None:
+            self._api.release()
+
+    # --- updates from the watcher threads
+
+    def _deliver(self, update: Update) -> None:
+        """Called in a watcher thread: hand the update to the event loop."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
+            self._loop.call_soon_threadsafe(self._on_update, update)
+
+    def _on_update(self, update: Update) -> None:
+        if isinstance(update, Trouble):
+            self._trouble[update.resource] = update.error
+        else:
+            self._trouble.pop(update.resource, None)
+        if isinstance(update, Snapshot):
+            try:
+                if update.resource.kind == "services":
+                    self._services = tuple(parse_service(item) for item in update.items)
+                else:
+                    self._nodes = tuple(parse_node(item) for item in update.items)
+            except DiscoveryError as exc:
+                self._trouble[update.resource] = exc
+            log.debug(
+                logfmt(
+                    {
+                        "event": "discovery-update",
+                        "resource": update.resource,
+                        "via": update.via,
+                        "resource_version": update.resource_version,
+                    }
+                )
+            )
+        # A Connected update only clears the trouble: the API answers again.
+        self._evaluate()
+        self._changed.set()
+
+    def _evaluate(self) -> None:
+        problem: DiscoveryError | None = next(iter(self._trouble.values()), None)
+        resolution = None
+        nodes_known = self._nodes is not None or self.config.node_ip is not None
+        if problem is None and self._services is not None and nodes_known:
+            try:
+                resolution = resolve(
+                    self._services,
+                    self._nodes or (),
+                    self.config.service,
+                    [str(self.routes[i].service_port) for i in self._indexes],
+                    host=self._host,
+                    node_ip=self.config.node_ip,
+                )
+            except DiscoveryError as exc:
+                problem = exc
+        self._problem = problem
+        if problem is not None:
+            if self._state_note:
+                self._set_status(True, f"{self._state_note}: {problem}")
+            elif self._current:
+                self._set_status(True, f"{problem}; forwarding to the last known targets")
+            else:
+                self._set_status(True, f"waiting for a target: {problem}")
+            return
+        if resolution is None:
+            return  # the other collection has not been listed yet
+        self._resolution = resolution
+        self._state_note = ""
+        changed = False
+        for index, route_target in zip(self._indexes, resolution.routes, strict=True):
+            targets = route_target.targets
+            previous = self._current.get(index)
+            if previous == targets:
+                continue
+            changed = True
+            self._current[index] = targets
+            self._apply(index)
+            fields: dict[str, object] = {
+                "event": "target-change" if previous is not None else "target",
+                "listen": self.routes[index].listen,
+                "service": self.config.service,
+                "port": route_target.port_ref,
+                "node_port": route_target.port.node_port,
+                "targets": _targets_text(targets),
+            }
+            if previous is not None:
+                fields["was"] = _targets_text(previous)
+            fields["why"] = (
+                resolution.choice.reason if resolution.choice is not None else "--node-ip given"
+            )
+            log.info(logfmt(fields))
+        if changed:
+            self._schedule_save()
+        self._set_status(False, self._following_text())
+
+    def _following_text(self) -> str:
+        parts = [
+            f"{self.routes[i].listen} -> {_targets_text(self._current[i])}" for i in self._indexes
+        ]
+        return f"following {self.config.service}: {'; '.join(parts)}"
+
+    def _set_status(self, degraded: bool, message: str) -> None:
+        if self.status == DiscoveryStatus(degraded, message):
+            return
+        was_degraded = self.status.degraded
+        self.status = DiscoveryStatus(degraded, message)
+        if degraded:
+            log.warning(logfmt({"event": "discovery-degraded", "reason": message}))
+        elif was_degraded:
+            log.info(logfmt({"event": "discovery-ok", "msg": message}))
+        for listener in self.status_listeners:
+            listener(self.status)
+
+    # --- handing changes on
+
+    def _apply(self, index: int) -> None:
+        """Hand one route's targets to the forwarder: new connections use them at once."""
+        if self._forwarder is None:
+            return  # not serving yet: start() fills the routes in
+        resolved = [literal_target(address) for address in self._current[index]]
+        # Discovered addresses are node IPs or --node-ip: always literals, never names.
+        self._forwarder.set_targets(self.routes[index], [t for t in resolved if t is not None])
+
+    def _schedule_save(self) -> None:
+        if self._save_task is None or self._save_task.done():
+            self._save_task = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        saved: dict[int, tuple[Address, ...]] = {}
+        loop = asyncio.get_running_loop()
+        while saved != self._current and self._resolution is not None:
+            saved = dict(self._current)
+            ports = {rt.port_ref: rt.port.node_port or 0 for rt in self._resolution.routes}
+            snapshot = state.SavedState(
+                self.config.service,
+                time.time(),
+                tuple(
+                    state.SavedRoute(
+                        str(self.routes[i].listen),
+                        str(self.routes[i].service_port),
+                        ports.get(str(self.routes[i].service_port), 0),
+                        targets,
+                    )
+                    for i, targets in saved.items()
+                ),
+            )
+            try:
+                await loop.run_in_executor(None, state.save, self.state_file, snapshot)
+            except OSError as exc:
+                log.warning(
+                    logfmt(
+                        {
+                            "event": "state-not-saved",
+                            "file": self.state_file,
+                            "error": exc.strerror or exc,
+                            "msg": "a restart will wait for the API (--state-dir)",
+                        }
+                    )
+                )
+                return
+
+
+async def serve_discovered(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    on_ready: Callable[[Forwarder], None] | None = None,
+    on_status: Callable[[DiscoveryStatus], None] | None = None,
+    loop_name: str = "",
+    host: HostIdentity | None = None,
+    timing: WatchTiming | None = None,
+) -> Forwarder:
+    """`serve` for settings with discovered routes: boot discovery, forward, follow."""
+    discovery = Discovery(settings, host=host, timing=timing)
+    if on_status is not None:
+        discovery.status_listeners.append(on_status)
+    try:
+        filled = await discovery.start()
+
+        def ready(forwarder: Forwarder) -> None:
+            discovery.attach(forwarder)
+            if on_ready is not None:
+                on_ready(forwarder)
+
+        return await serve(
+            filled, shutdown_trigger=shutdown_trigger, on_ready=ready, loop_name=loop_name
+        )
+    finally:
+        await discovery.stop()
