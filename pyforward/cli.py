@@ -13,11 +13,13 @@ from typing import Annotated, Any
 import typer
 
 from pyforward import __version__
+from pyforward.daemon import serve_supervised
 from pyforward.discovery.options import PresetName
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.logfmt import logfmt
 from pyforward.loops import loop_factory
 from pyforward.server import serve
+from pyforward.service_cli import register_service_commands
 from pyforward.settings import (
     LogLevel,
     LoopName,
@@ -228,15 +230,13 @@ def run(
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
+        # Under systemd: readiness, status, watchdog, socket activation (pyforward/daemon.py).
         if settings.discovery is not None:
-            # Imported here: static forwarding never loads discovery or kubernetes.
-            from pyforward.discovery.runtime import serve_discovered  # noqa: PLC0415
-
-            runner.run(serve_discovered(settings, loop_name=loop_name))
+            runner.run(serve_supervised(settings, loop_name=loop_name))
         else:
             # SIGHUP re-reads the same flags, environment and config file.
             reload = functools.partial(load_settings, flags, config)
-            runner.run(serve(settings, loop_name=loop_name, reload_settings=reload))
+            runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
 
 
 @app.command()
@@ -317,6 +317,9 @@ def socat(
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve(settings, loop_name=loop_name, max_accepts=command.max_accepts))
+
+
+register_service_commands(app)  # install, status, uninstall
 
 
 def main(argv: list[str] | None = None) -> None:

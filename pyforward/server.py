@@ -12,7 +12,7 @@ import signal
 import socket
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyforward import __version__
@@ -99,6 +99,7 @@ class Forwarder:
         loop: asyncio.AbstractEventLoop,
         *,
         max_accepts: int | None = None,
+        passed_sockets: Mapping[int, list[socket.socket]] | None = None,
     ) -> None:
         self.settings = settings
         self.loop = loop
@@ -123,6 +124,10 @@ class Forwarder:
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
         self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
         self._fd_log = Every(5.0)
+        # Listening sockets handed over by systemd, by route index (socket activation).
+        self.passed_sockets = dict(passed_sockets or {})
+        # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
+        self.status_notes: dict[str, str] = {}
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -134,11 +139,26 @@ class Forwarder:
             elif settings.relay is RelayMode.SPLICE:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
         try:
-            for route in settings.routes:
+            for index, route in enumerate(settings.routes):
                 targets = await self._resolve(route)
-                self.listeners += self._open_route(route, targets)
+                passed = self.passed_sockets.pop(index, None)
+                if passed:
+                    self.listeners += [
+                        Listener(
+                            s,
+                            format_peer(s.getsockname()),
+                            route,
+                            targets,
+                            _policy(route),
+                            route.access,
+                        )
+                        for s in passed
+                    ]
+                else:
+                    self.listeners += self._open_route(route, targets)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
+            close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
         self._resume_accepting()
 
@@ -395,7 +415,8 @@ def _log_listeners(forwarder: Forwarder) -> None:
         log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
 
 
-async def _reload(forwarder: Forwarder, load: Callable[[], Settings]) -> None:
+async def apply_reload(forwarder: Forwarder, load: Callable[[], Settings]) -> str | None:
+    """Load and apply a new configuration, logging the outcome; the error, if it failed."""
     log.info(logfmt({"event": "reloading"}))
     try:
         await forwarder.reload(load())
@@ -403,7 +424,7 @@ async def _reload(forwarder: Forwarder, load: Callable[[], Settings]) -> None:
         log.error(
             logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
         )
-        return
+        return str(exc)
     for listener in forwarder.listeners:
         log.info(
             logfmt(
@@ -415,6 +436,7 @@ async def _reload(forwarder: Forwarder, load: Callable[[], Settings]) -> None:
             )
         )
     log.info(logfmt({"event": "reloaded", "listeners": len(forwarder.listeners)}))
+    return None
 
 
 def install_signal_handlers(
@@ -440,16 +462,19 @@ async def serve(
     loop_name: str = "",
     reload_settings: Callable[[], Settings] | None = None,
     max_accepts: int | None = None,
+    passed_sockets: Mapping[int, list[socket.socket]] | None = None,
 ) -> Forwarder:
     """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT),
     or, with `max_accepts`, until that many connections have come and gone.
 
     With `reload_settings`, SIGHUP calls it and applies what it returns (see `reload`);
     a configuration that fails to load or apply is logged and the old one stays.
+    `passed_sockets` are listening sockets by route index (socket activation); routes
+    without one are bound here.
     """
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
-    forwarder = Forwarder(settings, loop, max_accepts=max_accepts)
+    forwarder = Forwarder(settings, loop, max_accepts=max_accepts, passed_sockets=passed_sockets)
     await forwarder.start()
     log.info(
         logfmt(
@@ -469,12 +494,12 @@ async def serve(
         stop = asyncio.Event()
         remove_handlers = install_signal_handlers(loop, stop)
         shutdown_trigger = stop.wait
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[str | None]] = set()
     if reload_settings is not None:
         load = reload_settings
 
         def on_sighup() -> None:
-            task = loop.create_task(_reload(forwarder, load))
+            task = loop.create_task(apply_reload(forwarder, load))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 

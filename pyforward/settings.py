@@ -37,6 +37,8 @@ from pyforward.discovery.options import (
 from pyforward.errors import ConfigError
 
 ENV_PREFIX = "PYFORWARD_"
+# The kernel caps a backlog at net.core.somaxconn anyway; anything larger is a typo.
+MAX_BACKLOG = 65535
 
 
 class RelayMode(StrEnum):
@@ -301,9 +303,8 @@ def build_settings(
     if pick("quiet"):
         level = LogLevel.WARNING
     backlog: int = pick("backlog")
-    if backlog is not None and not 1 <= backlog <= 65535:
-        # The kernel caps it at net.core.somaxconn anyway; a huge number is a typo.
-        raise ConfigError(f"--backlog must be 1-65535, got {backlog}")
+    if backlog is not None and not 1 <= backlog <= MAX_BACKLOG:
+        raise ConfigError(f"--backlog must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,

@@ -32,6 +32,7 @@ from pathlib import PurePosixPath
 
 from pyforward.addresses import parse_listen, parse_target
 from pyforward.errors import ConfigError
+from pyforward.settings import MAX_BACKLOG
 
 PROGRAM_NAMES = frozenset({"socat", "pyforward-socat"})
 _INT_MAX = 2**31 - 1  # the kernel takes backlog and counts as a C int
@@ -308,12 +309,12 @@ def _seconds(text: str, what: str) -> float:
     return float(text)
 
 
-def _whole(text: str, what: str, *, minimum: int = 0) -> int:
+def _whole(text: str, what: str, *, minimum: int = 0, maximum: int = _INT_MAX) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"{what}: expected a whole number, got {text!r}")
     number = int(text)
-    if not minimum <= number <= _INT_MAX:
-        raise ConfigError(f"{what} must be {minimum}-{_INT_MAX}, got {number}")
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"{what} must be {minimum}-{maximum}, got {number}")
     return number
 
 
@@ -445,7 +446,8 @@ def _parse_listen(raw: _RawAddress, family: Family) -> ListenAddress:
             address = replace(address, bind=host)
         elif option == "backlog":
             text = _needs(name, value, where, "128")
-            address = replace(address, backlog=_whole(text, f"{where}: {name}", minimum=1))
+            backlog = _whole(text, f"{where}: {name}", minimum=1, maximum=MAX_BACKLOG)
+            address = replace(address, backlog=backlog)
         else:  # max-children
             text = _needs(name, value, where, "100")
             address = replace(address, max_children=_whole(text, f"{where}: {name}"))

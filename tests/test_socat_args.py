@@ -451,12 +451,16 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "address 'TCP-LISTEN:443,bind=': option bind needs a value: bind=127.0.0.1",
         ),
         (
+            "TCP-LISTEN:443,backlog=65536 TCP:10.0.0.5:80",
+            "address 'TCP-LISTEN:443,backlog=65536': backlog must be 1-65535, got 65536",
+        ),
+        (
             "TCP-LISTEN:443,backlog=many TCP:10.0.0.5:80",
             "address 'TCP-LISTEN:443,backlog=many': backlog: expected a whole number, got 'many'",
         ),
         (
             "TCP-LISTEN:443,backlog=0 TCP:10.0.0.5:80",
-            "address 'TCP-LISTEN:443,backlog=0': backlog must be 1-2147483647, got 0",
+            "address 'TCP-LISTEN:443,backlog=0': backlog must be 1-65535, got 0",
         ),
         (
             "TCP-LISTEN:443,max-children=-1 TCP:10.0.0.5:80",

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from pyforward.addresses import Address
@@ -367,8 +368,11 @@ async def serve_discovered(
     loop_name: str = "",
     host: HostIdentity | None = None,
     timing: WatchTiming | None = None,
+    passed_sockets: Mapping[int, list[socket.socket]] | None = None,
 ) -> Forwarder:
-    """`serve` for settings with discovered routes: boot discovery, forward, follow."""
+    """`serve` for settings with discovered routes: boot discovery, forward, follow.
+
+    `passed_sockets`: listening sockets from systemd, by route index (see `serve`)."""
     discovery = Discovery(settings, host=host, timing=timing)
     if on_status is not None:
         discovery.status_listeners.append(on_status)
@@ -381,7 +385,11 @@ async def serve_discovered(
                 on_ready(forwarder)
 
         return await serve(
-            filled, shutdown_trigger=shutdown_trigger, on_ready=ready, loop_name=loop_name
+            filled,
+            shutdown_trigger=shutdown_trigger,
+            on_ready=ready,
+            loop_name=loop_name,
+            passed_sockets=passed_sockets,
         )
     finally:
         await discovery.stop()

@@ -1,0 +1,1 @@
+"""pyforward's benchmark suite: pyforward beside socat, HAProxy and no forwarder at all."""

@@ -1,0 +1,262 @@
+"""Where this pyforward is installed, and whether the hardened service will be able to run it.
+
+The setup pyforward replaces failed as `203/EXEC` because its unit named a binary that was
+not there. The unit pyforward writes names this installation's own entry point, checked to
+exist and be executable. And because the service runs as an unprivileged dynamic user with
+`ProtectHome=` and `PrivateTmp=`, an installation that is there for root can still be
+invisible to the service: a venv made from a pyenv interpreter under /root (mode 0700), a
+Homebrew Python under /home/linuxbrew. So:
+
+- the installation is asked (in a clean environment, as the service will start it) which
+  files it loads and where it lives;
+- directories under /root or /home are bound read-only into the service's otherwise empty
+  home directories (`ProtectHome=tmpfs` + `BindReadOnlyPaths=`);
+- directories under /tmp, /var/tmp, /dev/shm or /run/user are refused: they are private to
+  the service, and cleaned or gone at reboot, so a service cannot live there;
+- every loaded file must be readable by a user that owns none of it.
+
+Anything that would fail is reported before a file is written, naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pyforward.errors import StartupError
+
+ENTRY_POINT = "pyforward"
+# Hidden by ProtectHome=: bound back in read-only when the installation lives there.
+HOME_AREAS = ("/root", "/home", "/run/user")
+# Private to the service (PrivateTmp=) or gone at reboot: no place for an installation.
+VOLATILE_AREAS = ("/tmp", "/var/tmp", "/dev/shm", "/run/user")
+# Homebrew's prefix is linked together with symlinks throughout: expose it whole.
+HOMEBREW_PREFIXES = ("/home/linuxbrew/.linuxbrew",)
+ADVICE = (
+    "install pyforward where every user can read it, e.g. "
+    "`python3 -m venv /opt/pyforward && /opt/pyforward/bin/pip install pyforward`, "
+    "then run /opt/pyforward/bin/pyforward install"
+)
+
+# Run by the installation's interpreter with no environment and -I, as the service will
+# run it: what does it load, from where?
+_PROBE = """
+import json, sys
+import pyforward.cli, pyforward.daemon, ssl
+try:
+    import uvloop
+except ImportError:
+    pass
+files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
+with open("/proc/self/maps") as maps:
+    libs = sorted({line.split()[-1] for line in maps if line.rstrip().split()[-1].startswith("/")})
+print(json.dumps({
+    "executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
+    "path": [p for p in sys.path if p], "package": pyforward.__file__,
+    "files": files, "libs": libs,
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Installation:
+    """What the unit needs to know about the installation it runs."""
+
+    entry_point: str  # absolute path, for ExecStart=
+    interpreter: str  # from the entry point's #! line
+    bind_paths: tuple[str, ...]  # directories to bind read-only into the service
+
+
+def _under(path: str, area: str) -> bool:
+    return PurePosixPath(path).is_relative_to(area)
+
+
+def minimal_roots(paths: Iterable[str]) -> list[str]:
+    """The given directories without those inside another one of them."""
+    roots: list[str] = []
+    for path in sorted(set(paths), key=lambda p: (len(PurePosixPath(p).parts), p)):
+        if not any(_under(path, root) for root in roots):
+            roots.append(path)
+    return sorted(roots)
+
+
+def plan_binds(directories: Iterable[str]) -> tuple[str, ...]:
+    """Which of the installation's directories to bind into the service; a StartupError
+    when one lives where a service cannot."""
+    roots = minimal_roots(directories)
+    for root in roots:
+        for area in VOLATILE_AREAS:
+            if _under(root, area):
+                raise StartupError(
+                    f"this pyforward lives in {root}, under {area}: a service cannot run "
+                    f"from there (systemd gives each service its own empty {area}, and it "
+                    f"does not survive a reboot); {ADVICE}"
+                )
+    binds: list[str] = []
+    for root in roots:
+        brew = next((p for p in HOMEBREW_PREFIXES if _under(root, p)), None)
+        if brew is not None:
+            binds.append(brew)
+        elif any(_under(root, area) for area in HOME_AREAS):
+            binds.append(root)
+    return tuple(minimal_roots(binds))
+
+
+def read_interpreter(script: Path) -> str:
+    """The interpreter a console script runs with, from its first lines."""
+    try:
+        with script.open("rb") as handle:
+            head = handle.read(1024).decode("utf-8", "replace").splitlines()
+    except OSError as exc:
+        raise StartupError(f"cannot read {script}: {exc.strerror}") from None
+    if not head or not head[0].startswith("#!"):
+        raise StartupError(f"{script} is not a script with a #! line")
+    interpreter = head[0][2:].strip().split()[0] if head[0][2:].strip() else ""
+    if interpreter == "/bin/sh" and len(head) > 1 and head[1].startswith("'''exec' "):
+        # pip's form for interpreter paths too long or odd for a #! line.
+        interpreter = head[1].split("'''exec' ", 1)[1].split('" "$0"')[0].strip().strip('"')
+    return interpreter
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_entry_point(argv0: str | None = None, scripts_dir: str | None = None) -> Path:
+    """This installation's own `pyforward` script: the one being run, else the one beside
+    this interpreter. Never one found elsewhere on $PATH, which may be another install."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    scripts = sysconfig.get_path("scripts") if scripts_dir is None else scripts_dir
+    candidates: list[Path] = []
+    if Path(argv0).name == ENTRY_POINT:
+        found = argv0 if "/" in argv0 else shutil.which(argv0)
+        if found:
+            candidates.append(Path(os.path.abspath(found)))
+    candidates.append(Path(scripts) / ENTRY_POINT)
+    own = os.path.realpath(sys.executable)
+    for candidate in candidates:
+        if not _is_executable(candidate):
+            continue
+        interpreter = read_interpreter(candidate)
+        if interpreter and os.path.realpath(interpreter) == own:
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise StartupError(
+        f"cannot find this installation's {ENTRY_POINT} script (looked at {looked}); "
+        "reinstall the package so that its `pyforward` command exists"
+    )
+
+
+def symlink_hops(path: str) -> list[str]:
+    """`path` and every path its symlinks lead through, ending with the real file."""
+    hops = [os.path.abspath(path)]
+    for _ in range(40):
+        current = hops[-1]
+        if not os.path.islink(current):
+            break
+        hops.append(os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current))))
+    real = os.path.realpath(path)
+    if hops[-1] != real:
+        hops.append(real)
+    return hops
+
+
+def probe(interpreter: str) -> dict[str, object]:
+    """Ask the interpreter, started as the service will start it, what it loads."""
+    try:
+        result = subprocess.run(
+            [interpreter, "-I", "-c", _PROBE],
+            env={},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as exc:
+        raise StartupError(f"cannot run {interpreter}: {exc.strerror}") from None
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StartupError(
+            f"{interpreter} cannot import pyforward in a clean environment, as the service "
+            f"would start it ({last}); {ADVICE}"
+        )
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def _strings(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else [str(value)]
+
+
+def unreadable(path: str, bind_roots: Sequence[str], *, execute: bool = False) -> str | None:
+    """Why a user owning nothing could not read (or run) `path` in the service; None if it can.
+
+    Directories above a bound root are made by systemd in the tmpfs and need no check."""
+    start = next((root for root in bind_roots if _under(path, root)), "/")
+    parts = PurePosixPath(path).relative_to(start).parts
+    directory = PurePosixPath(start)
+    checks = [(directory, stat.S_IXOTH, "enter")]
+    for part in parts[:-1]:
+        directory = directory / part
+        checks.append((directory, stat.S_IXOTH, "enter"))
+    need = stat.S_IROTH | (stat.S_IXOTH if execute else 0)
+    checks.append((PurePosixPath(path), need, "run" if execute else "read"))
+    for item, bits, verb in checks:
+        try:
+            mode = os.stat(item).st_mode
+        except OSError:
+            return f"{item} does not exist"
+        if mode & bits != bits:
+            return f"cannot {verb} {item} (mode {stat.filemode(mode)})"
+    return None
+
+
+def inspect(entry_point: Path) -> Installation:
+    """Check that the service will be able to start `entry_point`; say how to expose it."""
+    interpreter = read_interpreter(entry_point)
+    if not interpreter or not _is_executable(Path(interpreter)):
+        raise StartupError(
+            f"{entry_point} names the interpreter {interpreter or '(none)'!r}, "
+            "which is not an executable file; reinstall pyforward"
+        )
+    info = probe(interpreter)
+    entry_hops = symlink_hops(str(entry_point))
+    interpreter_hops = symlink_hops(interpreter)
+    files = (
+        _strings(info["files"])
+        + _strings(info["libs"])
+        + [str(os.path.realpath(p)) for p in _strings(info["path"]) if os.path.exists(p)]
+    )
+    directories = [
+        str(info["prefix"]),
+        str(info["base_prefix"]),
+        os.path.dirname(os.path.realpath(str(info["package"]))),
+        *(os.path.dirname(p) for p in entry_hops + interpreter_hops),
+        *(os.path.realpath(p) for p in _strings(info["path"]) if os.path.exists(p)),
+        *(os.path.dirname(p) for p in files if not _under(p, "/usr")),
+    ]
+    binds = plan_binds(d for d in directories if not _under(d, "/usr"))
+    problems: list[str] = []
+    for path in entry_hops[-1:] + interpreter_hops[-1:]:
+        problem = unreadable(path, binds, execute=True)
+        if problem:
+            problems.append(problem)
+    for path in entry_hops[:-1] + interpreter_hops[:-1] + files:
+        problem = unreadable(path, binds)
+        if problem and problem not in problems:
+            problems.append(problem)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StartupError(
+            f"the service runs as an unprivileged user, which {problems[0]}{more}; "
+            f"make the installation readable to all (chmod -R o+rX on its directories) or {ADVICE}"
+        )
+    return Installation(str(entry_point), interpreter, binds)

@@ -1,0 +1,365 @@
+"""Installing, checking and removing pyforward as a systemd service.
+
+install: validate everything first (settings, entry point, what the service user can
+read, ports in use), then write the config and units, daemon-reload, enable, start, and
+return only once every listener accepts; otherwise show the unit's state and log lines.
+A unit of the same name not written by pyforward (say, the socat unit) is stopped and kept
+as a backup that uninstall puts back.
+
+(status lives in pyforward.service_status.)
+
+uninstall: stop, disable, remove what install wrote, restore a backup, daemon-reload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyforward import configfile, installation, ports, systemctl
+from pyforward.errors import ConfigError, StartupError
+from pyforward.settings import Settings, build_settings, env_name
+from pyforward.socat_unit import settings_from_socat_unit
+from pyforward.units import MARKER, SOCKET_MARKER, UnitSpec, check_name, check_path, render_units
+
+CONFIG_DIR = Path("/etc/pyforward")
+BACKUP_DIR = CONFIG_DIR / "backup"
+SERVING_TIMEOUT = 15.0  # seconds install waits, after start, for every listener to accept
+PROBE_TIMEOUT = 2.0  # seconds for one TCP connection attempt
+
+Echo = Callable[[str], None]
+
+
+def config_path(name: str) -> Path:
+    return CONFIG_DIR / f"{name}.toml"
+
+
+def unit_path(unit: str) -> Path:
+    return systemctl.UNIT_DIR / unit
+
+
+def written_by_pyforward(path: Path) -> bool:
+    """Whether a unit file was written by pyforward (its first line says so)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            first = handle.readline()
+    except OSError:
+        return False
+    return first.startswith((MARKER, SOCKET_MARKER))
+
+
+def require_systemd(command: str) -> None:
+    """install and uninstall change the system: root and a running systemd, or one line."""
+    if not systemctl.is_root():
+        raise StartupError(
+            f"pyforward {command} needs root (it writes /etc/systemd/system); "
+            "`pyforward install --dry-run` shows what it would write, "
+            "and `pyforward run` forwards in the foreground"
+        )
+    if not systemctl.systemd_running():
+        raise StartupError(
+            f"pyforward {command} needs a running systemd, and this system was not booted "
+            "with it; `pyforward install --dry-run` shows what it would write, "
+            "and `pyforward run` forwards in the foreground"
+        )
+
+
+# --- install
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    name: str
+    flags: Mapping[str, object]  # the `run` flags given, as build_settings takes them
+    env: Mapping[str, str]
+    file_data: Mapping[str, Any] | None  # the --config file's data
+    file_source: str
+    socket_activation: bool = False
+    kubeconfig: str | None = None
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    name: str
+    settings: Settings
+    files: dict[Path, str]  # what to write, config first
+    units: tuple[str, ...]  # unit names, socket first
+
+    @property
+    def service(self) -> str:
+        return f"{self.name}.service"
+
+
+def routes_given(
+    flags: Mapping[str, object], env: Mapping[str, str], file_data: Mapping[str, Any] | None
+) -> bool:
+    """Whether any layer names a route (listen, target or route)."""
+    keys = configfile.ROUTE_DEFINING
+    return (
+        any(flags.get(key) not in (None, [], ()) for key in keys)
+        or any(env_name(key) in env for key in keys)
+        or any(key in (file_data or {}) for key in keys)
+    )
+
+
+@dataclass(frozen=True)
+class CarriedOver:
+    """What a replaced socat unit's ExecStart= says, as `run` flags."""
+
+    flags: dict[str, object]
+    carried: list[str]
+    dropped: list[str]
+
+
+def carry_over_replaced_unit(name: str) -> CarriedOver | None:
+    """Routes from the socat unit install would replace, when the user gave none."""
+    path = unit_path(f"{check_name(name)}.service")
+    if not path.exists() or written_by_pyforward(path):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        flags, carried, dropped = settings_from_socat_unit(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read {path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(
+            f"no route given, and {path} cannot be carried over ({exc}); give --listen and --target"
+        ) from None
+    return CarriedOver(flags, carried, dropped)
+
+
+def kubeconfig_to_hand_over(env: Mapping[str, str]) -> str | None:
+    """The kubeconfig `pyforward discover` would use here, for LoadCredential=: the first
+    candidate file that exists (systemd reads it as root, whatever its permissions)."""
+    # Imported here: static forwarding loads nothing of discovery.
+    from pyforward.discovery.kubeconfig import candidate_sources  # noqa: PLC0415
+
+    for source in candidate_sources(None, env):
+        if source.path and os.pathsep not in source.path and os.path.isfile(source.path):
+            return source.path
+    return None
+
+
+def plan_install(
+    request: InstallRequest, find_installation: Callable[[], installation.Installation]
+) -> InstallPlan:
+    """Everything install will write, checked; writes nothing."""
+    name = check_name(request.name)
+    settings = build_settings(request.flags, request.env, request.file_data, request.file_source)
+    for route in settings.routes:
+        if route.listen.port == 0:
+            raise ConfigError(
+                f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
+            )
+    merged = configfile.merge(request.flags, request.env, request.file_data)
+    if build_settings({}, {}, merged) != settings:
+        raise StartupError(
+            "cannot write these settings as one config file; give them in a --config file"
+        )
+    kubeconfig = request.kubeconfig
+    if settings.discovery is not None:
+        # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
+        # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
+        # so the config file names no kubeconfig of its own.
+        kubeconfig = (
+            kubeconfig or settings.discovery.kubeconfig or kubeconfig_to_hand_over(request.env)
+        )
+        merged.pop("kubeconfig", None)
+    if kubeconfig is not None:
+        check_path(kubeconfig, "--kubeconfig")
+    config = config_path(name)
+    header = (
+        f"Written by `pyforward install --name {name}`; {name}.service runs with it.\n"
+        f"After editing: `systemctl reload {name}` applies new targets and timeouts,\n"
+        f"`systemctl restart {name}` new listeners."
+    )
+    found = find_installation()
+    check_path(found.entry_point, "the pyforward entry point")
+    for path in found.bind_paths:
+        check_path(path, "installation directory")
+    spec = UnitSpec(
+        name=name,
+        exec_start=found.entry_point,
+        config_path=str(config),
+        listen=tuple(route.listen for route in settings.routes),
+        socket_activation=request.socket_activation,
+        kubeconfig=kubeconfig,
+        read_only_paths=found.bind_paths,
+        shutdown_timeout=settings.shutdown_timeout,
+        backlog=settings.backlog,
+    )
+    units = render_units(spec)
+    files = {config: configfile.to_toml(merged, header)}
+    files.update({unit_path(unit): text for unit, text in units.items()})
+    order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
+    return InstallPlan(name, settings, files, tuple(order))
+
+
+def render_plan(plan: InstallPlan) -> str:
+    """What --dry-run prints: each file under a `==> PATH <==` line."""
+    return "\n".join(f"==> {path} <==\n{text}" for path, text in plan.files.items())
+
+
+def foreign_units(plan: InstallPlan) -> list[Path]:
+    """Unit files install would replace that pyforward did not write."""
+    return [
+        unit_path(unit)
+        for unit in plan.units
+        if unit_path(unit).exists() and not written_by_pyforward(unit_path(unit))
+    ]
+
+
+def _pids_of(unit: str) -> set[int]:
+    props = systemctl.show(unit, ("MainPID", "ActiveState"))
+    pids = {int(props["MainPID"])} if props["MainPID"].isdigit() else set()
+    if unit.endswith(".socket") and props["ActiveState"] == "active":
+        pids.add(1)  # systemd itself holds the sockets of an active .socket unit
+    return pids - {0}
+
+
+def check_ports_free(plan: InstallPlan) -> None:
+    """Refuse when another program holds a port the service needs (e.g. k3s ServiceLB)."""
+    ours = _pids_of(plan.service) | _pids_of(f"{plan.name}.socket")
+    listening = ports.listening_sockets()
+    held = ports.owners({sock.inode for sock in listening})
+    for route in plan.settings.routes:
+        hosts = ports.numeric_hosts(route.listen)
+        for sock in listening:
+            pids = set(held.get(sock.inode, []))
+            if ports.overlaps(route.listen, hosts, sock) and pids and not pids & ours:
+                who = ", ".join(f"pid {p} ({ports.process_name(p)})" for p in sorted(pids))
+                raise StartupError(
+                    f"cannot listen on {route.listen}: {sock.label} is already held by {who}; "
+                    f"stop it or choose another port (see: ss -ltnp 'sport = :{sock.port}')"
+                )
+
+
+def _backup(unit_file: Path, echo: Echo) -> None:
+    unit = unit_file.name
+    state = {
+        "enabled": systemctl.run("is-enabled", unit).output == "enabled",
+        "active": systemctl.run("is-active", unit).output == "active",
+    }
+    systemctl.run("stop", unit)
+    systemctl.run("disable", unit)
+    BACKUP_DIR.mkdir(parents=True, exist_ok=True)
+    (BACKUP_DIR / f"{unit}.state.json").write_text(json.dumps(state) + "\n")
+    unit_file.replace(BACKUP_DIR / unit)
+    echo(f"{unit} was not written by pyforward: stopped it, kept it as {BACKUP_DIR / unit}")
+
+
+def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> None:
+    """Write, enable and start; return once every listener accepts, else StartupError."""
+    require_systemd("install")
+    # Before anything changes: a port held by anything but the units being replaced.
+    check_ports_free(plan)
+    # Stop what runs under these names: their ports are about to change hands.
+    for unit_file in foreign_units(plan):
+        _backup(unit_file, echo)
+    stale_socket = unit_path(f"{plan.name}.socket")
+    owned = [u for u in (f"{plan.name}.socket", plan.service) if written_by_pyforward(unit_path(u))]
+    if owned:
+        systemctl.run("stop", *owned)
+    if stale_socket.name not in plan.units and written_by_pyforward(stale_socket):
+        systemctl.run("disable", stale_socket.name)
+        stale_socket.unlink()
+    for path, text in plan.files.items():
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o644)  # the dynamic service user reads the config
+        echo(f"wrote {path}")
+    systemctl.must("daemon-reload")
+    systemctl.must("enable", *plan.units)
+    for unit in plan.units:
+        outcome = systemctl.run("start", unit)
+        if not outcome.ok:
+            raise _not_serving(plan, echo, f"{unit} failed to start")
+    _wait_serving(plan, echo, timeout)
+
+
+def _wait_serving(plan: InstallPlan, echo: Echo, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for route in plan.settings.routes:
+        host = ports.probe_host(route.listen)
+        while (problem := ports.can_connect(host, route.listen.port, PROBE_TIMEOUT)) is not None:
+            state = systemctl.show(plan.service, ("ActiveState",))["ActiveState"]
+            if time.monotonic() > deadline or state in {"failed", "inactive"}:
+                raise _not_serving(
+                    plan, echo, f"{route.listen} does not accept connections ({problem})"
+                )
+            time.sleep(0.1)
+        targets = ", ".join(str(t) for t in route.targets) or "what discovery finds"
+        echo(f"{plan.service} accepts on {route.listen}, forwarding to {targets}")
+    echo(f"check it any time with: pyforward status --name {plan.name}")
+
+
+def _not_serving(plan: InstallPlan, echo: Echo, why: str) -> StartupError:
+    props = systemctl.show(plan.service)
+    echo(systemctl.unit_summary(plan.service, props))
+    for line in systemctl.journal_tail(plan.service):
+        echo(f"  {line}")
+    return StartupError(
+        f"{plan.service} is not serving: {why}; see `journalctl -u {plan.service}`; "
+        f"`pyforward uninstall --name {plan.name}` removes it"
+    )
+
+
+# --- uninstall
+
+
+def uninstall(name: str, echo: Echo) -> None:
+    """Stop, disable and remove what install wrote; put a backed-up unit back."""
+    name = check_name(name)
+    require_systemd("uninstall")
+    units = [f"{name}.socket", f"{name}.service"]
+    files = [unit_path(unit) for unit in units]
+    foreign = [path for path in files if path.exists() and not written_by_pyforward(path)]
+    if foreign:
+        raise StartupError(f"{foreign[0]} was not written by pyforward; leaving it alone")
+    ours = [path for path in files if path.exists()]
+    backups = [BACKUP_DIR / unit for unit in units if (BACKUP_DIR / unit).exists()]
+    config = config_path(name)
+    if not ours and not backups and not config.exists():
+        echo(f"{name} is not installed; nothing to remove")
+        return
+    if ours:
+        present = [path.name for path in ours]
+        systemctl.run("stop", *present)
+        systemctl.run("disable", *present)
+        # The state directory of a DynamicUser service (/var/lib/private/NAME).
+        systemctl.run("clean", "--what=state", f"{name}.service")
+    for path in [*ours, config]:
+        if path.exists():
+            path.unlink()
+            echo(f"removed {path}")
+    systemctl.must("daemon-reload")
+    for unit in units:
+        systemctl.run("reset-failed", unit)
+    for backup in backups:
+        _restore(backup, echo)
+    for directory in (BACKUP_DIR, CONFIG_DIR):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _restore(backup: Path, echo: Echo) -> None:
+    unit = backup.name
+    state_file = BACKUP_DIR / f"{unit}.state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    backup.replace(unit_path(unit))
+    state_file.unlink(missing_ok=True)
+    systemctl.must("daemon-reload")
+    echo(f"restored {unit_path(unit)}")
+    if state.get("enabled"):
+        systemctl.run("enable", unit)
+    if state.get("active"):
+        outcome = systemctl.run("start", unit)
+        echo(f"started {unit}" if outcome.ok else f"{unit} did not start: {outcome.output}")

@@ -1,0 +1,281 @@
+"""install/status/uninstall where they cannot act, and the parts that need no systemd."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyforward import ports, service_status, systemctl
+from pyforward.cli import main
+from pyforward.daemon import status_line
+from pyforward.service_status import (
+    DEGRADED_DISCOVERY,
+    Check,
+    Level,
+    StatusReport,
+    through_listener,
+)
+from pyforward.settings import build_settings
+
+ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    captured = capsys.readouterr()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemctl, "is_root", lambda: False)
+    monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
+
+
+@pytest.fixture
+def no_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemctl, "is_root", lambda: True)
+    monkeypatch.setattr(systemctl, "systemd_running", lambda: False)
+
+
+@pytest.mark.usefixtures("not_root")
+@pytest.mark.parametrize("command", [["install", *ROUTE], ["uninstall"]])
+def test_not_root_is_one_line_naming_what_still_works(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(command, capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "needs root" in err
+    assert "--dry-run" in err
+    assert "pyforward run" in err
+
+
+@pytest.mark.usefixtures("no_systemd")
+@pytest.mark.parametrize("command", [["install", *ROUTE], ["uninstall", "--name", "x"]])
+def test_no_systemd_is_one_line_naming_what_still_works(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(command, capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "needs a running systemd" in err
+    assert "pyforward run" in err
+
+
+@pytest.mark.usefixtures("no_systemd")
+def test_status_without_systemd_is_down(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["status", "--json"], capsys)
+    assert code == 2
+    report = json.loads(out)
+    assert report["checks"][0]["level"] == "down"
+    assert "not running" in report["checks"][0]["detail"]
+
+
+@pytest.mark.usefixtures("not_root")
+def test_dry_run_needs_neither_root_nor_systemd(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["install", "--dry-run", "--name", "edge", *ROUTE], capsys)
+    assert code == 0
+    assert "==> /etc/pyforward/edge.toml <==" in out
+    assert "==> /etc/systemd/system/edge.service <==" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "a b", *ROUTE], "--name 'a b'"),
+        (["--listen", "0", "--target", "10.0.0.5:1"], "needs a fixed port"),
+        (["--listen", "443"], "needs a target"),
+        ([], "no route to forward"),
+        (["--bogus", *ROUTE], "No such option: --bogus"),
+        (["--socket-activation", "--listen", "localhost:443", "--target", "10.0.0.5:1"], "numeric"),
+        (["--kubeconfig", "/etc/my kube.yaml", *ROUTE], "free of spaces"),
+    ],
+)
+def test_bad_input_is_exit_2_and_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["install", "--dry-run", *args], capsys)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_report_exit_codes_and_json() -> None:
+    report = StatusReport("fwd")
+    assert report.exit_code == 0
+    report.checks.append(Check("fwd.service", Level.OK, "active (running)"))
+    report.checks.append(Check("fwd.service", Level.WARN, "disabled: it will not start at boot"))
+    assert report.exit_code == 1
+    report.checks.append(Check("target 10.0.0.5:1", Level.DOWN, "unreachable: Connection refused"))
+    assert report.exit_code == 2
+    data = json.loads(report.to_json())
+    assert [check["level"] for check in data["checks"]] == ["ok", "warn", "down"]
+    assert data["exit_code"] == 2
+    assert report.to_text().splitlines()[-1] == "down: forwarding does not work"
+
+
+@pytest.fixture
+def closing_server() -> Iterator[int]:
+    """Accepts and closes at once, as the forwarder does when the target refuses."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+
+
+def test_through_listener_sees_an_immediate_close(closing_server: int) -> None:
+    assert through_listener("127.0.0.1", closing_server, wait=2.0) == (
+        "closed at once: the forwarder could not reach the target"
+    )
+
+
+def test_through_listener_accepts_a_connection_that_stays() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert through_listener("127.0.0.1", server.getsockname()[1], wait=0.2) is None
+
+
+def test_unit_summary() -> None:
+    props = {
+        "LoadState": "loaded",
+        "ActiveState": "failed",
+        "SubState": "failed",
+        "UnitFileState": "enabled",
+        "MainPID": "0",
+        "NRestarts": "5",
+        "Result": "exit-code",
+        "ExecMainStatus": "203",
+    }
+    assert systemctl.unit_summary("fwd.service", props) == (
+        "fwd.service: failed (failed), enabled, 5 restarts, result exit-code, last exit status 203"
+    )
+
+
+SOCAT_UNIT = """[Unit]
+After=network-online.target k3s.service
+[Service]
+User=root
+Restart=always
+ExecStart=/usr/bin/socat -T 60 TCP-LISTEN:443,fork,reuseaddr TCP:10.211.55.14:32653
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_dry_run_carries_routes_over_from_the_socat_unit_it_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
+    (tmp_path / "k3s-ingress-forward.service").write_text(SOCAT_UNIT)
+    code, out, err = run_cli(
+        ["install", "--dry-run", "--name", "k3s-ingress-forward", "--idle-timeout", "30"], capsys
+    )
+    assert code == 0, err
+    assert "from k3s-ingress-forward.service: listen *:443 (from TCP-LISTEN:443)" in err
+    assert "would stop k3s-ingress-forward.service (not written by pyforward)" in err
+    config = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
+    # The routes come from socat's command line; a flag given still wins over -T 60.
+    assert config["route"] == [{"listen": "443", "target": ["10.211.55.14:32653"]}]
+    assert config["idle_timeout"] == 30.0
+    # The unit on disk is untouched by a dry run.
+    assert (tmp_path / "k3s-ingress-forward.service").read_text() == SOCAT_UNIT
+
+
+def test_no_route_and_a_unit_that_is_not_socat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
+    (tmp_path / "web.service").write_text("[Service]\nExecStart=/usr/sbin/nginx\n")
+    code, out, err = run_cli(["install", "--dry-run", "--name", "web"], capsys)
+    assert (code, out) == (2, "")
+    assert "cannot be carried over (ExecStart= runs '/usr/sbin/nginx', not socat)" in err
+
+
+def route_checks(ours: set[int], port: int, targets: list[int]) -> list[tuple[str, Level]]:
+    """(kind of check, level) for a route from 127.0.0.1:port to the target ports."""
+    text = ",".join(f"127.0.0.1:{t}" for t in targets)
+    route = build_settings({"route": [f"127.0.0.1:{port}={text}"]}, {}).routes[0]
+    report = StatusReport("fwd")
+    listening = ports.listening_sockets()
+    held = ports.owners({sock.inode for sock in listening})
+    service_status.check_route(report, route, listening, held, ours, probe_through=True)
+    return [(check.subject.split()[0], check.level) for check in report.checks]
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_route_checks_with_real_sockets() -> None:
+    me = {os.getpid()}
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_server(("127.0.0.1", 0)) as target,
+    ):
+        port, live, dead = listener.getsockname()[1], target.getsockname()[1], unused_port()
+        # Held by the service (this process here); one of two failover targets down: a warning.
+        assert route_checks(me, port, [live, dead]) == [
+            ("listen", Level.OK),
+            ("target", Level.OK),
+            ("target", Level.WARN),
+            ("through", Level.OK),
+        ]
+        # Its only target down: forwarding is down, and no probe goes through.
+        assert route_checks(me, port, [dead]) == [("listen", Level.OK), ("target", Level.DOWN)]
+        # The port is held, but not by the service: down.
+        assert route_checks({1}, port, [live]) == [("listen", Level.DOWN)]
+    # Nothing listening at all.
+    assert route_checks(me, port, [live]) == [("listen", Level.DOWN)]
+
+
+def test_degraded_discovery_in_the_status_line_is_found() -> None:
+    line = status_line([("[::]:443", ["10.0.0.5:1"])], 0, {"discovery": "degraded: API down"})
+    found = DEGRADED_DISCOVERY.search(line)
+    assert found is not None
+    assert found.group(1) == "degraded: API down"
+    assert DEGRADED_DISCOVERY.search(status_line([("[::]:443", ["10.0.0.5:1"])], 0, {})) is None
+
+
+def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "k3s.yaml"
+    kubeconfig.write_text("apiVersion: v1\n")
+    kubeconfig.chmod(0o600)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    code, out, err = run_cli(["install", "--dry-run", "--discover", "--preset", "istio"], capsys)
+    assert code == 0, err
+    assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
+    config = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
+    # The service finds it in $CREDENTIALS_DIRECTORY: the file names no kubeconfig.
+    assert config == {"preset": "istio", "discover": True}
+
+    # One named in a config file goes the same way.
+    given = tmp_path / "pyforward.toml"
+    given.write_text(f'discover = true\npreset = "istio"\nkubeconfig = "{kubeconfig}"\n')
+    monkeypatch.delenv("KUBECONFIG")
+    code, out, err = run_cli(["install", "--dry-run", "--config", str(given)], capsys)
+    assert code == 0, err
+    assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
+    assert "kubeconfig =" not in out
