@@ -137,17 +137,22 @@ class Forwarder:
         """Wait until `count` connections have logged their close line."""
         self._wait(lambda: self.closes.total() >= count, timeout, f"{count} close lines")
 
-    def wait_line(self, pattern: str, timeout: float = 30.0, count: int = 1) -> str:
-        """The `count`th line matching `pattern`, waiting for it if need be."""
+    def wait_line(self, pattern: str, timeout: float = 30.0, after: int = 0) -> str:
+        """The first line (from index `after`) matching `pattern`, waiting for it."""
         regex = re.compile(pattern)
         found: list[str] = []
 
         def seen() -> bool:
-            found[:] = [line for line in self.lines if regex.search(line)]
-            return len(found) >= count
+            found[:] = [line for line in self.lines[after:] if regex.search(line)]
+            return bool(found)
 
-        self._wait(seen, timeout, f"{count} line(s) matching {pattern!r}")
-        return found[count - 1]
+        self._wait(seen, timeout, f"a line matching {pattern!r}")
+        return found[0]
+
+    def line_count(self) -> int:
+        """How many lines (close lines aside) so far: a mark for `wait_line(after=...)`."""
+        with self._changed:
+            return len(self.lines)
 
     def has_line(self, pattern: str) -> bool:
         regex = re.compile(pattern)

@@ -175,13 +175,15 @@ class Run:
         self.baseline_fds = self.relay_fds()
 
     def relay_fds(self) -> Counter[str]:
-        """The forwarder's descriptors by kind, less pipes (the splice pool keeps some)
-        and sockets to `foreign_ports`."""
+        """The forwarder's descriptors by kind, less pipes (the splice pool keeps some).
+        With `foreign_ports`, sockets count only when /proc/net/tcp lists them and they are
+        not connected to one of those ports: a client socket the API server reset, still
+        open, is listed nowhere, and it is the client library's to close, not the relay's."""
         fwd = self.forwarder
         fds = fwd.usage().fds_except_pipes()
         if self.foreign_ports:
             owned = procfs.owned_sockets(fwd.pid)
-            fds["socket"] -= sum(1 for s in owned if s.remote_port in self.foreign_ports)
+            fds["socket"] = sum(1 for s in owned if s.remote_port not in self.foreign_ports)
         return fds
 
     def _peer(self, name: str, args: Sequence[str]) -> Peer:
@@ -216,13 +218,25 @@ class Run:
         except SoakError:
             self._settle_failed = True
             now = self.relay_fds()
+            tcp = [
+                f"{s.state}:{s.local_port}->{s.remote_port}" for s in procfs.owned_sockets(fwd.pid)
+            ]
             self.check(
-                False, f"descriptors not back to the baseline: {dict(now)} vs {dict(wanted)}"
+                False,
+                f"descriptors not back to the baseline: {dict(now)} vs {dict(wanted)}; "
+                f"its TCP sockets now: {', '.join(tcp)}",
             )
         pipes = fwd.usage().fds["pipe"] - baseline.fds["pipe"]
         self.check(0 <= pipes <= POOL_PIPE_FDS, f"{pipes} pipe ends beyond the pool's bound")
-        stuck = [s for s in procfs.owned_sockets(fwd.pid) if s.state == procfs.CLOSE_WAIT]
-        self.check(not stuck, f"{len(stuck)} socket(s) left in CLOSE_WAIT")
+        waiting = [s for s in procfs.owned_sockets(fwd.pid) if s.state == procfs.CLOSE_WAIT]
+        stuck = [s for s in waiting if s.remote_port not in self.foreign_ports]
+        self.check(not stuck, f"{len(stuck)} socket(s) left in CLOSE_WAIT: {stuck}")
+        if len(waiting) > len(stuck):
+            self.note(
+                f"{len(waiting) - len(stuck)} socket(s) to the Kubernetes API in CLOSE_WAIT "
+                "(a pooled connection the API server closed, kept by the kubernetes client "
+                "until its next request)"
+            )
 
     def expect_closes(self, allowed: Collection[str]) -> None:
         """Every connection closed with one of the `allowed` reasons."""
@@ -700,12 +714,15 @@ def discovery_flap(run: Run) -> None:
         churn.wait("progress", timeout=120, where=lambda e: e["started"] >= now + connections)
 
     passed(every)
-    for flap in range(1, scale.flaps + 1):
+    for _ in range(scale.flaps):
+        mark = run.forwarder.line_count()
         api.stop()
-        run.forwarder.wait_line("event=discovery-degraded", count=flap)
+        run.forwarder.wait_line("event=discovery-degraded", after=mark)
         passed(scale.flap_connections)
+        mark = run.forwarder.line_count()
         api.start()
-        run.forwarder.wait_line("event=discovery-ok", count=flap, timeout=60)
+        run.forwarder.wait_line("event=discovery-ok", after=mark, timeout=60)
+        passed(scale.flap_connections)  # with the API back, before it goes again
     second, second_port = run.server("echo")
     api.put_service(gateway(second_port))
     run.forwarder.wait_line(f"event=target-change.*:{second_port}")
