@@ -56,8 +56,9 @@ def _root(
     """pyforward: a TCP forwarder for exposing a Kubernetes ingress on a host's ports."""
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path | str) -> dict[str, Any]:
     """Read and parse a config file, turning I/O errors into one clear line."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

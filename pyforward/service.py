@@ -122,14 +122,25 @@ def carry_over_replaced_unit(name: str) -> CarriedOver | None:
     if not path.exists() or written_by_pyforward(path):
         return None
     try:
-        text = path.read_text(encoding="utf-8")
-        flags, carried, dropped = settings_from_socat_unit(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StartupError(f"cannot read {path}: {exc}") from None
+        return carry_over_unit(path)
     except ConfigError as exc:
         raise ConfigError(
-            f"no route given, and {path} cannot be carried over ({exc}); give --listen and --target"
+            f"no route given, and {exc}; give --listen and --target (or --from-unit)"
         ) from None
+
+
+def carry_over_unit(path: Path) -> CarriedOver:
+    """What a socat unit file's ExecStart= says, as `run` flags (for --from-unit)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"unit file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read unit file {path}: {exc}") from None
+    try:
+        flags, carried, dropped = settings_from_socat_unit(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path} cannot be carried over: {exc}") from None
     return CarriedOver(flags, carried, dropped)
 
 

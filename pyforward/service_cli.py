@@ -53,6 +53,14 @@ def install(
             "no connection, and low ports need no capability.",
         ),
     ] = False,
+    from_unit: Annotated[
+        str | None,
+        typer.Option(
+            "--from-unit",
+            help="A socat unit file whose ExecStart= gives the routes (any path to socat, any "
+            "option order); flags given as well win. Says what it carried and what it dropped.",
+        ),
+    ] = None,
     kubeconfig: Annotated[
         str | None,
         typer.Option(
@@ -78,16 +86,19 @@ def install(
     if not dry_run:
         service.require_systemd("install")
     file_data = read_config_file(config) if config is not None else None
-    if not service.routes_given(flags, env, file_data):
+    found, source = None, ""
+    if from_unit is not None:
+        found, source = service.carry_over_unit(Path(from_unit)), from_unit
+    elif not service.routes_given(flags, env, file_data):
         # Replacing a socat unit: its ExecStart= says where to listen and forward.
-        found = service.carry_over_replaced_unit(name)
-        if found is not None:
-            given = {k: v for k, v in flags.items() if v not in (None, [], ())}
-            flags = {**flags, **found.flags, **given}
-            for item in found.carried:
-                _echo_err(f"from {name}.service: {item}")
-            for item in found.dropped:
-                _echo_err(f"from {name}.service, not carried over: {item}")
+        found, source = service.carry_over_replaced_unit(name), f"{name}.service"
+    if found is not None:
+        given = {k: v for k, v in flags.items() if v not in (None, [], ())}
+        flags = {**flags, **found.flags, **given}
+        for item in found.carried:
+            _echo_err(f"from {source}: {item}")
+        for item in found.dropped:
+            _echo_err(f"from {source}, not carried over: {item}")
     request = service.InstallRequest(
         name=name,
         flags=flags,

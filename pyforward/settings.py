@@ -159,7 +159,7 @@ def _string_list(value: object) -> list[str]:
     """A list of strings; in the environment, separated by commas or whitespace."""
     if isinstance(value, str):
         return [item for item in value.replace(",", " ").split() if item]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
         return list(value)
     raise ValueError("expected a string or a list of strings")
 

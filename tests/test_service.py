@@ -279,3 +279,38 @@ def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
     assert code == 0, err
     assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
     assert "kubeconfig =" not in out
+
+
+def test_from_unit_carries_the_seed_units_listen_port_and_target_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_socat_unit import SEED_UNIT  # noqa: PLC0415
+
+    unit = tmp_path / "k3s-ingress-forward.service"
+    unit.write_text(SEED_UNIT)
+    code, out, err = run_cli(["install", "--dry-run", "--from-unit", str(unit)], capsys)
+    assert code == 0, err
+    config = tomllib.loads(out.split("==> /etc/pyforward/pyforward.toml <==\n")[1].split("==>")[0])
+    settings = build_settings({}, {}, config)
+    [route] = settings.routes
+    assert (str(route.listen), [str(t) for t in route.targets]) == (
+        "*:443",
+        ["10.211.55.14:32653"],
+    )
+    assert f"from {unit}: " in err  # says what it carried
+
+
+def test_from_unit_that_is_not_a_socat_unit_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unit = tmp_path / "other.service"
+    unit.write_text("[Service]\nExecStart=/usr/bin/nginx -g 'daemon off;'\n")
+    code, out, err = run_cli(["install", "--dry-run", "--from-unit", str(unit)], capsys)
+    assert (code, out) == (2, "")
+    assert "cannot be carried over" in err
+    assert err.count("\n") == 1
+    code, out, err = run_cli(
+        ["install", "--dry-run", "--from-unit", "/nonexistent.service"], capsys
+    )
+    assert (code, err.count("\n")) == (2, 1)
+    assert "does not exist" in err
