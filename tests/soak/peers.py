@@ -168,7 +168,11 @@ class StreamEnd(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.outcome.done():
             return
+        # A transport torn down by a reset may call resume_writing before connection_lost:
+        # writing on would only discard chunks (up to the whole, perhaps endless, stream).
         while not self._writing_paused and self.sent < self.send_len:
+            if transport.is_closing():
+                return
             size = min(WRITE_CHUNK, self.send_len - self.sent)
             transport.write(chunk(self.send_seed, self.sent, size))
             self.sent += size
