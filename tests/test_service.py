@@ -207,7 +207,7 @@ def test_no_route_and_a_unit_that_is_not_socat(
     (tmp_path / "web.service").write_text("[Service]\nExecStart=/usr/sbin/nginx\n")
     code, out, err = run_cli(["install", "--dry-run", "--name", "web"], capsys)
     assert (code, out) == (2, "")
-    assert "cannot be carried over (ExecStart= runs '/usr/sbin/nginx', not socat)" in err
+    assert "cannot be carried over: ExecStart= runs '/usr/sbin/nginx', not socat" in err
 
 
 def route_checks(ours: set[int], port: int, targets: list[int]) -> list[tuple[str, Level]]:
