@@ -122,12 +122,6 @@ class EpollPoller:
         self._epoll.close()
 
 
-_READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP if hasattr(select, "epoll") else 0
-_WRITE_EVENTS = (
-    select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP if hasattr(select, "epoll") else 0
-)
-
-
 class LoopPoller:
     """The event loop's own readiness callbacks, where there is no epoll."""
 
