@@ -20,9 +20,9 @@ Pipe = tuple[int, int]  # (read end, write end)
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 # A process without CAP_SYS_RESOURCE past fs.pipe-user-pages-soft gets new pipes of one
-# page. Splicing through a 4 KiB pipe measured about 2.5x slower than through the default
-# 64 KiB (scratch measurement, loopback), slower than copying; so such a pipe is not used:
-# the connection copies instead.
+# page. Splicing through a 4 KiB pipe measured about half as fast as through the default
+# 64 KiB, and slower than copying (bench/pipe_size.py); so such a pipe is not used: the
+# connection copies instead.
 MIN_PIPE_SIZE = 1 << 16
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
