@@ -343,7 +343,7 @@ def uninstall(name: str, echo: Echo) -> None:
         systemctl.run("stop", *present)
         systemctl.run("disable", *present)
         # The state directory of a DynamicUser service (/var/lib/private/NAME).
-        systemctl.run("clean", "--what=state", f"{name}.service")
+        systemctl.run("clean", f"{name}.service", options=("--what=state",))
     for path in [*ours, config]:
         if path.exists():
             path.unlink()

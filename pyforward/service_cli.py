@@ -11,10 +11,17 @@ import typer
 
 from pyforward import installation, service, service_status
 from pyforward.settings import env_name
+from pyforward.units import check_name
 
 NameOpt = Annotated[
     str,
-    typer.Option("--name", "-n", help="Name of the systemd unit (NAME.service)."),
+    typer.Option(
+        "--name",
+        "-n",
+        help="Name of the systemd unit (NAME.service): letters, digits, _ . - (not first).",
+        # Checked as it enters, before any file is read or any command is run with it.
+        callback=check_name,
+    ),
 ]
 
 

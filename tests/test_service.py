@@ -314,3 +314,39 @@ def test_from_unit_that_is_not_a_socat_unit_is_one_line_and_exit_2(
     )
     assert (code, err.count("\n")) == (2, 1)
     assert "does not exist" in err
+
+
+BAD_NAMES = ["-Hhost", "--help", "..", ".hidden", "a:b", "a@b", "a\\b", "a b", "x" * 248, ""]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize(
+    "command", [["install", "--dry-run", *ROUTE], ["uninstall"], ["status", "--json"]]
+)
+def test_a_name_that_is_no_unit_name_is_refused_where_it_enters(
+    command: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli([*command, f"--name={name}"], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "--name" in err
+
+
+def test_the_longest_unit_name_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    name = "x" * 247  # with .service, systemd's 255
+    code, out, err = run_cli(["install", "--dry-run", f"--name={name}", *ROUTE], capsys)
+    assert code == 0, err
+    assert f"==> /etc/systemd/system/{name}.service <==" in out
+
+
+def test_systemctl_never_reads_a_unit_name_as_an_option() -> None:
+    assert systemctl.command("stop", ["-Hhost.service"]) == [
+        "systemctl",
+        "stop",
+        "--",
+        "-Hhost.service",
+    ]
+    # The real systemctl: after `--`, -Hhost.service is a unit (not `-H host`).
+    outcome = systemctl.run("is-enabled", "-Hhost.service")
+    assert not outcome.ok
+    assert "-Hhost.service" in outcome.output
