@@ -31,6 +31,8 @@ CONFIG_DIR = Path("/etc/pyforward")
 BACKUP_DIR = CONFIG_DIR / "backup"
 SERVING_TIMEOUT = 15.0  # seconds install waits, after start, for every listener to accept
 PROBE_TIMEOUT = 2.0  # seconds for one TCP connection attempt
+# First line of the config file install writes (after "# "); uninstall looks for it.
+CONFIG_MARKER = "Written by `pyforward install --name {name}`"
 
 Echo = Callable[[str], None]
 
@@ -43,14 +45,23 @@ def unit_path(unit: str) -> Path:
     return systemctl.UNIT_DIR / unit
 
 
-def written_by_pyforward(path: Path) -> bool:
-    """Whether a unit file was written by pyforward (its first line says so)."""
+def _first_line(path: Path) -> str:
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
-            first = handle.readline()
+            return handle.readline()
     except OSError:
-        return False
-    return first.startswith((MARKER, SOCKET_MARKER))
+        return ""
+
+
+def written_by_pyforward(path: Path) -> bool:
+    """Whether a unit file was written by pyforward (its first line says so)."""
+    return _first_line(path).startswith((MARKER, SOCKET_MARKER))
+
+
+def config_written_by_install(name: str) -> bool:
+    """Whether /etc/pyforward/NAME.toml is the one `install --name NAME` wrote (its first
+    line says so): uninstall removes nothing else."""
+    return _first_line(config_path(name)).startswith(f"# {CONFIG_MARKER.format(name=name)};")
 
 
 def require_systemd(command: str) -> None:
@@ -172,20 +183,22 @@ def plan_install(
         raise StartupError(
             "cannot write these settings as one config file; give them in a --config file"
         )
-    kubeconfig = request.kubeconfig
+    kubeconfig, kubeconfig_source = request.kubeconfig, "--kubeconfig"
     if settings.discovery is not None:
         # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
         # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
         # so the config file names no kubeconfig of its own.
-        kubeconfig = (
-            kubeconfig or settings.discovery.kubeconfig or kubeconfig_to_hand_over(request.env)
-        )
+        if kubeconfig is None and settings.discovery.kubeconfig:
+            kubeconfig, kubeconfig_source = settings.discovery.kubeconfig, "kubeconfig"
+        if kubeconfig is None:
+            kubeconfig = kubeconfig_to_hand_over(request.env)
+            kubeconfig_source = "the kubeconfig discovery would use"
         merged.pop("kubeconfig", None)
     if kubeconfig is not None:
-        check_path(kubeconfig, "--kubeconfig")
+        check_path(kubeconfig, kubeconfig_source)
     config = config_path(name)
     header = (
-        f"Written by `pyforward install --name {name}`; {name}.service runs with it.\n"
+        f"{CONFIG_MARKER.format(name=name)}; {name}.service runs with it.\n"
         f"After editing: `systemctl reload {name}` applies new targets and timeouts,\n"
         f"`systemctl restart {name}` new listeners."
     )
@@ -335,7 +348,10 @@ def uninstall(name: str, echo: Echo) -> None:
     ours = [path for path in files if path.exists()]
     backups = [BACKUP_DIR / unit for unit in units if (BACKUP_DIR / unit).exists()]
     config = config_path(name)
-    if not ours and not backups and not config.exists():
+    config_ours = config_written_by_install(name)
+    if config.exists() and not config_ours:
+        echo(f"{config} was not written by `pyforward install --name {name}`; leaving it alone")
+    if not ours and not backups and not config_ours:
         echo(f"{name} is not installed; nothing to remove")
         return
     if ours:
@@ -344,13 +360,13 @@ def uninstall(name: str, echo: Echo) -> None:
         systemctl.run("disable", *present)
         # The state directory of a DynamicUser service (/var/lib/private/NAME).
         systemctl.run("clean", f"{name}.service", options=("--what=state",))
-    for path in [*ours, config]:
-        if path.exists():
-            path.unlink()
-            echo(f"removed {path}")
-    systemctl.must("daemon-reload")
-    for unit in units:
-        systemctl.run("reset-failed", unit)
+    for path in [*ours, *([config] if config_ours else [])]:
+        path.unlink()
+        echo(f"removed {path}")
+    if ours or backups:
+        systemctl.must("daemon-reload")
+        for unit in units:
+            systemctl.run("reset-failed", unit)
     for backup in backups:
         _restore(backup, echo)
     for directory in (BACKUP_DIR, CONFIG_DIR):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import ports, service_status, systemctl
+from pyforward import ports, service, service_status, systemctl
 from pyforward.cli import main
 from pyforward.daemon import status_line
 from pyforward.service_status import (
@@ -350,3 +350,53 @@ def test_systemctl_never_reads_a_unit_name_as_an_option() -> None:
     outcome = systemctl.run("is-enabled", "-Hhost.service")
     assert not outcome.ok
     assert "-Hhost.service" in outcome.output
+
+
+@pytest.fixture
+def system_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Root and systemd as far as the checks go, with /etc/pyforward and the unit
+    directory under tmp_path."""
+    monkeypatch.setattr(systemctl, "is_root", lambda: True)
+    monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path / "systemd")
+    monkeypatch.setattr(service, "CONFIG_DIR", tmp_path / "pyforward")
+    monkeypatch.setattr(service, "BACKUP_DIR", tmp_path / "pyforward" / "backup")
+    (tmp_path / "systemd").mkdir()
+    (tmp_path / "pyforward").mkdir()
+    return tmp_path
+
+
+def config_install_writes(name: str, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    code, out, err = run_cli(["install", "--dry-run", f"--name={name}", *ROUTE], capsys)
+    assert code == 0, err
+    path = service.config_path(name)
+    return path, out.split(f"==> {path} <==\n")[1].split("==> ")[0]
+
+
+def test_uninstall_leaves_a_config_file_install_did_not_write(
+    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = system_dirs / "pyforward" / "edge.toml"
+    own.write_text('# my own routes\nlisten = "443"\ntarget = ["10.0.0.5:1"]\n')
+    # One install wrote for another name is not edge's either.
+    other_path, other_text = config_install_writes("other", capsys)
+    (system_dirs / "pyforward" / "edge2.toml").write_text(other_text)
+    for name, path in (("edge", own), ("edge2", system_dirs / "pyforward" / "edge2.toml")):
+        before = path.read_text()
+        code, out, err = run_cli(["uninstall", f"--name={name}"], capsys)
+        assert code == 0, err
+        assert path.read_text() == before
+        assert f"{path} was not written by `pyforward install --name {name}`" in out
+        assert f"{name} is not installed; nothing to remove" in out
+    assert not other_path.exists()
+
+
+def test_uninstall_removes_the_config_file_install_wrote(
+    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, text = config_install_writes("edge", capsys)
+    path.write_text(text)
+    code, out, err = run_cli(["uninstall", "--name=edge"], capsys)
+    assert code == 0, err
+    assert not path.exists()
+    assert f"removed {path}" in out
