@@ -238,6 +238,23 @@ def foreign_units(plan: InstallPlan) -> list[Path]:
     ]
 
 
+def foreign_config(name: str) -> Path | None:
+    """/etc/pyforward/NAME.toml when it exists and install did not write it."""
+    config = config_path(name)
+    return config if config.exists() and not config_written_by_install(name) else None
+
+
+def keep_foreign_config(name: str, echo: Echo) -> None:
+    """Move a config file install did not write out of the way, for uninstall to restore:
+    install writes an equivalent one, without the comments its writer may have kept."""
+    config = foreign_config(name)
+    if config is None:
+        return
+    BACKUP_DIR.mkdir(parents=True, exist_ok=True)
+    config.replace(BACKUP_DIR / config.name)
+    echo(f"{config} was not written by pyforward install: kept it as {BACKUP_DIR / config.name}")
+
+
 def _pids_of(unit: str) -> set[int]:
     props = systemctl.show(unit, ("MainPID", "ActiveState"))
     pids = {int(props["MainPID"])} if props["MainPID"].isdigit() else set()
@@ -285,6 +302,7 @@ def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> 
     # Stop what runs under these names: their ports are about to change hands.
     for unit_file in foreign_units(plan):
         _backup(unit_file, echo)
+    keep_foreign_config(plan.name, echo)
     stale_socket = unit_path(f"{plan.name}.socket")
     owned = [u for u in (f"{plan.name}.socket", plan.service) if written_by_pyforward(unit_path(u))]
     if owned:
@@ -349,6 +367,7 @@ def uninstall(name: str, echo: Echo) -> None:
     backups = [BACKUP_DIR / unit for unit in units if (BACKUP_DIR / unit).exists()]
     config = config_path(name)
     config_ours = config_written_by_install(name)
+    config_backup = BACKUP_DIR / config.name
     if config.exists() and not config_ours:
         echo(f"{config} was not written by `pyforward install --name {name}`; leaving it alone")
     if not ours and not backups and not config_ours:
@@ -369,6 +388,9 @@ def uninstall(name: str, echo: Echo) -> None:
             systemctl.run("reset-failed", unit)
     for backup in backups:
         _restore(backup, echo)
+    if config_backup.exists() and not config.exists():
+        config_backup.replace(config)
+        echo(f"restored {config}")
     for directory in (BACKUP_DIR, CONFIG_DIR):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()

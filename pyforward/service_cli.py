@@ -122,6 +122,12 @@ def install(
                 f"would stop {unit_file.name} (not written by pyforward) and keep it as "
                 f"{service.BACKUP_DIR / unit_file.name} for uninstall to restore"
             )
+        config = service.foreign_config(plan.name)
+        if config is not None:
+            _echo_err(
+                f"would keep {config} (not written by pyforward install) as "
+                f"{service.BACKUP_DIR / config.name} for uninstall to restore"
+            )
         typer.echo(service.render_plan(plan), nl=False)
         return
     service.install(plan, typer.echo)

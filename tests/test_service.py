@@ -400,3 +400,26 @@ def test_uninstall_removes_the_config_file_install_wrote(
     assert code == 0, err
     assert not path.exists()
     assert f"removed {path}" in out
+
+
+def test_install_keeps_a_config_file_it_did_not_write_and_uninstall_restores_it(
+    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = service.config_path("edge")
+    own.write_text('# my own routes, with my comments\nlisten = "443"\ntarget = ["10.0.0.5:1"]\n')
+    before = own.read_text()
+    code, _, err = run_cli(["install", "--dry-run", "--name=edge", "--config", str(own)], capsys)
+    assert code == 0, err
+    assert f"would keep {own} (not written by pyforward install)" in err
+    assert own.read_text() == before  # a dry run changes nothing
+    # What install does before it writes: the file moves aside, its own takes the place.
+    path, text = config_install_writes("edge", capsys)
+    service.keep_foreign_config("edge", print)
+    assert not own.exists()
+    path.write_text(text)
+    service.keep_foreign_config("edge", print)  # its own file stays
+    assert path.read_text() == text
+    code, out, err = run_cli(["uninstall", "--name=edge"], capsys)
+    assert code == 0, err
+    assert own.read_text() == before
+    assert f"restored {own}" in out
