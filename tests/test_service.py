@@ -14,9 +14,7 @@ import pytest
 
 from pyforward import ports, service, service_status, systemctl
 from pyforward.cli import main
-from pyforward.daemon import status_line
 from pyforward.service_status import (
-    DEGRADED_DISCOVERY,
     Check,
     Level,
     StatusReport,
@@ -247,14 +245,6 @@ def test_route_checks_with_real_sockets() -> None:
         assert route_checks({1}, port, [live]) == [("listen", Level.DOWN)]
     # Nothing listening at all.
     assert route_checks(me, port, [live]) == [("listen", Level.DOWN)]
-
-
-def test_degraded_discovery_in_the_status_line_is_found() -> None:
-    line = status_line([("[::]:443", ["10.0.0.5:1"])], 0, {"discovery": "degraded: API down"})
-    found = DEGRADED_DISCOVERY.search(line)
-    assert found is not None
-    assert found.group(1) == "degraded: API down"
-    assert DEGRADED_DISCOVERY.search(status_line([("[::]:443", ["10.0.0.5:1"])], 0, {})) is None
 
 
 def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
