@@ -435,5 +435,8 @@ def test_static_forwarding_does_not_import_kubernetes(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    # The schema's option parsers are all of discovery that static forwarding loads.
-    assert result.stdout.strip() == "['pyforward.discovery.options']", result.stdout
+    # The schema's option parsers (and the node address rule --node-ip passes) are all of
+    # discovery that static forwarding loads.
+    assert result.stdout.strip() == (
+        "['pyforward.discovery.nodeaddress', 'pyforward.discovery.options']"
+    ), result.stdout
