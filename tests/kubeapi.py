@@ -188,7 +188,11 @@ class KubeApi:
             with contextlib.suppress(OSError):
                 connection.shutdown(2)
 
-    def write_kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
+    def write_kubeconfig(
+        self, path: Path, token: str = TOKEN, user: tuple[str, dict[str, Any]] | None = None
+    ) -> Path:
+        """A kubeconfig for this server; `user`: (name, entry) instead of the token user."""
+        user_name, user_entry = user or ("test", {"token": token})
         ca_data = base64.b64encode(self.ca.cert_pem.bytes()).decode()
         config = {
             "apiVersion": "v1",
@@ -202,8 +206,8 @@ class KubeApi:
                     },
                 }
             ],
-            "users": [{"name": "test", "user": {"token": token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            "users": [{"name": user_name, "user": user_entry}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user_name}}],
             "current-context": "test",
         }
         path.write_text(json.dumps(config))  # JSON is YAML

@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,6 +196,58 @@ def test_error_no_kubeconfig(tmp_path: Path, pyforward: Pyforward) -> None:
     assert "/etc/rancher/k3s/k3s.yaml (does not exist)" in line
     assert "in-cluster (not in a pod" in line
     assert "--kubeconfig FILE" in line
+
+
+def credential_programs(marker: Path) -> list[tuple[str, dict[str, Any], str]]:
+    """User entries whose credentials would come from a program that creates `marker`."""
+    return [
+        (
+            "exec",
+            {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1beta1",
+                    "command": "/bin/sh",
+                    "args": ["-c", f"touch {marker}"],
+                }
+            },
+            "exec: runs '/bin/sh'",
+        ),
+        (
+            "auth-provider",
+            {
+                "auth-provider": {
+                    "name": "gcp",
+                    "config": {"cmd-path": "touch", "cmd-args": str(marker)},
+                }
+            },
+            "auth-provider 'gcp'",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["exec", "auth-provider"])
+@pytest.mark.parametrize("command", ["discover", "run"])
+def test_error_kubeconfig_that_would_run_a_program_runs_nothing(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward, kind: str, command: str
+) -> None:
+    marker = tmp_path / "marker"
+    [(_, entry, how)] = [p for p in credential_programs(marker) if p[0] == kind]
+    kubeconfig = kube.write_kubeconfig(tmp_path / "evil-kubeconfig", user=("evil", entry))
+    args = ["--kubeconfig", str(kubeconfig)]
+    if command == "run":
+        args += ["--discover", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "s")]
+    result = pyforward([command, *args], tmp_path)
+    assert result.returncode == 2
+    # run logs the kubeconfig it found first; the error is the last line either way.
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pyforward: error: kubeconfig {kubeconfig} (--kubeconfig): user 'evil' of context "
+        f"'test' gets its credentials from a program ({how}); pyforward runs no program named "
+        "in a kubeconfig: give it one whose user has a token or a client certificate, such as "
+        "a ServiceAccount token allowed to list and watch services and nodes"
+    )
+    assert not marker.exists()
+    assert kube.requests == []
 
 
 def test_error_kubeconfig_flag_missing(tmp_path: Path, pyforward: Pyforward) -> None:
