@@ -119,6 +119,37 @@ def test_discover_prints_service_nodes_and_choice(
     assert "warning: LoadBalancer Service istio-system/istio-ingressgateway exposes port 443" in out
 
 
+def test_discover_says_which_nodes_it_left_out_and_why(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward
+) -> None:
+    kube.put_node(node("evil", "evil.invalid"))
+    kube.put_node(node("zero", "0.0.0.0"))
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "nodes (5):" in result.stdout
+    assert (
+        '  left out: node evil: InternalIP "evil.invalid" is not an IP address\n' in result.stdout
+    )
+    assert '  left out: node zero: InternalIP "0.0.0.0" is the unspecified' in result.stdout
+    assert "forward: *:443 -> 10.0.0.12:31443, 10.0.0.11:31443 " in result.stdout
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig), "--json"], tmp_path)
+    assert [n["name"] for n in json.loads(result.stdout)["rejected_nodes"]] == ["evil", "zero"]
+
+
+def test_error_node_port_that_is_no_port(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward
+) -> None:
+    broken = service()
+    broken["spec"]["ports"][2]["nodePort"] = True
+    kube.put_service(broken)
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig)], tmp_path)
+    assert result.returncode == 1
+    assert error_line(result) == (
+        "pyforward: error: Service istio-system/istio-ingressgateway: port https: nodePort is "
+        "true, not a port number (an integer 1-65535)"
+    )
+
+
 def test_discover_json_with_preset(kube: KubeApi, tmp_path: Path, pyforward: Pyforward) -> None:
     result = pyforward(
         ["discover", "--kubeconfig", str(kube.kubeconfig), "--preset", "istio", "--json"],

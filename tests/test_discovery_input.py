@@ -224,6 +224,10 @@ NODES = st.lists(JSON | mutated(node("a", "127.0.0.1")) | mutated(node("b", "::1
 SERVICES = st.lists(JSON | mutated(service()), max_size=3)
 
 
+def no_control_characters(*texts: str) -> bool:
+    return all(text.isprintable() for text in texts)
+
+
 @given(JSON | mutated(node("a", "127.0.0.1")))
 def test_parse_node_on_any_json_raises_only_bad_object(obj: Any) -> None:
     try:
@@ -232,6 +236,18 @@ def test_parse_node_on_any_json_raises_only_bad_object(obj: Any) -> None:
         return
     if parsed.internal_ip is not None:
         assert check_node_address(parsed.internal_ip) == parsed.internal_ip
+    texts = [text for pair in parsed.addresses for text in pair]
+    assert no_control_characters(parsed.name, parsed.ready_detail, *texts)
+
+
+def test_control_characters_never_reach_a_report_line() -> None:
+    forged = node("a", "127.0.0.1")
+    forged["status"]["addresses"][1]["address"] = "a\nforward: *:443 -> 203.0.113.9:1"
+    with pytest.raises(BadObject, match=r'Hostname address "a\\nforward.*holds a control'):
+        parse_node(forged)
+    chatty = node("b", "127.0.0.1", ready=False)
+    chatty["status"]["conditions"][0]["message"] = "network\nnot ready\x1b[2J"
+    assert parse_node(chatty).ready_detail == "KubeletNotReady: network not ready [2J"
 
 
 @given(JSON | mutated(service()))
@@ -240,7 +256,9 @@ def test_parse_service_on_any_json_raises_only_bad_object(obj: Any) -> None:
         parsed = parse_service(obj)
     except BadObject:
         return
+    assert no_control_characters(parsed.name, parsed.namespace, parsed.type)
     for port in parsed.ports:
+        assert no_control_characters(port.name, port.protocol)
         assert type(port.port) is int and 1 <= port.port <= 65535
         assert port.node_port is None or (type(port.node_port) is int and port.node_port >= 1)
         assert port.node_port is None or port.node_port <= 65535

@@ -151,12 +151,23 @@ def _shown(value: object) -> str:
 
 
 def _text(value: object, what: str, default: str = "") -> str:
-    """An optional text field: absent (None) gives `default`; anything but text is bad."""
+    """An optional text field: absent (None) gives `default`; anything but text is bad,
+    and so is a control character (it would forge lines in logs and in discover's report)."""
     if value is None:
         return default
     if not isinstance(value, str):
         raise BadObject(f"{what} is {_shown(value)}, not text")
+    if not value.isprintable():  # control, format and line-separator characters
+        raise BadObject(f"{what} {_shown(value)} holds a control character")
     return value
+
+
+def _prose(value: object, what: str) -> str:
+    """A free-text field (a condition's reason or message): control characters become
+    spaces, since a kubelet's message may well span lines."""
+    if isinstance(value, str):
+        value = " ".join("".join(c if c.isprintable() else " " for c in value).split())
+    return _text(value, what)
 
 
 def _entries(value: object, what: str) -> list[Mapping[str, Any]]:
@@ -252,8 +263,8 @@ def parse_node(obj: object) -> Node:
         if condition.get("type") == "Ready":
             what = f"{where}: the Ready condition's"
             status = _text(condition.get("status"), f"{what} status")
-            reason = _text(condition.get("reason"), f"{what} reason")
-            message = _text(condition.get("message"), f"{what} message")
+            reason = _prose(condition.get("reason"), f"{what} reason")
+            message = _prose(condition.get("message"), f"{what} message")
             ready = status == "True"
             detail = "" if ready else ": ".join(part for part in (reason, message) if part)
             detail = detail or ("" if ready else f"Ready={status}")
