@@ -136,6 +136,18 @@ def test_discover_says_which_nodes_it_left_out_and_why(
     assert [n["name"] for n in json.loads(result.stdout)["rejected_nodes"]] == ["evil", "zero"]
 
 
+def test_error_a_list_that_is_no_list_object(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward
+) -> None:
+    kube.list_bodies["/api/v1/nodes"] = ["not", "a", "NodeList"]
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig)], tmp_path)
+    assert result.returncode == 1
+    assert error_line(result) == (
+        f"pyforward: error: the API server at https://127.0.0.1:{kube.port} answered list "
+        "nodes with a list, not a NodeList object"
+    )
+
+
 def test_error_node_port_that_is_no_port(
     kube: KubeApi, tmp_path: Path, pyforward: Pyforward
 ) -> None:

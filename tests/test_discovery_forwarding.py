@@ -444,6 +444,24 @@ async def test_a_node_port_that_is_no_port_is_degraded_not_port_one(
     await backend.close()
 
 
+@pytest.mark.asyncio
+async def test_a_node_without_proper_metadata_does_not_stop_the_node_watch(
+    kube: KubeApi, tmp_path: Path
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.1"))
+    async with forwarding(kube, tmp_path) as running:
+        kube.put_node({"metadata": "not an object", "status": 5}, name="broken")
+        status = await running.status_where(lambda status: status.degraded)
+        assert "left out: the API returned a Node without metadata.name" in status.message
+        kube.put_node(node("here", "127.0.0.2"))
+        await running.status_where(lambda status: "127.0.0.2" in status.message)
+        assert running.labels == [f"127.0.0.2:{backend.port}"]
+    await backend.close()
+
+
 def _state(**route: object) -> str:
     data: dict[str, Any] = {
         "version": 1,
