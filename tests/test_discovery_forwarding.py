@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from pyforward.daemon import status_line
 from pyforward.discovery.hostinfo import is_local_address
 from pyforward.discovery.model import HostIdentity
 from pyforward.discovery.runtime import DiscoveryStatus, serve_discovered
 from pyforward.discovery.watcher import WatchTiming
 from pyforward.server import Forwarder, serve
+from pyforward.service_status import DEGRADED_DISCOVERY
 from pyforward.settings import build_settings
 from tests.backends import Backend, Client, reached
 from tests.kubeapi import KubeApi, node, service
@@ -372,9 +374,13 @@ async def test_a_node_address_that_is_not_an_ip_is_left_out_reported_and_never_s
         assert await reached(running.port) == "gateway"
         status = await running.status_where(lambda status: "evil" in status.message)
         assert status.degraded
-        assert status.message.endswith(
-            'left out: node evil: InternalIP "evil.invalid" is not an IP address'
+        assert status.message.startswith(
+            'left out: node evil: InternalIP "evil.invalid" is not an IP address; following '
         )
+        # `pyforward status` shows the degraded text up to its first "; ": the reason.
+        note = {"discovery": f"degraded: {status.message}"}
+        shown = DEGRADED_DISCOVERY.search(status_line([("*:443", running.labels)], 0, note))
+        assert shown is not None and "evil.invalid" in shown.group(1)
     assert "event=discovery-degraded" in caplog.text
     saved = json.loads((tmp_path / STATE_FILE).read_text())
     assert saved["routes"][0]["targets"] == [f"127.0.0.1:{backend.port}"]
@@ -455,7 +461,7 @@ async def test_a_node_without_proper_metadata_does_not_stop_the_node_watch(
     async with forwarding(kube, tmp_path) as running:
         kube.put_node({"metadata": "not an object", "status": 5}, name="broken")
         status = await running.status_where(lambda status: status.degraded)
-        assert "left out: the API returned a Node without metadata.name" in status.message
+        assert status.message.startswith("left out: the API returned a Node without metadata.name;")
         kube.put_node(node("here", "127.0.0.2"))
         await running.status_where(lambda status: "127.0.0.2" in status.message)
         assert running.labels == [f"127.0.0.2:{backend.port}"]

@@ -296,7 +296,8 @@ class Discovery:
             f"{self.routes[i].listen} -> {_targets_text(self._current[i])}" for i in self._indexes
         ]
         text = f"following {self.config.service}: {'; '.join(parts)}"
-        return f"{text}; left out: {'; '.join(problems)}" if problems else text
+        # The reason first: the service status shows the degraded text up to its first "; ".
+        return f"left out: {'; '.join(problems)}; {text}" if problems else text
 
     def _set_status(self, degraded: bool, message: str) -> None:
         if self.status == DiscoveryStatus(degraded, message):
