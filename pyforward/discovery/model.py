@@ -146,7 +146,10 @@ def _shown(value: object) -> str:
         return "an object"
     if isinstance(value, list | tuple):
         return "a list"
-    text = json.dumps(value, default=repr)  # default: never reached for JSON input
+    try:
+        text = json.dumps(value, default=repr)  # default: never reached for JSON input
+    except ValueError:  # an integer too long to print; json.loads refuses those anyway
+        return "a number too long to show"
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 

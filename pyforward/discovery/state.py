@@ -79,20 +79,21 @@ MAX_FILE_BYTES = 8 << 20
 _LATEST_TIME = 253402300799
 
 
-def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = data.get(key)
-    # bool is an int to Python: `true` is no port, no time.
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise BadStateFile(f"{where}{key}: {_shown(value)} is not {_KINDS.get(kind, 'valid')}")
-    return value
-
-
+# What a field must be, as an error names it.
 _KINDS: dict[type | tuple[type, ...], str] = {
     str: "text",
     int: "an integer",
     list: "a list",
     (int, float): "a number",
 }
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data.get(key)
+    # bool is an int to Python: `true` is no port, no time.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise BadStateFile(f"{where}{key}: {_shown(value)} is not {_KINDS.get(kind, 'valid')}")
+    return value
 
 
 def _shown(value: object) -> str:
@@ -111,8 +112,7 @@ def _target(value: object, node_port: int, where: str) -> Address:
         raise BadStateFile(f"{where}target {_shown(value)} is not text")
     try:
         target = parse_target(value)
-        assert target.host is not None
-        host = check_node_address(target.host)
+        host = check_node_address(target.host)  # None (no host) is refused as not text
     except (ConfigError, ValueError) as exc:
         raise BadStateFile(f"{where}target {_shown(value)}: {exc}") from None
     if target.port != node_port:
