@@ -103,7 +103,8 @@ class Discovery:
 
     @property
     def degraded(self) -> bool:
-        """True while forwarding to a target the cluster has not confirmed."""
+        """True while forwarding to a target the cluster has not confirmed, or while part of
+        what the cluster sent cannot be used (nodes left out)."""
         return self.status.degraded
 
     # --- boot
