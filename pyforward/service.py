@@ -100,6 +100,7 @@ class InstallPlan:
     settings: Settings
     files: dict[Path, str]  # what to write, config first
     units: tuple[str, ...]  # unit names, socket first
+    kubeconfig_note: str = ""  # which kubeconfig the service is handed, and why that one
 
     @property
     def service(self) -> str:
@@ -155,16 +156,28 @@ def carry_over_unit(path: Path) -> CarriedOver:
     return CarriedOver(flags, carried, dropped)
 
 
-def kubeconfig_to_hand_over(env: Mapping[str, str]) -> str | None:
+def kubeconfig_to_hand_over(env: Mapping[str, str]) -> tuple[str, str] | None:
     """The kubeconfig `pyforward discover` would use here, for LoadCredential=: the first
-    candidate file that exists (systemd reads it as root, whatever its permissions)."""
+    candidate file that exists (systemd reads it as root, whatever its permissions), and
+    the rule that found it ("$KUBECONFIG", "~/.kube/config", "k3s", ...)."""
     # Imported here: static forwarding loads nothing of discovery.
     from pyforward.discovery.kubeconfig import candidate_sources  # noqa: PLC0415
 
     for source in candidate_sources(None, env):
         if source.path and os.pathsep not in source.path and os.path.isfile(source.path):
-            return source.path
+            return source.path, source.origin
     return None
+
+
+def _check_kubeconfig(path: str, given_as: str) -> None:
+    """Refuse, at install, a kubeconfig the service would refuse (exec:, auth-provider:)."""
+    from pyforward.discovery.kubeconfig import (  # noqa: PLC0415  (loads kubernetes)
+        KubeconfigSource,
+        check_credentials,
+    )
+
+    if os.access(path, os.R_OK):  # one only root can read is checked by the service
+        check_credentials(KubeconfigSource(given_as, path))
 
 
 def plan_install(
@@ -184,18 +197,32 @@ def plan_install(
             "cannot write these settings as one config file; give them in a --config file"
         )
     kubeconfig, kubeconfig_source = request.kubeconfig, "--kubeconfig"
+    origin, why = "--kubeconfig", "given with install --kubeconfig"
     if settings.discovery is not None:
         # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
         # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
         # so the config file names no kubeconfig of its own.
         if kubeconfig is None and settings.discovery.kubeconfig:
             kubeconfig, kubeconfig_source = settings.discovery.kubeconfig, "kubeconfig"
-        if kubeconfig is None:
-            kubeconfig = kubeconfig_to_hand_over(request.env)
+            origin, why = "kubeconfig setting", "the kubeconfig of these settings"
+        if kubeconfig is None and (first := kubeconfig_to_hand_over(request.env)) is not None:
+            # Often root's own (~/.kube/config): said aloud, since the service acts with it.
+            kubeconfig, origin = first
             kubeconfig_source = "the kubeconfig discovery would use"
+            why = (
+                f"found as {origin}, the first kubeconfig `pyforward discover` would use "
+                "here; give --kubeconfig FILE to hand over another"
+            )
         merged.pop("kubeconfig", None)
+    note = ""
     if kubeconfig is not None:
         check_path(kubeconfig, kubeconfig_source)
+        if settings.discovery is not None:
+            _check_kubeconfig(kubeconfig, origin)
+            note = (
+                f"the service is handed kubeconfig {kubeconfig} ({why}), as its credential "
+                "'kubeconfig' (LoadCredential=, read by systemd as root)"
+            )
     config = config_path(name)
     header = (
         f"{CONFIG_MARKER.format(name=name)}; {name}.service runs with it.\n"
@@ -221,7 +248,7 @@ def plan_install(
     files = {config: configfile.to_toml(merged, header)}
     files.update({unit_path(unit): text for unit, text in units.items()})
     order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
-    return InstallPlan(name, settings, files, tuple(order))
+    return InstallPlan(name, settings, files, tuple(order), note)
 
 
 def render_plan(plan: InstallPlan) -> str:

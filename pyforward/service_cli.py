@@ -116,6 +116,8 @@ def install(
         kubeconfig=kubeconfig,
     )
     plan = service.plan_install(request, find_installation)
+    if plan.kubeconfig_note:
+        _echo_err(plan.kubeconfig_note)
     if dry_run:
         for unit_file in service.foreign_units(plan):
             _echo_err(

@@ -150,6 +150,7 @@ class KubeApi:
         self._open: set[Any] = set()
         self.generation = 0  # moves on when connections are cut: open watches end
         self.silent = False  # watches send nothing and never end: a dead connection
+        self.list_bodies: dict[str, Any] = {}  # path -> JSON sent for a list instead
         self.kubeconfig = tmp_path / "kubeconfig"
 
     # --- lifecycle
@@ -188,7 +189,11 @@ class KubeApi:
             with contextlib.suppress(OSError):
                 connection.shutdown(2)
 
-    def write_kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
+    def write_kubeconfig(
+        self, path: Path, token: str = TOKEN, user: tuple[str, dict[str, Any]] | None = None
+    ) -> Path:
+        """A kubeconfig for this server; `user`: (name, entry) instead of the token user."""
+        user_name, user_entry = user or ("test", {"token": token})
         ca_data = base64.b64encode(self.ca.cert_pem.bytes()).decode()
         config = {
             "apiVersion": "v1",
@@ -202,8 +207,8 @@ class KubeApi:
                     },
                 }
             ],
-            "users": [{"name": "test", "user": {"token": token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            "users": [{"name": user_name, "user": user_entry}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user_name}}],
             "current-context": "test",
         }
         path.write_text(json.dumps(config))  # JSON is YAML
@@ -214,7 +219,8 @@ class KubeApi:
     def _record(self, collection: str, type_: str, obj: dict[str, Any]) -> None:
         store = self.store
         store.version += 1
-        obj["metadata"]["resourceVersion"] = str(store.version)
+        if isinstance(obj.get("metadata"), dict):  # hostile objects may have none
+            obj["metadata"]["resourceVersion"] = str(store.version)
         store.history.append(_Event(store.version, collection, type_, copy.deepcopy(obj)))
         self.cond.notify_all()
 
@@ -230,9 +236,10 @@ class KubeApi:
             obj = self.store.services.pop((namespace, name))
             self._record(f"services/{namespace}", "DELETED", obj)
 
-    def put_node(self, obj: dict[str, Any]) -> None:
+    def put_node(self, obj: dict[str, Any], name: str | None = None) -> None:
+        """Add or change a Node; `name` keys one whose metadata is not what it should be."""
         with self.cond:
-            name = obj["metadata"]["name"]
+            name = name or obj["metadata"]["name"]
             kind = "MODIFIED" if name in self.store.nodes else "ADDED"
             self.store.nodes[name] = obj = copy.deepcopy(obj)
             self._record("nodes", kind, obj)
@@ -343,6 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list(self, collection: str, namespace: str | None) -> None:
         api = self.server.api
+        if self.path.split("?")[0] in api.list_bodies:
+            self._send(200, api.list_bodies[self.path.split("?")[0]])
+            return
         with api.cond:
             kind = "NodeList" if collection == "nodes" else "ServiceList"
             body = {
@@ -408,7 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
                 since = event.version
                 yield json.dumps({"type": event.type, "object": event.obj})
 
-    def _send(self, code: int, body: dict[str, Any]) -> None:
+    def _send(self, code: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

@@ -257,6 +257,12 @@ def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
     code, out, err = run_cli(["install", "--dry-run", "--discover", "--preset", "istio"], capsys)
     assert code == 0, err
     assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
+    # Which file the service acts with, and why that one, is said before anything is written.
+    assert err == (
+        f"the service is handed kubeconfig {kubeconfig} (found as $KUBECONFIG, the first "
+        "kubeconfig `pyforward discover` would use here; give --kubeconfig FILE to hand over "
+        "another), as its credential 'kubeconfig' (LoadCredential=, read by systemd as root)\n"
+    )
     config = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
     # The service finds it in $CREDENTIALS_DIRECTORY: the file names no kubeconfig.
     assert config == {"preset": "istio", "discover": True}
@@ -269,6 +275,38 @@ def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
     assert code == 0, err
     assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
     assert "kubeconfig =" not in out
+
+
+def test_install_refuses_a_kubeconfig_that_would_run_a_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "marker"
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "admin", "context": {"cluster": "c", "user": "sso"}}],
+                "current-context": "admin",
+                "users": [
+                    {"name": "sso", "user": {"exec": {"command": "touch", "args": [str(marker)]}}}
+                ],
+            }
+        )
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    code, out, err = run_cli(["install", "--dry-run", "--discover", "--preset", "istio"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"pyforward: error: kubeconfig {kubeconfig} ($KUBECONFIG): user 'sso' of context "
+        "'admin' gets its credentials from a program (exec: runs 'touch'); pyforward runs no "
+        "program named in a kubeconfig: give it one whose user has a token or a client "
+        "certificate, such as a ServiceAccount token allowed to list and watch services and "
+        "nodes\n"
+    )
+    assert not marker.exists()
 
 
 def test_from_unit_carries_the_seed_units_listen_port_and_target_over(

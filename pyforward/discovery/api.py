@@ -71,9 +71,7 @@ class ClusterApi:
             raise
         except Exception as exc:  # the client's errors have no common base: translate all
             raise self._translate(exc, "list", resource) from None
-        items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
-        version = (data.get("metadata") or {}).get("resourceVersion") or None
-        return Listing(items, version)
+        return self._listing(data, resource)
 
     def list_all_services(self) -> Listing:
         """Services in every namespace (for the ServiceLB port check)."""
@@ -84,8 +82,7 @@ class ClusterApi:
             data = json.loads(response.data)
         except Exception as exc:  # the client's errors have no common base: translate all
             raise self._translate(exc, "list", Resource("services in all namespaces")) from None
-        items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
-        return Listing(items, None)
+        return Listing(self._listing(data, Resource("services in all namespaces")).items, None)
 
     def open_watch(
         self, resource: Resource, resource_version: str | None, timeout: int, read_timeout: float
@@ -128,6 +125,28 @@ class ClusterApi:
         self._client.close()
 
     # --- helpers
+
+    def _listing(self, data: Any, resource: Resource) -> Listing:
+        """A list answer's objects and resourceVersion; the objects are checked by the model."""
+        if not isinstance(data, dict):
+            kind = "a list" if isinstance(data, list) else "a bare value"
+            expected = "NodeList" if resource.kind == "nodes" else "ServiceList"
+            raise ApiFailed(
+                f"the API server at {self.host} answered list {resource} with {kind}, "
+                f"not a {expected} object"
+            )
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise ApiFailed(
+                f"the API server at {self.host} answered list {resource} with items that "
+                "are not a list"
+            )
+        metadata = data.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        return Listing(
+            tuple(item for item in items if isinstance(item, dict)),
+            version if isinstance(version, str) and version else None,
+        )
 
     def _method(self, resource: Resource) -> Any:
         if resource.kind == "nodes":

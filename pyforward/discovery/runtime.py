@@ -29,10 +29,11 @@ from pyforward.discovery.kubeconfig import KubeconfigSource, find_kubeconfig
 from pyforward.discovery.model import (
     HostIdentity,
     Node,
+    Parsed,
     Resolution,
     Service,
-    parse_node,
-    parse_service,
+    parse_nodes,
+    parse_services,
     resolve,
 )
 from pyforward.discovery.options import DiscoverySettings
@@ -85,8 +86,8 @@ class Discovery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api: ClusterApi | None = None
         self._watchers: list[ResourceWatcher] = []
-        self._services: tuple[Service, ...] | None = None
-        self._nodes: tuple[Node, ...] | None = None
+        self._services: Parsed[Service] | None = None
+        self._nodes: Parsed[Node] | None = None
         self._trouble: dict[Resource, DiscoveryError] = {}
         self._problem: DiscoveryError | None = None
         self._current: dict[int, tuple[Address, ...]] = {}
@@ -102,7 +103,8 @@ class Discovery:
 
     @property
     def degraded(self) -> bool:
-        """True while forwarding to a target the cluster has not confirmed."""
+        """True while forwarding to a target the cluster has not confirmed, or while part of
+        what the cluster sent cannot be used (nodes left out)."""
         return self.status.degraded
 
     # --- boot
@@ -140,7 +142,7 @@ class Discovery:
     def _load_state(self) -> bool:
         try:
             saved = state.load(self.state_file)
-        except (OSError, ValueError) as exc:
+        except state.BadStateFile as exc:
             log.warning(
                 logfmt({"event": "state-unreadable", "file": self.state_file, "error": exc})
             )
@@ -215,13 +217,10 @@ class Discovery:
         else:
             self._trouble.pop(update.resource, None)
         if isinstance(update, Snapshot):
-            try:
-                if update.resource.kind == "services":
-                    self._services = tuple(parse_service(item) for item in update.items)
-                else:
-                    self._nodes = tuple(parse_node(item) for item in update.items)
-            except DiscoveryError as exc:
-                self._trouble[update.resource] = exc
+            if update.resource.kind == "services":
+                self._services = parse_services(update.items)
+            else:
+                self._nodes = parse_nodes(update.items)
             log.debug(
                 logfmt(
                     {
@@ -244,7 +243,7 @@ class Discovery:
             try:
                 resolution = resolve(
                     self._services,
-                    self._nodes or (),
+                    self._nodes or Parsed(()),
                     self.config.service,
                     [str(self.routes[i].service_port) for i in self._indexes],
                     host=self._host,
@@ -290,13 +289,16 @@ class Discovery:
             log.info(logfmt(fields))
         if changed:
             self._schedule_save()
-        self._set_status(False, self._following_text())
+        # Nodes the cluster sent in a shape that cannot be used are left out, and said so.
+        self._set_status(bool(resolution.problems), self._following_text(resolution.problems))
 
-    def _following_text(self) -> str:
+    def _following_text(self, problems: Sequence[str] = ()) -> str:
         parts = [
             f"{self.routes[i].listen} -> {_targets_text(self._current[i])}" for i in self._indexes
         ]
-        return f"following {self.config.service}: {'; '.join(parts)}"
+        text = f"following {self.config.service}: {'; '.join(parts)}"
+        # The reason first: the service status shows the degraded text up to its first "; ".
+        return f"left out: {'; '.join(problems)}; {text}" if problems else text
 
     def _set_status(self, degraded: bool, message: str) -> None:
         if self.status == DiscoveryStatus(degraded, message):
@@ -317,7 +319,7 @@ class Discovery:
         if self._forwarder is None:
             return  # not serving yet: start() fills the routes in
         resolved = [literal_target(address) for address in self._current[index]]
-        # Discovered addresses are node IPs or --node-ip: always literals, never names.
+        # Discovered and saved addresses passed check_node_address: literals, never names.
         self._forwarder.set_targets(self.routes[index], [t for t in resolved if t is not None])
 
     def _schedule_save(self) -> None:

@@ -85,7 +85,9 @@ def backoff_delays(
 
 
 def _key(obj: dict[str, Any]) -> str:
-    metadata = obj.get("metadata") or {}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}  # a malformed object: the model leaves it out and reports it
     return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
 
 
