@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 
-from pyforward.daemon import status_line
 from pyforward.discovery.hostinfo import is_local_address
 from pyforward.discovery.model import HostIdentity
 from pyforward.discovery.runtime import DiscoveryStatus, serve_discovered
 from pyforward.discovery.watcher import WatchTiming
 from pyforward.server import Forwarder, serve
-from pyforward.service_status import DEGRADED_DISCOVERY
 from pyforward.settings import build_settings
+from pyforward.status_text import format_status, parse_status
 from tests.backends import Backend, Client, reached
 from tests.kubeapi import KubeApi, node, service
 
@@ -377,10 +376,10 @@ async def test_a_node_address_that_is_not_an_ip_is_left_out_reported_and_never_s
         assert status.message.startswith(
             'left out: node evil: InternalIP "evil.invalid" is not an IP address; following '
         )
-        # `pyforward status` shows the degraded text up to its first "; ": the reason.
+        # What `pyforward status` reads back from the service's status line names the node.
         note = {"discovery": f"degraded: {status.message}"}
-        shown = DEGRADED_DISCOVERY.search(status_line([("*:443", running.labels)], 0, note))
-        assert shown is not None and "evil.invalid" in shown.group(1)
+        shown = parse_status(format_status([("*:443", running.labels)], 0, note))
+        assert shown is not None and "evil.invalid" in shown.notes["discovery"]
     assert "event=discovery-degraded" in caplog.text
     saved = json.loads((tmp_path / STATE_FILE).read_text())
     assert saved["routes"][0]["targets"] == [f"127.0.0.1:{backend.port}"]
