@@ -35,6 +35,7 @@ _ACCEPT_BATCH = 64  # connections accepted per wakeup before other work gets a t
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
 _REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
+_FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -50,7 +51,10 @@ class Listener:
 
 def _policy(route: Route) -> Policy:
     return Policy(
-        route.connect_timeout, route.idle_timeout, route.keepalive, route.first_byte_timeout
+        route.connect_timeout,
+        route.idle_timeout,
+        route.keepalive,
+        route.first_byte_timeout,
     )
 
 
@@ -124,6 +128,9 @@ class Forwarder:
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
         self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
         self._fd_log = Every(5.0)
+        # One failover line per route and interval: a client facing 100 dead targets
+        # would otherwise log 99 (each target going down is logged once, as target-down).
+        self._failover_logs: dict[Address, Every] = {}
         # Listening sockets handed over by systemd, by route index (socket activation).
         self.passed_sockets = dict(passed_sockets or {})
         # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
@@ -213,6 +220,8 @@ class Forwarder:
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
         self.listeners = kept + opened
         self.settings = settings
+        for listen in self._failover_logs.keys() - new_routes.keys():
+            del self._failover_logs[listen]
         if self._accepting:
             for listener in opened:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
@@ -279,12 +288,38 @@ class Forwarder:
                 listen_label=listener.label,
                 targets=targets,
                 policy=listener.policy,
+                failover_log=self._failover_log(listener.route),
                 source=source,
             )
             self.connections.add(connection)
-            connection.start()
+            try:
+                connection.start()
+            except Exception as exc:  # a bug: it must cost this connection, not the server
+                self._connection_crashed(connection, exc)
             if last:
                 return
+
+    def _failover_log(self, route: Route) -> Every:
+        limiter = self._failover_logs.get(route.listen)
+        if limiter is None:
+            limiter = self._failover_logs[route.listen] = Every(_FAILOVER_LOG_INTERVAL)
+        return limiter
+
+    def _connection_crashed(self, connection: Connection, exc: Exception) -> None:
+        """Contain an error no part of the connection expected: log it with its traceback,
+        reset the client, give back its slot and its descriptors."""
+        log.error(
+            logfmt(
+                {
+                    "event": "connection-error",
+                    "client": connection.client_label,
+                    "error": type(exc).__name__,
+                    "msg": str(exc),
+                }
+            ),
+            exc_info=exc,
+        )
+        connection.fail(exc)
 
     def _close_listeners_for_good(self, label: str) -> None:
         self._pause_accepting()

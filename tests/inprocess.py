@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from pyforward.server import Forwarder, serve
 from pyforward.settings import Settings
@@ -17,9 +19,28 @@ class LogLines(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
+        self._changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        with self._changed:
+            self.lines.append(record.getMessage())
+            self._changed.notify_all()
+
+    def wait(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
+        """Wait until `count` lines match `pattern`; return every line that does."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in self.lines if regex.search(line)]
+                remaining = deadline - time.monotonic()
+                if len(found) >= count or remaining <= 0:
+                    assert len(found) >= count, (
+                        f"{len(found)} lines match {pattern!r}, wanted {count}:\n"
+                        + "\n".join(self.lines[-50:])
+                    )
+                    return found
+                self._changed.wait(remaining)
 
 
 @contextlib.contextmanager
@@ -64,3 +85,17 @@ def running(settings: Settings) -> Iterator[tuple[Forwarder, LogLines]]:
             loop.call_soon_threadsafe(stop.set)
         thread.join(TIMEOUT)
         logger.removeHandler(logs)
+
+
+def on_loop(forwarder: Forwarder, function: Callable[[], object]) -> None:
+    """Call `function` on the forwarder's event loop and wait until it has run."""
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            function()
+        finally:
+            done.set()
+
+    forwarder.loop.call_soon_threadsafe(call)
+    assert done.wait(TIMEOUT), "the event loop did not run the call"
