@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyforward.closelog import CloseSummary, LogConnections, logs_close
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool
 from pyforward.poller import Poller
@@ -99,6 +100,7 @@ class Owner(Protocol):
     poller: Poller
     stats: Stats
     pipes: PipePool | None  # None: copy only
+    close_summary: CloseSummary  # closes whose line the route's log_connections leaves out
 
     def connection_closed(self, connection: Connection) -> None: ...
 
@@ -114,6 +116,7 @@ class Policy:
     idle_timeout: float | None
     keepalive: bool
     first_byte_timeout: float | None = None
+    log_connections: LogConnections = LogConnections.ALL
 
 
 def set_keepalive(sock: socket.socket) -> None:
@@ -470,6 +473,9 @@ class Connection:
 
     def _log_close(self, reason: str) -> None:
         self._owner.stats.closed[reason] += 1
+        if not logs_close(self._policy.log_connections, reason):
+            self._owner.close_summary.count(self.listen_label, reason)
+            return
         if log.isEnabledFor(logging.INFO):
             up = self._directions[0].total if self._directions else 0
             down = self._directions[1].total if self._directions else 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pyforward import __version__
 from pyforward.access import AccessList
 from pyforward.addresses import Address, client_host, format_peer
+from pyforward.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.connection import Connection, Policy, ResolvedTarget
 from pyforward.errors import PyforwardError, StartupError
 from pyforward.health import TargetHealth
@@ -27,7 +28,7 @@ from pyforward.pipes import PipePool, splice_available
 from pyforward.poller import make_poller
 from pyforward.ratelimit import Every
 from pyforward.settings import RelayMode, Route, Settings
-from pyforward.stats import REASONS, Stats
+from pyforward.stats import Stats, reason_counts
 
 log = logging.getLogger("pyforward")
 
@@ -55,6 +56,7 @@ def _policy(route: Route) -> Policy:
         route.idle_timeout,
         route.keepalive,
         route.first_byte_timeout,
+        route.log_connections,
     )
 
 
@@ -131,6 +133,8 @@ class Forwarder:
         # One failover line per route and interval: a client facing 100 dead targets
         # would otherwise log 99 (each target going down is logged once, as target-down).
         self._failover_logs: dict[Address, Every] = {}
+        self.close_summary = CloseSummary()
+        self._summary_timer: asyncio.TimerHandle | None = None
         # Listening sockets handed over by systemd, by route index (socket activation).
         self.passed_sockets = dict(passed_sockets or {})
         # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
@@ -167,6 +171,7 @@ class Forwarder:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
+        self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
         self._resume_accepting()
 
     async def _resolve(self, route: Route) -> list[ResolvedTarget]:
@@ -321,6 +326,12 @@ class Forwarder:
         )
         connection.fail(exc)
 
+    def _log_close_summary(self, *, again: bool = True) -> None:
+        for fields in self.close_summary.take():
+            log.info(logfmt(fields))
+        if again:
+            self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
+
     def _close_listeners_for_good(self, label: str) -> None:
         self._pause_accepting()
         self._accepts_done = True
@@ -437,6 +448,10 @@ class Forwarder:
         self.stop_accepting()
         for connection in list(self.connections):
             connection.close("shutdown", reset=True)
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+            self._summary_timer = None
+            self._log_close_summary(again=False)  # the counts since the last line
         if self.pipes is not None:
             self.pipes.close()
         if not self._closed:
@@ -570,9 +585,7 @@ async def serve(
 
 def closed_counts(stats: Stats) -> dict[str, int]:
     """`closed_REASON: count` for every reason connections closed with, in REASONS order."""
-    order = {reason: index for index, reason in enumerate(REASONS)}
-    reasons = sorted(stats.closed, key=lambda reason: (order.get(reason, len(order)), reason))
-    return {f"closed_{reason}": stats.closed[reason] for reason in reasons if stats.closed[reason]}
+    return reason_counts(stats.closed)
 
 
 async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:

@@ -29,17 +29,23 @@ class LogLines(logging.Handler):
     def wait(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
         """Wait until `count` lines match `pattern`; return every line that does."""
         regex = re.compile(pattern)
+
+        def matching(lines: list[str]) -> list[str]:
+            return [line for line in lines if regex.search(line)]
+
+        self.wait_for(lambda lines: len(matching(lines)) >= count, pattern, timeout)
+        with self._changed:
+            return matching(self.lines)
+
+    def wait_for(
+        self, condition: Callable[[list[str]], bool], what: str, timeout: float = TIMEOUT
+    ) -> None:
+        """Wait until `condition(lines)` holds; `what` names it in the failure."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while True:
-                found = [line for line in self.lines if regex.search(line)]
+            while not condition(self.lines):
                 remaining = deadline - time.monotonic()
-                if len(found) >= count or remaining <= 0:
-                    assert len(found) >= count, (
-                        f"{len(found)} lines match {pattern!r}, wanted {count}:\n"
-                        + "\n".join(self.lines[-50:])
-                    )
-                    return found
+                assert remaining > 0, f"no {what} in {timeout}s:\n" + "\n".join(self.lines[-50:])
                 self._changed.wait(remaining)
 
 
