@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,6 +104,10 @@ class Owner(Protocol):
 
     def connection_closed(self, connection: Connection) -> None: ...
 
+    # An error no part of the connection expected (a bug): it must cost this connection
+    # alone, never the server, the connection's slot or its descriptors.
+    def connection_crashed(self, connection: Connection, exc: Exception) -> None: ...
+
     # Passive health: a target that refused or timed out, and one that accepted.
     def target_failed(self, target: ResolvedTarget, reason: str) -> None: ...
 
@@ -125,6 +129,20 @@ def set_keepalive(sock: socket.socket) -> None:
         option = getattr(socket, name, None)
         if option is not None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _contained(callback: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    """For the event loop's callbacks of the connecting phase, which run outside the
+    accept path's safety net: whatever escapes goes to the owner's `connection_crashed`.
+    (The relay's callbacks run once per batch of bytes and catch their own errors.)"""
+
+    def contained(connection: Connection) -> None:
+        try:
+            callback(connection)
+        except Exception as exc:
+            connection._owner.connection_crashed(connection, exc)
+
+    return contained
 
 
 class Connection:
@@ -181,6 +199,7 @@ class Connection:
             return
         self._begin_connecting()
 
+    @_contained
     def _on_first_byte(self) -> None:
         self._poller.remove_reader(self.client.fileno())
         if self._timer is not None:
@@ -198,6 +217,7 @@ class Connection:
             return
         self._begin_connecting()
 
+    @_contained
     def _on_first_byte_timeout(self) -> None:
         self._timer = None
         self.close("first-byte-timeout", reset=True)
@@ -245,6 +265,7 @@ class Connection:
         self._poller.add_writer(sock.fileno(), self._on_connect_ready)
         return None
 
+    @_contained
     def _on_connect_ready(self) -> None:
         sock = self.target
         assert sock is not None
@@ -266,6 +287,7 @@ class Connection:
             return
         self._start_relay(sock)
 
+    @_contained
     def _on_connect_timeout(self) -> None:
         self._timer = None
         self._connect_failed(ConnectFailure.of_errno(errno.ETIMEDOUT))

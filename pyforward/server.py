@@ -300,7 +300,7 @@ class Forwarder:
             try:
                 connection.start()
             except Exception as exc:  # a bug: it must cost this connection, not the server
-                self._connection_crashed(connection, exc)
+                self.connection_crashed(connection, exc)
             if last:
                 return
 
@@ -310,7 +310,7 @@ class Forwarder:
             limiter = self._failover_logs[route.listen] = Every(_FAILOVER_LOG_INTERVAL)
         return limiter
 
-    def _connection_crashed(self, connection: Connection, exc: Exception) -> None:
+    def connection_crashed(self, connection: Connection, exc: Exception) -> None:
         """Contain an error no part of the connection expected: log it with its traceback,
         reset the client, give back its slot and its descriptors."""
         log.error(

@@ -151,19 +151,24 @@ def test_a_target_connect_cannot_take_is_passed_over_for_the_next() -> None:
         assert f"next=127.0.0.1:{backend.port}" in failover
 
 
+@pytest.mark.parametrize(
+    "broken_step",
+    # Called from the accept path; called from the event loop once the target accepted.
+    ["_begin_connecting", "_start_relay"],
+)
 def test_an_error_nothing_expected_still_frees_the_slot_and_the_descriptors(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, broken_step: str
 ) -> None:
-    """The accept path's safety net: whatever escapes a connection closes it alone."""
+    """The safety net: whatever escapes a connection closes that connection alone."""
 
-    def broken(self: connection.Connection) -> None:
+    def broken(self: connection.Connection, *args: object) -> None:
         raise RuntimeError("injected fault")
 
     with (
         Backend(echo) as backend,
         capped_forwarder(backend.address) as (forwarder, logs, port),
     ):
-        monkeypatch.setattr(connection.Connection, "_begin_connecting", broken)
+        monkeypatch.setattr(connection.Connection, broken_step, broken)
         baseline = fd_count()
         for count in (1, 2):
             close = assert_reset_with(port, logs, count)
