@@ -164,9 +164,12 @@ def test_an_error_nothing_expected_still_frees_the_slot_and_the_descriptors(
     def broken(self: connection.Connection, *args: object) -> None:
         raise RuntimeError("injected fault")
 
+    # A target that completes handshakes in its backlog and never accepts: unlike a
+    # Backend, it holds no descriptor of this process for a connection.
     with (
+        socket.create_server(("127.0.0.1", 0)) as never_accepts,
         Backend(echo) as backend,
-        capped_forwarder(backend.address) as (forwarder, logs, port),
+        capped_forwarder(f"127.0.0.1:{never_accepts.getsockname()[1]}") as (forwarder, logs, port),
     ):
         monkeypatch.setattr(connection.Connection, broken_step, broken)
         baseline = fd_count()
