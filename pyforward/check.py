@@ -22,7 +22,7 @@ from pyforward import ports
 from pyforward.addresses import Address
 from pyforward.errors import ConfigError, StartupError
 from pyforward.listeners import bind_addresses, bind_error
-from pyforward.settings import Settings
+from pyforward.settings import Settings, env_name
 
 PROBE_TIMEOUT = 2.0  # seconds for one connection to a target, at most its connect_timeout
 
@@ -57,13 +57,13 @@ class Invocation:
     config: Path | None
     run_args: tuple[str, ...]
 
-    def is_running_as(self, argv: Sequence[str]) -> bool:
-        args = run_arguments(argv)
+    def is_running_as(self, pid: int) -> bool:
+        args = run_arguments(process_argv(pid))
         if args is None:
             return False
         if self.config is None:
             return args == self.run_args
-        theirs = config_argument(args)
+        theirs = config_argument(args) or _config_variable(pid)
         return theirs is not None and _same_file(theirs, self.config)
 
 
@@ -89,6 +89,19 @@ def _same_file(first: Path, second: Path) -> bool:
         return os.path.samefile(first, second)
     except OSError:
         return first.resolve() == second.resolve()
+
+
+def _config_variable(pid: int, proc: Path = Path("/proc")) -> Path | None:
+    """The PYFORWARD_CONFIG a process was started with (readable by root or its user)."""
+    try:
+        raw = (proc / str(pid) / "environ").read_bytes()
+    except OSError:
+        return None
+    for entry in raw.split(b"\0"):
+        name, _, value = entry.partition(b"=")
+        if name == env_name("config").encode() and value:
+            return Path(value.decode(errors="replace"))
+    return None
 
 
 def process_argv(pid: int, proc: Path = Path("/proc")) -> list[str]:
@@ -155,7 +168,7 @@ def _held(address: Address, invocation: Invocation, refusal: str) -> Finding:
     listening = [s for s in ports.listening_sockets() if ports.overlaps(address, hosts, s)]
     owners = ports.owners({sock.inode for sock in listening})
     pids = sorted({pid for sock in listening for pid in owners.get(sock.inode, [])})
-    ours = [pid for pid in pids if invocation.is_running_as(process_argv(pid))]
+    ours = [pid for pid in pids if invocation.is_running_as(pid)]
     if ours:
         return Finding(Level.OK, subject, f"held by this configuration's forwarder (pid {ours[0]})")
     if pids:

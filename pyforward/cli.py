@@ -290,7 +290,7 @@ def discover(
     preset: PresetOpt = None,
     node_ip: NodeIpOpt = None,
     listen: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--listen", "-l", help="Host port to check for conflicts [the preset's, 443]."
         ),
@@ -308,7 +308,7 @@ def discover(
         "service_port": service_port,
         "preset": preset,
         "node_ip": node_ip,
-        "listen": listen,
+        "listen": one_listen(listen),
     }
     try:
         settings = load_settings(flags, config)

@@ -139,6 +139,18 @@ def test_listen_address_held_by_this_configurations_forwarder_is_ok(
     )
 
 
+def test_forwarder_given_its_config_by_variable_is_recognised(
+    tmp_path: Path, backend: Backend
+) -> None:
+    port = free_port()
+    config = write(tmp_path, f'listen = "127.0.0.1:{port}"\ntarget = "{backend.address}"\n')
+    with forwarder(env={"PYFORWARD_CONFIG": str(config)}) as running:
+        result = run_cli("check", "--config", str(config))
+        pid = running.proc.pid
+    assert result.returncode == 0, result.stdout
+    assert f"held by this configuration's forwarder (pid {pid})" in result.stdout
+
+
 def test_same_flags_as_the_running_forwarder_are_recognised(backend: Backend) -> None:
     args = ("--listen", f"127.0.0.1:{free_port()}", "--target", backend.address)
     with forwarder(*args) as running:

@@ -193,6 +193,11 @@ def test_bad_flag_is_one_line_naming_it(args: list[str], expected: str) -> None:
     assert run_refused(*args).startswith(expected)
 
 
+def test_discover_refuses_repeated_listen_too(capsys: pytest.CaptureFixture[str]) -> None:
+    line = error_line(["discover", "--listen", "443", "--listen", "80"], capsys)
+    assert line.startswith("--listen given 2 times (--listen 443 --listen 80)")
+
+
 def test_routes_on_distinct_addresses_of_one_port_do_not_overlap() -> None:
     settings = build_settings(
         {
