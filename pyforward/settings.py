@@ -93,7 +93,8 @@ class Settings:
 # and returns the typed value or raises ValueError with a message for the user.
 
 
-def _duration(value: object) -> float:
+def _seconds(value: object) -> float:
+    """A finite number of seconds, of either sign (the callers say which they take)."""
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds")
     if isinstance(value, int | float):
@@ -106,19 +107,22 @@ def _duration(value: object) -> float:
             raise ValueError(f"expected a number of seconds, got {value!r}") from None
     else:
         raise ValueError("expected a number of seconds")
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a number of seconds, got {_shown(value)}")
+    return seconds
+
+
+def _duration(value: object) -> float:
+    """Seconds, 0 or more (0 turns a timeout off)."""
+    seconds = _seconds(value)
+    if seconds < 0:
         raise ValueError(f"expected a non-negative number of seconds, got {_shown(value)}")
     return seconds
 
 
 def _positive_duration(value: object) -> float:
-    """Seconds, more than 0 (a timeout that cannot be off)."""
-    try:
-        seconds = _duration(value)
-    except ValueError as exc:
-        if "non-negative" not in str(exc):
-            raise
-        seconds = 0.0
+    """Seconds, more than 0: a timeout that cannot be off. -1 and 0 get the same answer."""
+    seconds = _seconds(value)
     if seconds <= 0:
         raise ValueError(f"expected more than 0 seconds, got {_shown(value)}")
     return seconds
@@ -415,11 +419,9 @@ def build_settings(
 
     level = _log_level(pick, source_of)
     backlog: int = pick("backlog")
-    if backlog is not None and not 1 <= backlog <= MAX_BACKLOG:
-        where = source_of("backlog")
-        raise ConfigError(
-            f"{where[1] if where else '--backlog'}: must be 1-{MAX_BACKLOG}, got {backlog}"
-        )
+    backlog_from = source_of("backlog")
+    if backlog_from is not None and not 1 <= backlog <= MAX_BACKLOG:
+        raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
@@ -510,6 +512,15 @@ def _build_routes(
     return routes
 
 
+def _namer(source: str) -> Callable[[str], str]:
+    """How a key is named in a layer: its flag, its variable, or `FILE: key`."""
+    if source == "flags":
+        return flag_name
+    if source == "env":
+        return env_name
+    return lambda key: f"{source}: {key}"
+
+
 def _route_specs(
     layer: Mapping[str, Any],
     source: str,
@@ -518,12 +529,7 @@ def _route_specs(
     discover: bool = False,
 ) -> list[tuple[str, list[str]]]:
     """(listen, targets) of the routes a layer names; every value already checked."""
-    if source == "flags":
-        name: Callable[[str], str] = flag_name
-    elif source == "env":
-        name = env_name
-    else:
-        name = lambda key: f"{source}: {key}"  # noqa: E731
+    name = _namer(source)
     convert = _convert if route_strings else _convert_file
     specs: list[tuple[str, list[str]]] = []
     listen, targets = layer.get("listen"), layer.get("target")
