@@ -115,6 +115,38 @@ def test_listen_address_held_by_another_program_is_an_error(backend: Backend) ->
     assert f"held by pid {os.getpid()} (" in line
 
 
+needs_root_and_setpriv = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv (util-linux) to check as a lesser user",
+)
+
+
+@needs_root_and_setpriv
+def test_listen_address_held_where_this_user_cannot_look_is_a_warning(backend: Backend) -> None:
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        result = run_cli(
+            "check", "--listen", f"127.0.0.1:{port}", "--target", backend.address, prefix=nobody
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = next(line for line in findings(result) if line.startswith("warning: listen"))
+    assert f"port {port} is already in use" in line
+    assert "held by a process this user cannot look at" in line
+
+
+@needs_root_and_setpriv
+def test_low_port_without_the_capability_is_a_warning(backend: Backend) -> None:
+    # Root without CAP_NET_BIND_SERVICE, as an operator's shell is; the service has it.
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-net_bind_service", "--"]
+    result = run_cli("check", "--listen", "127.0.0.1:81", "--target", backend.address, prefix=drop)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "warning: listen 127.0.0.1:81: cannot listen on 127.0.0.1:81: permission denied"
+        in result.stdout
+    )
+
+
 def test_listen_address_that_is_not_this_hosts_is_an_error(backend: Backend) -> None:
     result = run_cli("check", "--listen", "192.0.2.1:8080", "--target", backend.address)
     assert result.returncode == 2
