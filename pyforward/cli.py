@@ -328,6 +328,7 @@ def discover(
 
 @app.command(
     cls=TakesRunOptions,
+    epilog=environment_epilog(),
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def check(ctx: typer.Context) -> None:
