@@ -51,8 +51,8 @@ class AccessList:
     @classmethod
     def parse(cls, allow: Iterable[str], deny: Iterable[str]) -> AccessList:
         return cls(
-            tuple(parse_network(item, "--allow network") for item in allow),
-            tuple(parse_network(item, "--deny network") for item in deny),
+            tuple(parse_network(item, "allow network") for item in allow),
+            tuple(parse_network(item, "deny network") for item in deny),
         )
 
     def __bool__(self) -> bool:

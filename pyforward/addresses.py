@@ -57,6 +57,11 @@ def _parse(text: str, *, what: str, allow_bare_port: bool, min_port: int) -> Add
     raw = text.strip()
     if not raw:
         raise ConfigError(f"empty {what}")
+    if "://" in raw:
+        raise ConfigError(
+            f"invalid {what} {text!r}: a URL is not an address; give HOST:PORT "
+            "(pyforward forwards TCP, whatever protocol runs over it)"
+        )
     host: str | None
     if raw.startswith("["):
         close = raw.find("]")
@@ -123,6 +128,10 @@ def _check_zone(zone: str, text: str, what: str) -> None:
 
 
 def _parse_port(port_text: str, text: str, what: str, min_port: int) -> int:
+    if port_text.startswith("-") and port_text[1:].isascii() and port_text[1:].isdigit():
+        raise ConfigError(
+            f"invalid {what} {text!r}: port must be {min_port}-65535, got {port_text}"
+        )
     if not port_text.isascii() or not port_text.isdigit():
         raise ConfigError(f"invalid {what} {text!r}: port {port_text!r} is not a number")
     port = int(port_text)

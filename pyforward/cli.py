@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
+import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+# typer (pinned below 0.28) vendors click; these two need their own wording here.
+from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption
+
 from pyforward import __version__
+from pyforward import check as checking
+from pyforward.cli_help import TakesRunOptions, environment_epilog
 from pyforward.closelog import LogConnections
 from pyforward.daemon import serve_supervised
 from pyforward.discovery.options import PresetName
@@ -35,7 +43,7 @@ from pyforward.socat_args import parse_socat_args, summarize, to_flags
 app = typer.Typer(
     name="pyforward",
     help="Forward TCP ports to a target, zero-copy on Linux.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -51,35 +59,67 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """pyforward: a TCP forwarder for exposing a Kubernetes ingress on a host's ports."""
 
 
-def read_config_file(path: Path | str) -> dict[str, Any]:
-    """Read and parse a config file, turning I/O errors into one clear line."""
+def read_config_file(path: Path | str, where: str = "--config") -> dict[str, Any]:
+    """Read and parse a config file, turning I/O errors into one clear line that names
+    where the path came from (`--config` or `PYFORWARD_CONFIG`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{where}: config file {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
+        raise ConfigError(f"{where}: {path} is a directory, not a config file") from None
     except PermissionError:
-        raise ConfigError(f"config file {path}: permission denied") from None
+        raise ConfigError(f"{where}: config file {path}: permission denied") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        raise ConfigError(f"{where}: config file {path} is not UTF-8 text") from None
     return parse_config_text(text, str(path))
+
+
+def config_from(config: Path | None, env: dict[str, str]) -> tuple[Path | None, str]:
+    """The config file to read (`--config`, else `PYFORWARD_CONFIG`) and where it was named."""
+    if config is not None:
+        return config, "--config"
+    if env.get(env_name("config")):
+        return Path(env[env_name("config")]), env_name("config")
+    return None, ""
+
+
+def load_config(config: Path | None, env: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
+    """The config file's data (None without one) and its name for messages."""
+    path, where = config_from(config, env)
+    if path is None:
+        return None, "config file"
+    return read_config_file(path, where), str(path)
 
 
 def load_settings(flags: dict[str, Any], config: Path | None) -> Settings:
     """Flags, then PYFORWARD_* variables, then the config file, then defaults."""
     env = dict(os.environ)
-    if config is None and env.get(env_name("config")):
-        config = Path(env[env_name("config")])
-    file_data = read_config_file(config) if config is not None else None
-    return build_settings(flags, env, file_data, str(config) if config else "config file")
+    file_data, file_source = load_config(config, env)
+    return build_settings(flags, env, file_data, file_source)
+
+
+def one_listen(values: list[str] | None) -> str | None:
+    """`--listen` names one route's listen address; several routes are `--route` each."""
+    if not values:
+        return None
+    if len(values) > 1:
+        given = " ".join(f"--listen {value}" for value in values)
+        raise ConfigError(
+            f"--listen given {len(values)} times ({given}); it names one route's address: "
+            "for several ports give --route LISTEN=TARGET once per port"
+        )
+    return values[0]
 
 
 def setup_logging(level: LogLevel) -> None:
@@ -94,8 +134,12 @@ def setup_logging(level: LogLevel) -> None:
 
 
 ListenOpt = Annotated[
-    str | None,
-    typer.Option("--listen", "-l", help="[HOST:]PORT to listen on (bare PORT: every interface)."),
+    list[str] | None,
+    typer.Option(
+        "--listen",
+        "-l",
+        help="[HOST:]PORT to listen on (bare PORT: every interface); once (several: --route).",
+    ),
 ]
 TargetOpt = Annotated[
     list[str] | None,
@@ -105,9 +149,7 @@ RouteOpt = Annotated[
     list[str] | None,
     typer.Option("--route", "-r", help="[HOST:]PORT=HOST:PORT[,HOST:PORT]; repeatable."),
 ]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file.", dir_okay=False)
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
 
 # Kubernetes discovery options, shared by `run` and `discover`.
 DiscoverOpt = Annotated[
@@ -141,7 +183,7 @@ DiscoverTimeoutOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(epilog=environment_epilog())
 def run(
     listen: ListenOpt = None,
     target: TargetOpt = None,
@@ -209,7 +251,7 @@ def run(
 ) -> None:
     """Listen and forward every connection to its target."""
     flags = {
-        "listen": listen,
+        "listen": one_listen(listen),
         "target": target,
         "route": route,
         "relay": relay,
@@ -257,7 +299,7 @@ def discover(
     preset: PresetOpt = None,
     node_ip: NodeIpOpt = None,
     listen: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--listen", "-l", help="Host port to check for conflicts [the preset's, 443]."
         ),
@@ -275,13 +317,64 @@ def discover(
         "service_port": service_port,
         "preset": preset,
         "node_ip": node_ip,
-        "listen": listen,
+        "listen": one_listen(listen),
     }
-    settings = load_settings(flags, config)
-    found = report.inspect(settings)
+    try:
+        settings = load_settings(flags, config)
+        found = report.inspect(settings)
+    except PyforwardError as exc:
+        if not as_json:
+            raise
+        # Scripts read stdout: the failure is JSON there too, and the exit status says it.
+        typer.echo(json.dumps({"error": str(exc), "kind": type(exc).__name__}, indent=2))
+        raise typer.Exit(exc.exit_code) from None
     typer.echo(report.as_json(found) if as_json else report.as_text(found))
     if found.error is not None:
+        if as_json:
+            raise typer.Exit(found.error.exit_code)
         raise found.error
+
+
+@app.command(
+    cls=TakesRunOptions,
+    epilog=environment_epilog(),
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def check(ctx: typer.Context) -> None:
+    """Check a configuration as run would, then try what it names: is each listen address
+    free (or held by this configuration's forwarder), does each target resolve and accept
+    a connection, does the Kubernetes API answer. One line per finding.
+
+    Takes --config FILE or the options of run. Exit status 0: all is well; 1: warnings
+    (run would start, but something does not answer); 2: errors (run would refuse).
+    """
+    args = list(ctx.args)
+    try:
+        flags, config = run_flags(ctx, "pyforward check")
+    except ConfigError as exc:
+        findings = [checking.Finding(checking.Level.ERROR, "config", str(exc))]
+    else:
+        env = dict(os.environ)
+        path, _ = config_from(config, env)
+        invocation = checking.Invocation(config=path, run_args=tuple(args))
+        findings = checking.check(functools.partial(load_settings, flags, config), invocation)
+    for finding in findings:
+        typer.echo(finding.line())
+    typer.echo(checking.summary(findings))
+    raise typer.Exit(checking.exit_code(findings))
+
+
+def run_flags(ctx: typer.Context, prog: str) -> tuple[dict[str, Any], Path | None]:
+    """Parse the arguments a command passes on with `run`'s own options."""
+    group = ctx.parent.command if ctx.parent is not None else None
+    run_command = getattr(group, "commands", {}).get("run")
+    if run_command is None:
+        raise RuntimeError("the run command is missing")
+    parsed = run_command.make_context(prog, list(ctx.args), parent=ctx.parent)
+    flags = dict(parsed.params)
+    config = flags.pop("config", None)
+    flags["listen"] = one_listen(flags.get("listen"))
+    return flags, config
 
 
 SOCAT_HELP = """\
@@ -336,6 +429,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes one line on stderr and an exit code."""
     try:
         code = app(args=argv, prog_name="pyforward", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `pyforward` alone: the usual help, as --help prints it
+        typer.echo(exc.format_message())
+        sys.exit(2)
+    except NoSuchOption as exc:
+        _fail(exc.message + _suggestion(exc.option_name, exc.possibilities or ()), 2)
     except typer.TyperException as exc:  # usage errors: unknown flag, bad value, ...
         _fail(exc.format_message(), exc.exit_code)
     except typer.Abort:
@@ -352,6 +450,12 @@ def main(argv: list[str] | None = None) -> None:
 def socat_main() -> None:
     """Entry point of `pyforward-socat`."""
     main(["socat", *sys.argv[1:]])
+
+
+def _suggestion(name: str, known: Sequence[str]) -> str:
+    # click suggests anything 60% alike (--foo: --loop); only a near miss helps.
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _fail(message: str, code: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import PurePath
 from typing import Any
 
 from pyforward.errors import ConfigError
-from pyforward.settings import OPTIONS, env_name
+from pyforward.settings import OPTIONS, env_name, file_value_of_env
 
 ROUTE_DEFINING = ("listen", "target", "route")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -69,7 +69,9 @@ def merge(
     """
     data: dict[str, Any] = copy.deepcopy(dict(file_data or {}))
     given_flags = {k: v for k, v in flags.items() if v not in (None, [], ())}
-    env_layer = {key: env[env_name(key)] for key in OPTIONS if env_name(key) in env}
+    env_layer = {
+        key: file_value_of_env(key, env[env_name(key)]) for key in OPTIONS if env_name(key) in env
+    }
     # Routes come whole from the first layer that names any.
     for layer in (given_flags, env_layer):
         if any(key in layer for key in ROUTE_DEFINING):

@@ -93,11 +93,12 @@ def open_listener(
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise StartupError(_bind_error(address, exc)) from None
+        raise StartupError(bind_error(address, exc)) from None
     return sock
 
 
-def _bind_error(address: Address, exc: OSError) -> str:
+def bind_error(address: Address, exc: OSError) -> str:
+    """What a failed bind of `address` means, in one line (run's and check's wording)."""
     port = address.port
     if exc.errno == errno.EADDRINUSE:
         return (

@@ -66,17 +66,23 @@ def config_written_by_install(name: str) -> bool:
 
 def require_systemd(command: str) -> None:
     """install and uninstall change the system: root and a running systemd, or one line."""
-    if not systemctl.is_root():
-        raise StartupError(
-            f"pyforward {command} needs root (it writes /etc/systemd/system); "
+    if command == "install":
+        hint = (
             "`pyforward install --dry-run` shows what it would write, "
             "and `pyforward run` forwards in the foreground"
+        )
+    else:
+        hint = "without it, no pyforward service can have been installed here either"
+    if not systemctl.is_root():
+        if command != "install":
+            hint = "run it as root (sudo)"
+        raise StartupError(
+            f"pyforward {command} needs root (it changes /etc/systemd/system); {hint}"
         )
     if not systemctl.systemd_running():
         raise StartupError(
             f"pyforward {command} needs a running systemd, and this system was not booted "
-            "with it; `pyforward install --dry-run` shows what it would write, "
-            "and `pyforward run` forwards in the foreground"
+            f"with it; {hint}"
         )
 
 
@@ -147,8 +153,12 @@ def carry_over_unit(path: Path) -> CarriedOver:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"unit file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read unit file {path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a unit file: it is not text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read unit file {path}: {exc.strerror or exc}") from None
+    if "\0" in text:
+        raise ConfigError(f"{path} is not a unit file: it is not text")
     try:
         flags, carried, dropped = settings_from_socat_unit(text)
     except ConfigError as exc:

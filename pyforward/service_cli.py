@@ -10,9 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from pyforward import installation, service, service_status
-from pyforward.settings import env_name
+from pyforward.cli_help import TakesRunOptions
+from pyforward.errors import ConfigError
 from pyforward.units import check_name
 
+NAME_DEFAULT = "pyforward"
 NameOpt = Annotated[
     str,
     typer.Option(
@@ -36,14 +38,9 @@ def _echo_err(line: str) -> None:
 
 def _run_flags(ctx: typer.Context) -> tuple[dict[str, Any], Path | None]:
     """Parse the arguments install did not know with `run`'s own options."""
-    group = ctx.parent.command if ctx.parent is not None else None
-    run_command = getattr(group, "commands", {}).get("run")
-    if run_command is None:
-        raise RuntimeError("the run command is missing")
-    parsed = run_command.make_context("pyforward install", list(ctx.args), parent=ctx.parent)
-    flags = dict(parsed.params)
-    config = flags.pop("config", None)
-    return flags, config
+    from pyforward.cli import run_flags  # noqa: PLC0415  (cli imports this module)
+
+    return run_flags(ctx, "pyforward install")
 
 
 def install(
@@ -79,26 +76,30 @@ def install(
 ) -> None:
     """Install pyforward as a systemd service and start it; return once it accepts.
 
-    Takes every option of `pyforward run` (see pyforward run --help) and writes them to
+    Takes the options of `pyforward run` (listed below) and writes them to
     /etc/pyforward/NAME.toml. A unit of the same name not written by pyforward (such as
     k3s-ingress-forward's socat) is stopped and kept; `pyforward uninstall` restores it.
     Given no route, install takes the routes from that socat unit's ExecStart=.
     """
-    from pyforward.cli import read_config_file  # noqa: PLC0415  (cli imports this module)
+    from pyforward.cli import load_config  # noqa: PLC0415  (cli imports this module)
 
     flags, config = _run_flags(ctx)
     env = dict(os.environ)
-    if config is None and env.get(env_name("config")):
-        config = Path(env[env_name("config")])
     if not dry_run:
         service.require_systemd("install")
-    file_data = read_config_file(config) if config is not None else None
+    file_data, file_source = load_config(config, env)
     found, source = None, ""
     if from_unit is not None:
         found, source = service.carry_over_unit(Path(from_unit)), from_unit
     elif not service.routes_given(flags, env, file_data):
         # Replacing a socat unit: its ExecStart= says where to listen and forward.
         found, source = service.carry_over_replaced_unit(name), f"{name}.service"
+        unit_file = service.unit_path(f"{name}.service")
+        if found is None and name != NAME_DEFAULT and not unit_file.exists():
+            raise ConfigError(
+                f"no route given, and there is no unit {unit_file} to take routes from; "
+                "give --listen and --target, --route, --config FILE, or --from-unit FILE"
+            )
     if found is not None:
         given = {k: v for k, v in flags.items() if v not in (None, [], ())}
         flags = {**flags, **found.flags, **given}
@@ -111,7 +112,7 @@ def install(
         flags=flags,
         env=env,
         file_data=file_data,
-        file_source=str(config) if config else "config file",
+        file_source=file_source,
         socket_activation=socket_activation,
         kubeconfig=kubeconfig,
     )
@@ -156,8 +157,9 @@ def uninstall(name: NameOpt = "pyforward") -> None:
 
 def register_service_commands(app: typer.Typer) -> None:
     """Add install, status and uninstall to the CLI."""
-    app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        install
-    )
+    app.command(
+        cls=TakesRunOptions,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(install)
     app.command()(status)
     app.command()(uninstall)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from pyforward.access import AccessList
+from pyforward.access import AccessList, parse_network
 from pyforward.addresses import Address, parse_listen, parse_target
 from pyforward.closelog import LogConnections
 from pyforward.discovery.options import (
@@ -36,6 +36,7 @@ from pyforward.discovery.options import (
     parse_service_ref,
 )
 from pyforward.errors import ConfigError
+from pyforward.route_overlap import overlapping_listens
 
 ENV_PREFIX = "PYFORWARD_"
 # The kernel caps a backlog at net.core.somaxconn anyway; anything larger is a typo.
@@ -94,7 +95,8 @@ class Settings:
 # and returns the typed value or raises ValueError with a message for the user.
 
 
-def _duration(value: object) -> float:
+def _seconds(value: object) -> float:
+    """A finite number of seconds, of either sign (the callers say which they take)."""
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds")
     if isinstance(value, int | float):
@@ -107,9 +109,30 @@ def _duration(value: object) -> float:
             raise ValueError(f"expected a number of seconds, got {value!r}") from None
     else:
         raise ValueError("expected a number of seconds")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"expected a non-negative number of seconds, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a number of seconds, got {_shown(value)}")
     return seconds
+
+
+def _duration(value: object) -> float:
+    """Seconds, 0 or more (0 turns a timeout off)."""
+    seconds = _seconds(value)
+    if seconds < 0:
+        raise ValueError(f"expected a non-negative number of seconds, got {_shown(value)}")
+    return seconds
+
+
+def _positive_duration(value: object) -> float:
+    """Seconds, more than 0: a timeout that cannot be off. -1 and 0 get the same answer."""
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"expected more than 0 seconds, got {_shown(value)}")
+    return seconds
+
+
+def _shown(value: object) -> str:
+    """A value as the user wrote it: numbers plain, text quoted."""
+    return f"{value:g}" if isinstance(value, float) else repr(value)
 
 
 def _positive_int(value: object) -> int:
@@ -168,9 +191,52 @@ def _string_list(value: object) -> list[str]:
 
 def _route_list(value: object) -> list[str]:
     """Routes; in the environment separated by whitespace (a route's targets take commas)."""
-    if isinstance(value, str):
-        return value.split()
-    return _string_list(value)
+    routes = value.split() if isinstance(value, str) else _string_list(value)
+    for item in routes:
+        listen_text, sep, target_text = item.partition("=")
+        if not sep:
+            raise ValueError(
+                f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
+            )
+        _checked(parse_listen, listen_text)
+        for text in target_text.split(","):
+            _checked(parse_target, text)
+    return routes
+
+
+def _checked(parse: Callable[[str], object], text: str) -> None:
+    try:
+        parse(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _listen_text(value: object) -> str:
+    """A listen address, checked; kept as written (a config file is written from it)."""
+    text = _string(value)
+    _checked(parse_listen, text)
+    return text
+
+
+def _target_list(value: object) -> list[str]:
+    """One target or several, checked; an empty list forwards nowhere."""
+    targets = _string_list(value)
+    if not targets:
+        raise ValueError("no target given (an empty list); give at least one HOST:PORT")
+    for text in targets:
+        _checked(parse_target, text)
+    return targets
+
+
+def _network_list(value: object) -> list[str]:
+    """Addresses or CIDR networks, checked."""
+    networks = _string_list(value)
+    for text in networks:
+        try:
+            parse_network(text)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return networks
 
 
 @dataclass(frozen=True)
@@ -182,8 +248,8 @@ class Option:
 
 # The schema. Later features add their keys here; the README's reference mirrors it.
 OPTIONS: dict[str, Option] = {
-    "listen": Option(_string, None),
-    "target": Option(_string_list, None),
+    "listen": Option(_listen_text, None),
+    "target": Option(_target_list, None),
     "route": Option(_route_list, None),
     "relay": Option(_choice(RelayMode), RelayMode.AUTO),
     "loop": Option(_choice(LoopName), LoopName.AUTO),
@@ -193,12 +259,12 @@ OPTIONS: dict[str, Option] = {
     "backlog": Option(_positive_int, None),
     "max_connections": Option(_positive_int, None),
     "shutdown_timeout": Option(_duration, 20.0),
-    "connect_timeout": Option(_duration, 10.0, per_route=True),
+    "connect_timeout": Option(_positive_duration, 10.0, per_route=True),
     "idle_timeout": Option(_duration, 0.0, per_route=True),
     "keepalive": Option(_boolean, False, per_route=True),
     "first_byte_timeout": Option(_duration, 0.0, per_route=True),
-    "allow": Option(_string_list, [], per_route=True),
-    "deny": Option(_string_list, [], per_route=True),
+    "allow": Option(_network_list, [], per_route=True),
+    "deny": Option(_network_list, [], per_route=True),
     "max_connections_per_source": Option(_positive_int, None),
     # Kubernetes discovery (pyforward/discovery/).
     "discover": Option(_boolean, False),
@@ -212,6 +278,23 @@ OPTIONS: dict[str, Option] = {
 }
 ROUTE_KEYS = {"listen", "target"} | {key for key, opt in OPTIONS.items() if opt.per_route}
 FILE_ONLY_KEYS = {"config"}
+# Keys that mean something only with `discover`: without it they would be silently ignored.
+DISCOVERY_KEYS = (
+    "kubeconfig",
+    "service",
+    "service_port",
+    "preset",
+    "node_ip",
+    "state_dir",
+    "discover_timeout",
+)
+# A file's values have TOML types; only the environment spells numbers and booleans as text.
+_TYPED_IN_FILES: dict[Callable[[object], Any], str] = {
+    _duration: "a number of seconds",
+    _positive_duration: "a number of seconds",
+    _positive_int: "a whole number",
+    _boolean: "true or false",
+}
 
 
 def env_name(key: str) -> str:
@@ -256,6 +339,23 @@ def _convert(key: str, value: object, source: str) -> Any:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def file_value_of_env(key: str, text: str) -> object:
+    """A variable's text as a config file holds it: numbers and booleans typed, not quoted."""
+    convert = OPTIONS[key].convert
+    return convert(text) if convert in _TYPED_IN_FILES else text
+
+
+def _convert_file(key: str, value: object, source: str) -> Any:
+    """A config file's value: its TOML type must be the key's (`"5"` is not 5 seconds)."""
+    kind = _TYPED_IN_FILES.get(OPTIONS[key].convert)
+    if kind is not None and isinstance(value, str):
+        raise ConfigError(
+            f"{source}: expected {kind}, got the string {value!r} "
+            "(TOML writes numbers and true/false without quotes)"
+        )
+    return _convert(key, value, source)
+
+
 def build_settings(
     flags: Mapping[str, object],
     env: Mapping[str, str],
@@ -266,7 +366,8 @@ def build_settings(
 
     `flags` holds only the flags the user gave, already typed by the CLI (lists for
     repeatable flags). `env` is the whole process environment; only PYFORWARD_* keys
-    named in the schema are read.
+    named in the schema are read. Every error names where its value came from: the flag,
+    the variable, or `FILE: key`.
     """
     file_data = dict(file_data or {})
     layers: list[tuple[str, dict[str, Any]]] = []
@@ -278,17 +379,31 @@ def build_settings(
             env_layer[key] = _convert(key, env[name], name)
     layers.append(("env", env_layer))
 
-    def pick(key: str) -> Any:
-        for source, layer in layers:
-            if key in layer:
-                value = layer[key]
-                return value if source == "env" else _convert(key, value, flag_name(key))
+    def source_of(key: str) -> tuple[int, str] | None:
+        """Which layer gives `key` (0 flags, 1 environment, 2 file) and its name there."""
+        if key in layers[0][1]:
+            return 0, flag_name(key)
+        if key in env_layer:
+            return 1, env_name(key)
         if key in file_data:
-            return _convert(key, file_data[key], f"{file_source}: {key}")
-        return OPTIONS[key].default
+            return 2, f"{file_source}: {key}"
+        return None
+
+    def pick(key: str) -> Any:
+        found = source_of(key)
+        if found is None:
+            return OPTIONS[key].default
+        rank, name = found
+        if rank == 0:
+            return _convert(key, layers[0][1][key], name)
+        if rank == 1:
+            return env_layer[key]
+        return _convert_file(key, file_data[key], name)
 
     route_defaults = {key: pick(key) for key in OPTIONS if OPTIONS[key].per_route}
     discover: bool = pick("discover")
+    if not discover:
+        _refuse_discovery_keys(source_of, file_data, file_source)
     routes = _build_routes(layers, file_data, file_source, route_defaults, discover=discover)
     discovery = None
     if discover:
@@ -301,13 +416,15 @@ def build_settings(
     duplicates = {str(a) for a in listens if listens.count(a) > 1}
     if duplicates:
         raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
+    overlap = overlapping_listens(listens)
+    if overlap is not None:
+        raise ConfigError(overlap)
 
-    level: LogLevel = pick("log_level")
-    if pick("quiet"):
-        level = LogLevel.WARNING
+    level = _log_level(pick, source_of)
     backlog: int = pick("backlog")
-    if backlog is not None and not 1 <= backlog <= MAX_BACKLOG:
-        raise ConfigError(f"--backlog must be 1-{MAX_BACKLOG}, got {backlog}")
+    backlog_from = source_of("backlog")
+    if backlog_from is not None and not 1 <= backlog <= MAX_BACKLOG:
+        raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
@@ -322,6 +439,45 @@ def build_settings(
     )
 
 
+SourceOf = Callable[[str], "tuple[int, str] | None"]
+
+
+def _refuse_discovery_keys(
+    source_of: SourceOf, file_data: Mapping[str, Any], file_source: str
+) -> None:
+    """A discovery setting without `discover` would be ignored: say so instead."""
+    for key in DISCOVERY_KEYS:
+        found = source_of(key)
+        if found is not None:
+            raise ConfigError(
+                f"{found[1]}: {key} is for Kubernetes discovery, which is off; "
+                f"add {flag_name('discover')} (discover = true in a file) or drop it"
+            )
+    for index, table in enumerate(file_data.get("route") or [], 1):
+        if isinstance(table, Mapping) and "service_port" in table:
+            raise ConfigError(
+                f"{file_source}: route {index}: service_port is for Kubernetes discovery, "
+                "which is off; add discover = true or drop it"
+            )
+
+
+def _log_level(pick: Callable[[str], Any], source_of: SourceOf) -> LogLevel:
+    """`log_level`, or warning for `quiet`; the two given in one place contradict."""
+    level: LogLevel = pick("log_level")
+    if not pick("quiet"):
+        return level
+    quiet_from, level_from = source_of("quiet"), source_of("log_level")
+    if level_from is None or quiet_from is None:
+        return LogLevel.WARNING
+    if level_from[0] == quiet_from[0] and level != LogLevel.WARNING:
+        raise ConfigError(
+            f"{quiet_from[1]} and {level_from[1]} {level.value} contradict each other "
+            "(quiet means log level warning); give one of them"
+        )
+    # Given in different layers, the nearer one wins, as for every other setting.
+    return level if level_from[0] < quiet_from[0] else LogLevel.WARNING
+
+
 def _build_routes(
     layers: Sequence[tuple[str, Mapping[str, Any]]],
     file_data: Mapping[str, Any],
@@ -333,13 +489,12 @@ def _build_routes(
     # Per-route keys given as a flag or in the environment override every route.
     overriding = {key for key in overrides_and_defaults if any(key in layer for _, layer in layers)}
     for source, layer in layers:
-        name_listen = flag_name("listen") if source == "flags" else env_name("listen")
-        specs = _route_specs(layer, name_listen, source, discover=discover)
+        specs = _route_specs(layer, source, discover=discover)
         if specs:
             return [_route(spec, {}, overrides_and_defaults, set(), source) for spec in specs]
-    specs = _route_specs(file_data, "listen", file_source, route_strings=False, discover=discover)
+    specs = _route_specs(file_data, file_source, route_strings=False, discover=discover)
     file_defaults = {
-        key: _convert(key, file_data[key], f"{file_source}: {key}")
+        key: _convert_file(key, file_data[key], f"{file_source}: {key}")
         if key in file_data and key not in overriding
         else overrides_and_defaults[key]
         for key in overrides_and_defaults
@@ -349,41 +504,54 @@ def _build_routes(
         where = f"{file_source}: route {index}"
         if "listen" not in table or ("target" not in table and not discover):
             raise ConfigError(f"{where}: needs both 'listen' and 'target'")
-        listen = _convert("listen", table["listen"], f"{where}: listen")
-        targets = _convert("target", table.get("target", []), f"{where}: target")
+        listen = _convert_file("listen", table["listen"], f"{where}: listen")
+        targets = (
+            _convert_file("target", table["target"], f"{where}: target")
+            if "target" in table
+            else []
+        )
         extra = {k: v for k, v in table.items() if k not in ("listen", "target")}
         routes.append(_route((listen, targets), extra, file_defaults, overriding, where))
     return routes
 
 
+def _namer(source: str) -> Callable[[str], str]:
+    """How a key is named in a layer: its flag, its variable, or `FILE: key`."""
+    if source == "flags":
+        return flag_name
+    if source == "env":
+        return env_name
+    return lambda key: f"{source}: {key}"
+
+
 def _route_specs(
     layer: Mapping[str, Any],
-    listen_name: str,
     source: str,
     *,
     route_strings: bool = True,
     discover: bool = False,
 ) -> list[tuple[str, list[str]]]:
+    """(listen, targets) of the routes a layer names; every value already checked."""
+    name = _namer(source)
+    convert = _convert if route_strings else _convert_file
     specs: list[tuple[str, list[str]]] = []
     listen, targets = layer.get("listen"), layer.get("target")
-    if listen is not None or targets:
+    if listen is not None or targets is not None:
         if listen is None:
-            raise ConfigError(f"{source}: a target needs a listen address ({listen_name})")
-        if not targets and not discover:
-            raise ConfigError(f"{source}: listen address {listen} needs a target (or --discover)")
-        specs.append(
-            (
-                _convert("listen", listen, f"{source}: listen"),
-                _convert("target", targets or [], f"{source}: target"),
-            )
-        )
-    routes = _convert("route", layer.get("route") or [], source) if route_strings else []
-    for item in routes:
-        listen_text, sep, target_text = item.partition("=")
-        if not sep:
             raise ConfigError(
-                f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
+                f"{name('target')}: a target needs a listen address ({name('listen')})"
             )
+        listen_text = convert("listen", listen, name("listen"))
+        if targets is None and not discover:
+            raise ConfigError(
+                f"{name('listen')}: listen address {listen_text} needs a target "
+                f"({name('target')}, or --discover)"
+            )
+        target_texts = convert("target", targets, name("target")) if targets is not None else []
+        specs.append((listen_text, target_texts))
+    routes = _convert("route", layer.get("route") or [], name("route")) if route_strings else []
+    for item in routes:
+        listen_text, _, target_text = item.partition("=")
         specs.append((listen_text, target_text.split(",")))
     return specs
 
@@ -399,14 +567,11 @@ def _route(
     values = dict(defaults)
     for key, raw in table.items():
         if key not in overriding:
-            values[key] = _convert(key, raw, f"{where}: {key}")
-    connect_timeout = values["connect_timeout"]
-    if connect_timeout <= 0:
-        raise ConfigError(f"{where}: connect_timeout must be more than 0 seconds")
+            values[key] = _convert_file(key, raw, f"{where}: {key}")
     return Route(
         listen=parse_listen(listen_text),
         targets=tuple(parse_target(text) for text in target_texts),
-        connect_timeout=connect_timeout,
+        connect_timeout=values["connect_timeout"],
         idle_timeout=values["idle_timeout"] or None,
         keepalive=values["keepalive"],
         access=AccessList.parse(values["allow"], values["deny"]),

@@ -213,7 +213,7 @@ def test_config_file_routes_with_service_ports() -> None:
 
 
 def test_settings_errors() -> None:
-    with pytest.raises(ConfigError, match="needs a target \\(or --discover\\)"):
+    with pytest.raises(ConfigError, match="needs a target \\(--target, or --discover\\)"):
         build_settings({"listen": "443"}, {})
     with pytest.raises(ConfigError, match="every route already has a target"):
         build_settings({"discover": True, "listen": "443", "target": ["10.0.0.1:1"]}, {})

@@ -46,7 +46,7 @@ def no_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("not_root")
-@pytest.mark.parametrize("command", [["install", *ROUTE], ["uninstall"]])
+@pytest.mark.parametrize("command", [["install", *ROUTE]])
 def test_not_root_is_one_line_naming_what_still_works(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -59,7 +59,7 @@ def test_not_root_is_one_line_naming_what_still_works(
 
 
 @pytest.mark.usefixtures("no_systemd")
-@pytest.mark.parametrize("command", [["install", *ROUTE], ["uninstall", "--name", "x"]])
+@pytest.mark.parametrize("command", [["install", *ROUTE]])
 def test_no_systemd_is_one_line_naming_what_still_works(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -90,7 +90,7 @@ def test_quiet_means_warnings_only() -> None:
     ("flags", "env", "message"),
     [
         ({"listen": "80", "target": ["a:1"], "connect_timeout": 0.0}, {}, "more than 0"),
-        ({"listen": "80", "target": ["a:1"], "backlog": 0}, {}, "--backlog must be 1-65535"),
+        ({"listen": "80", "target": ["a:1"], "backlog": 0}, {}, "--backlog: must be 1-65535"),
         ({"listen": "80", "target": ["a:1"], "backlog": 99999999999}, {}, "got 99999999999"),
         ({"route": ["80=a:1", "80=b:2"]}, {}, "given twice: *:80"),
         ({"target": ["a:1"]}, {}, "needs a listen address"),
