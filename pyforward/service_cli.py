@@ -27,7 +27,7 @@ NameOpt = Annotated[
 
 def find_installation() -> installation.Installation:
     """This installation, checked for what the hardened service can reach."""
-    return installation.inspect(installation.find_entry_point())
+    return installation.this_installation()
 
 
 def _echo_err(line: str) -> None:
@@ -129,6 +129,14 @@ def install(
                 f"{service.BACKUP_DIR / config.name} for uninstall to restore"
             )
         typer.echo(service.render_plan(plan), nl=False)
+        sys.stdout.flush()
+        refusals = service.refusals(plan)
+        for refusal in refusals:
+            _echo_err(f"pyforward: error: install (without --dry-run) would refuse: {refusal}")
+        if refusals:
+            # The code install itself would exit with: a valid configuration that cannot be
+            # put into effect here. Bad input stays exit 2, with nothing printed.
+            raise typer.Exit(1)
         return
     service.install(plan, typer.echo)
 
