@@ -3,58 +3,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
-import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Backend, ForwarderProcess, connect, echo, fields, recv_all
 from tests.kubeapi import KubeApi, node, service
-from tests.places import REFUSAL, ROOT
+from tests.places import REFUSAL
+from tests.pyz import Build, host_python
 from tests.test_units import split_dry_run
-
-BUILD = ROOT / "scripts" / "build-pyz"
-
-
-def host_python() -> str:
-    """The machine's own python3 (/usr/bin/python3 where it is 3.11 or newer), else the
-    interpreter this venv was made from; never the venv's."""
-    for candidate in ("/usr/bin/python3", os.path.join(sys.base_prefix, "bin", "python3")):
-        result = subprocess.run(
-            [candidate, "-I", "-c", "import sys; print(sys.version_info >= (3, 11))"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.stdout.strip() == "True":
-            return candidate
-    pytest.fail("no python3 >= 3.11 outside the venv to run the archive with")
-
-
-@dataclass(frozen=True)
-class Build:
-    archive: Path
-    log: str  # what build-pyz said
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    archive = tmp_path_factory.mktemp("pyz") / "pyforward.pyz"
-    result = subprocess.run(
-        [sys.executable, str(BUILD), "--output", str(archive)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return Build(archive, result.stderr)
 
 
 @pytest.fixture(scope="module")
