@@ -50,7 +50,12 @@ def install(
     ctx: typer.Context,
     name: NameOpt = "pyforward",
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the files it would write; change nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Make every check, print the files it would write, change nothing; "
+            "exit 1 (after the files) when install would refuse.",
+        ),
     ] = False,
     socket_activation: Annotated[
         bool,
