@@ -3,6 +3,8 @@
 install: validate everything first (settings, entry point, what the service user can
 read, ports in use), then write the config and units, daemon-reload, enable, start, and
 return only once every listener accepts; otherwise show the unit's state and log lines.
+A dry run makes the same checks and shows the same files; what would make the real
+install refuse is reported beside them instead of stopping it (`refusals`).
 A unit of the same name not written by pyforward (say, the socat unit) is stopped and kept
 as a backup that uninstall puts back.
 
@@ -107,6 +109,7 @@ class InstallPlan:
     files: dict[Path, str]  # what to write, config first
     units: tuple[str, ...]  # unit names, socket first
     kubeconfig_note: str = ""  # which kubeconfig the service is handed, and why that one
+    refusals: tuple[str, ...] = ()  # why the installation cannot be run as a service
 
     @property
     def service(self) -> str:
@@ -241,11 +244,14 @@ def plan_install(
     )
     found = find_installation()
     check_path(found.entry_point, "the pyforward entry point")
+    if found.archive:
+        check_path(found.interpreter, "the interpreter running pyforward")
     for path in found.bind_paths:
         check_path(path, "installation directory")
     spec = UnitSpec(
         name=name,
-        exec_start=found.entry_point,
+        exec_start=found.command[0],
+        exec_args=found.command[1:],
         config_path=str(config),
         listen=tuple(route.listen for route in settings.routes),
         socket_activation=request.socket_activation,
@@ -258,7 +264,7 @@ def plan_install(
     files = {config: configfile.to_toml(merged, header)}
     files.update({unit_path(unit): text for unit, text in units.items()})
     order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
-    return InstallPlan(name, settings, files, tuple(order), note)
+    return InstallPlan(name, settings, files, tuple(order), note, found.refusals)
 
 
 def render_plan(plan: InstallPlan) -> str:
@@ -300,21 +306,33 @@ def _pids_of(unit: str) -> set[int]:
     return pids - {0}
 
 
-def check_ports_free(plan: InstallPlan) -> None:
-    """Refuse when another program holds a port the service needs (e.g. k3s ServiceLB)."""
-    ours = _pids_of(plan.service) | _pids_of(f"{plan.name}.socket")
+def ports_taken(plan: InstallPlan) -> list[str]:
+    """One line per port another program holds that the service needs (e.g. k3s ServiceLB);
+    the units being replaced and pyforward's own service do not count."""
+    ours: set[int] = set()
+    if systemctl.systemd_running():  # a dry run may run where there is no systemd
+        ours = _pids_of(plan.service) | _pids_of(f"{plan.name}.socket")
     listening = ports.listening_sockets()
     held = ports.owners({sock.inode for sock in listening})
+    taken = []
     for route in plan.settings.routes:
         hosts = ports.numeric_hosts(route.listen)
         for sock in listening:
             pids = set(held.get(sock.inode, []))
             if ports.overlaps(route.listen, hosts, sock) and pids and not pids & ours:
                 who = ", ".join(f"pid {p} ({ports.process_name(p)})" for p in sorted(pids))
-                raise StartupError(
+                taken.append(
                     f"cannot listen on {route.listen}: {sock.label} is already held by {who}; "
                     f"stop it or choose another port (see: ss -ltnp 'sport = :{sock.port}')"
                 )
+                break
+    return taken
+
+
+def refusals(plan: InstallPlan) -> list[str]:
+    """Everything that makes install refuse this plan, checked before anything changes:
+    the installation (where it lives, what its user can read), then the ports."""
+    return [*plan.refusals, *ports_taken(plan)]
 
 
 def _backup(unit_file: Path, echo: Echo) -> None:
@@ -334,8 +352,10 @@ def _backup(unit_file: Path, echo: Echo) -> None:
 def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> None:
     """Write, enable and start; return once every listener accepts, else StartupError."""
     require_systemd("install")
-    # Before anything changes: a port held by anything but the units being replaced.
-    check_ports_free(plan)
+    # Before anything changes: an installation the service cannot run, a port held by
+    # anything but the units being replaced.
+    if found := refusals(plan):
+        raise StartupError(found[0])
     # Stop what runs under these names: their ports are about to change hands.
     for unit_file in foreign_units(plan):
         _backup(unit_file, echo)

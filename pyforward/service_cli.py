@@ -29,7 +29,7 @@ NameOpt = Annotated[
 
 def find_installation() -> installation.Installation:
     """This installation, checked for what the hardened service can reach."""
-    return installation.inspect(installation.find_entry_point())
+    return installation.this_installation()
 
 
 def _echo_err(line: str) -> None:
@@ -47,7 +47,12 @@ def install(
     ctx: typer.Context,
     name: NameOpt = "pyforward",
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the files it would write; change nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Make every check, print the files it would write, change nothing; "
+            "exit 1 (after the files) when install would refuse.",
+        ),
     ] = False,
     socket_activation: Annotated[
         bool,
@@ -132,6 +137,14 @@ def install(
                 f"{service.BACKUP_DIR / config.name} for uninstall to restore"
             )
         typer.echo(service.render_plan(plan), nl=False)
+        sys.stdout.flush()
+        refusals = service.refusals(plan)
+        for refusal in refusals:
+            _echo_err(f"pyforward: error: install (without --dry-run) would refuse: {refusal}")
+        if refusals:
+            # The code install itself would exit with: a valid configuration that cannot be
+            # put into effect here. Bad input stays exit 2, with nothing printed.
+            raise typer.Exit(1)
         return
     service.install(plan, typer.echo)
 

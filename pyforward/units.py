@@ -44,9 +44,10 @@ class UnitSpec:
     """Everything the unit files depend on."""
 
     name: str
-    exec_start: str  # absolute path of the pyforward entry point to run
+    exec_start: str  # absolute path of the pyforward entry point to run (or of its interpreter)
     config_path: str
     listen: tuple[Address, ...]  # the routes' listen addresses, for the .socket unit
+    exec_args: tuple[str, ...] = ()  # what goes before `run`: `-I ARCHIVE` for pyforward.pyz
     socket_activation: bool = False
     kubeconfig: str | None = None  # passed to the service as credential "kubeconfig"
     read_only_paths: tuple[str, ...] = ()  # installation directories under /home or /root
@@ -172,7 +173,9 @@ def render_service(spec: UnitSpec) -> str:
         {
             "name": spec.name,
             "config": spec.config_path,
-            "command": command_line(spec.exec_start, "run", "--config", spec.config_path),
+            "command": command_line(
+                spec.exec_start, *spec.exec_args, "run", "--config", spec.config_path
+            ),
             "socket_dependency": socket_dependency,
             "watchdog_sec": str(WATCHDOG_SEC),
             "stop_timeout_sec": str(math.ceil(spec.shutdown_timeout) + STOP_MARGIN_SEC),

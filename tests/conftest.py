@@ -5,6 +5,8 @@ import resource
 import pytest
 from hypothesis import settings
 
+from tests.pyz import Build, build
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _raise_fd_limit() -> None:
@@ -17,3 +19,9 @@ def _raise_fd_limit() -> None:
 # The machine running the suite may be busy: judge parsers by their answers, not their speed.
 settings.register_profile("default", deadline=None)
 settings.load_profile("default")
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """pyforward.pyz built from this checkout by scripts/build-pyz, once per run."""
+    return build(tmp_path_factory.mktemp("pyz"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,13 +13,16 @@ import pytest
 from pyforward.errors import StartupError
 from pyforward.installation import (
     HOME_AREAS,
+    advice,
     find_entry_point,
     inspect,
     minimal_roots,
     plan_binds,
     read_interpreter,
+    running_archive,
     unreadable,
 )
+from tests.places import ROOT, VOLATILE_AREA
 
 ENTRY_POINT = Path(sys.prefix) / "bin" / "pyforward"
 
@@ -52,7 +56,41 @@ def test_volatile_places_are_refused_with_the_reason_and_the_fix(place: str) -> 
         plan_binds([place, "/usr/lib/python3"])
     message = str(info.value)
     assert f"lives in {place}" in message
-    assert "python3 -m venv /opt/pyforward" in message
+    assert "python3 -m venv /opt/pyforward && /opt/pyforward/bin/pip install " in message
+
+
+def test_advice_installs_this_checkout_or_copies_the_archive() -> None:
+    # Run from a checkout: pip installs that checkout, never an index name.
+    assert f"/opt/pyforward/bin/pip install {ROOT}`" in advice()
+    archive = advice(Path("/tmp/x/pyforward.pyz"))
+    assert "install -D -m 0644 /tmp/x/pyforward.pyz /opt/pyforward/pyforward.pyz" in archive
+    assert f"then run {sys.executable} /opt/pyforward/pyforward.pyz install" in archive
+
+
+# `pip install NAME` with a bare name (not a path, a wheel file, `.` or `-e .`): an index
+# name. `pyforward` on PyPI is another project, and this one is not published under any.
+INDEX_INSTALL = re.compile(r"pip3?\s+install\s+(?:-\S+\s+)*pyforward[\w-]*(?=[\s`'\")\]]|$)")
+
+
+def test_no_install_hint_names_an_index_package() -> None:
+    assert INDEX_INSTALL.search("run `pip install pyforward` as root")
+    assert INDEX_INSTALL.search("pip install -U pyforward-tcp")
+    assert not INDEX_INSTALL.search("pip install /opt/src/pyforward and pip install ./pyforward")
+    assert not INDEX_INSTALL.search("python3 pyforward.pyz; pip install -e '.[bench]'")
+    texts = [
+        ROOT / "README.md",
+        *(ROOT / "pyforward").rglob("*.py"),
+        *(ROOT / "pyforward" / "templates").iterdir(),
+        *ROOT.glob("*/README.md"),
+        *ROOT.glob("tests/*/README.md"),
+        *(ROOT / "scripts").iterdir(),
+    ]
+    found = [
+        f"{path.relative_to(ROOT)}: {match.group()}"
+        for path in texts
+        for match in INDEX_INSTALL.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert found == []
 
 
 def script(path: Path, text: str) -> Path:
@@ -108,6 +146,13 @@ def test_unreadable_names_the_closed_directory(tmp_path: Path) -> None:
 def test_this_installation_is_found_and_exposed() -> None:
     found = inspect(find_entry_point(str(ENTRY_POINT)))
     assert found.entry_point == str(ENTRY_POINT)
+    assert (found.archive, found.command) == (False, (str(ENTRY_POINT),))
+    assert running_archive() is None
+    if VOLATILE_AREA is None:
+        assert found.refusals == ()
+    else:
+        [refusal] = found.refusals
+        assert f"under {VOLATILE_AREA}: a service cannot run from there" in refusal
     assert all(any(Path(p).is_relative_to(a) for a in HOME_AREAS) for p in found.bind_paths)
     base = os.path.realpath(sys.base_prefix)
     if any(Path(base).is_relative_to(area) for area in HOME_AREAS):
@@ -118,5 +163,20 @@ def test_an_installation_under_tmp_is_refused(tmp_path: Path) -> None:
     copy = tmp_path / "bin" / "pyforward"
     copy.parent.mkdir()
     shutil.copy(ENTRY_POINT, copy)
-    with pytest.raises(StartupError, match="a service cannot run from there"):
-        inspect(copy)
+    found = inspect(copy)
+    # Refused with the reason, yet described whole: a dry run still shows its unit.
+    assert found.entry_point == str(copy)
+    # (From a checkout under /tmp, its venv may be what is named: that lies there too.)
+    assert re.match(
+        r"this pyforward lives in /tmp\S*, under /tmp: a service cannot run", found.refusals[0]
+    )
+
+
+def test_a_bound_file_needs_reading_only(tmp_path: Path) -> None:
+    # An archive under /home is bound into the service by itself: nothing above it matters.
+    archive = script(tmp_path / "closed" / "pyforward.pyz", "PK")
+    (tmp_path / "closed").chmod(0o700)
+    archive.chmod(0o644)
+    assert unreadable(str(archive), [str(archive)]) is None
+    archive.chmod(0o600)
+    assert unreadable(str(archive), [str(archive)]) == f"cannot read {archive} (mode -rw-------)"

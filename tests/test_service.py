@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import ports, service, service_status, systemctl
+from pyforward import ports, service, service_cli, service_status, systemctl
 from pyforward.cli import main
+from pyforward.installation import Installation
 from pyforward.service_status import (
     Check,
     Level,
@@ -23,6 +24,17 @@ from pyforward.service_status import (
 from pyforward.settings import build_settings
 
 ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
+IN_OPT = Installation("/opt/pyforward/bin/pyforward", "/opt/pyforward/bin/python3", ())
+PORTS_TAKEN = service.ports_taken
+
+
+@pytest.fixture(autouse=True)
+def installed_in_opt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about what install makes of its input: they run as if installed in
+    /opt, on a machine whose ports are free. (This checkout's own installation, wherever it
+    lies, is tested in test_installation and test_units; the port check below.)"""
+    monkeypatch.setattr(service_cli, "find_installation", lambda: IN_OPT)
+    monkeypatch.setattr(service, "ports_taken", lambda plan: [])
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -85,6 +97,50 @@ def test_dry_run_needs_neither_root_nor_systemd(capsys: pytest.CaptureFixture[st
     assert code == 0
     assert "==> /etc/pyforward/edge.toml <==" in out
     assert "==> /etc/systemd/system/edge.service <==" in out
+
+
+@pytest.mark.usefixtures("not_root")
+def test_dry_run_shows_the_files_and_why_the_install_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    why = "this pyforward lives in /tmp/x/.venv, under /tmp: a service cannot run from there"
+    refused = Installation("/tmp/x/.venv/bin/pyforward", "/usr/bin/python3", (), refusals=(why,))
+    monkeypatch.setattr(service_cli, "find_installation", lambda: refused)
+    code, out, err = run_cli(["install", "--dry-run", *ROUTE], capsys)
+    # Exit 1, as install itself: the input is fine, this installation cannot be a service.
+    assert code == 1
+    assert "ExecStart=/tmp/x/.venv/bin/pyforward run --config /etc/pyforward/pyforward.toml" in out
+    assert err == f"pyforward: error: install (without --dry-run) would refuse: {why}\n"
+
+
+def test_a_port_another_program_holds_is_refused_by_install_and_its_dry_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(service, "ports_taken", PORTS_TAKEN)
+    monkeypatch.setattr(service, "_pids_of", lambda unit: set())  # no such service yet
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
+    monkeypatch.setattr(service, "CONFIG_DIR", tmp_path / "etc")
+    with socket.create_server(("127.0.0.1", 0)) as other:  # "another program": this one
+        port = other.getsockname()[1]
+        args = ["--listen", f"127.0.0.1:{port}", "--target", "10.0.0.5:32653"]
+        held = (
+            f"cannot listen on 127.0.0.1:{port}: 127.0.0.1:{port} is already held by "
+            f"pid {os.getpid()} ({ports.process_name(os.getpid())}); stop it or choose "
+            f"another port (see: ss -ltnp 'sport = :{port}')"
+        )
+        code, out, err = run_cli(["install", "--dry-run", *args], capsys)
+        assert code == 1
+        assert f"==> {tmp_path}/pyforward.service <==" in out
+        assert err == f"pyforward: error: install (without --dry-run) would refuse: {held}\n"
+
+        monkeypatch.setattr(systemctl, "is_root", lambda: True)
+        monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
+        code, out, err = run_cli(["install", *args], capsys)
+        assert (code, out, err) == (1, "", f"pyforward: error: {held}\n")
+        assert list(tmp_path.iterdir()) == []  # refused before writing anything
+    # Free again: the dry run has nothing to say.
+    code, out, err = run_cli(["install", "--dry-run", *args], capsys)
+    assert (code, err) == (0, "")
 
 
 @pytest.mark.parametrize(

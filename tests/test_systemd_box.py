@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pyz import Build, host_python
 from tests.systemd_box import (
     HOST_CLIENT_SIDE,
     NODE_ADDRESS,
@@ -202,6 +204,47 @@ def test_install_serves_survives_sigkill_reports_status_and_uninstalls(
     code, report = status_json(box, "pyforward")
     assert code == 2
     assert levels(report) == {"pyforward.service": "down"}
+
+
+def test_install_from_the_single_file_build_forwards_and_uninstalls(
+    box_lab: tuple[Network, SystemdBox], backend: Backend, pyz: Build
+) -> None:
+    """pyforward.pyz copied to /opt in the box, installed by the host's own python3 running
+    it: the unit runs that interpreter and that file, as the service's dynamic user."""
+    net, box = box_lab
+    python = host_python()  # under /usr (or the venv's base, bound in): seen inside the box
+    archive = "/opt/pyforward/pyforward.pyz"
+    box.path("/opt/pyforward").mkdir(mode=0o755, parents=True)
+    shutil.copy(pyz.archive, box.path(archive))
+    box.path(archive).chmod(0o644)
+    name = "pyf-pyz"
+
+    def from_archive(*args: str, check: bool = True) -> tuple[int, str, str]:
+        result = box.run([python, archive, *args], check=check, timeout=90)
+        return result.returncode, result.stdout, result.stderr
+
+    try:
+        _, out, err = from_archive(
+            "install",
+            "--name",
+            name,
+            "--listen",
+            "8443",
+            "--target",
+            f"{NODE_ADDRESS}:{backend.port}",
+        )
+        assert exchange(net, 8443) == b"node:hello", (out, err)
+        exec_start = box.show(f"{name}.service", "ExecStart")["ExecStart"]
+        assert f"argv[]={python} -I {archive} run --config /etc/pyforward/{name}.toml" in exec_start
+        code, out, _ = from_archive("status", "--name", name, "--json", check=False)
+        assert code == 0, out
+        # uvloop is not in the archive: the service runs on asyncio.
+        journal = box.run(["journalctl", "-u", f"{name}.service", "--no-pager"]).stdout
+        assert "loop=asyncio" in journal
+    finally:
+        from_archive("uninstall", "--name", name, check=False)
+        shutil.rmtree(box.path("/opt/pyforward"), ignore_errors=True)
+    assert leftovers(box, name) == []
 
 
 def connect_while_restarting(
