@@ -20,6 +20,10 @@ from pyforward.discovery.errors import (
 )
 from pyforward.discovery.options import ServiceRef
 
+# Targets per route: this host's node and failover nodes. Connects share one budget
+# (connect_timeout), so more would never be reached; fewer keep lines and state small.
+MAX_TARGETS = 8
+
 
 @dataclass(frozen=True)
 class ServicePort:
@@ -210,36 +214,49 @@ def pick_port(service: Service, port_ref: str) -> ServicePort:
     return port
 
 
+def rank_node(node: Node, host: HostIdentity) -> tuple[int, Candidate] | str:
+    """Where `node` ranks as a target (0: this host by name, 1: this host by address,
+    2: another node; lower first), or why it is not one."""
+    address = node.internal_ip
+    if not node.ready:
+        return f"not Ready ({node.ready_detail})"
+    if address is None:
+        return "has no InternalIP"
+    if node.is_named(host.names):
+        rank, why = 0, "this host (its node name matches this host's name)"
+    elif host.is_local_address(address):
+        rank, why = 1, f"this host ({address} is one of this host's addresses)"
+    else:
+        rank, why = 2, "another Ready node"
+    return rank, Candidate(node.name, address, why)
+
+
 def choose_nodes(nodes: Sequence[Node], host: HostIdentity) -> NodeChoice:
     """Ready nodes with an InternalIP, this host's node first, then the rest by name."""
     ranked: list[tuple[int, str, Candidate]] = []
     skipped: list[tuple[str, str]] = []
     for node in nodes:
-        address = node.internal_ip
-        if not node.ready:
-            skipped.append((node.name, f"not Ready ({node.ready_detail})"))
+        place = rank_node(node, host)
+        if isinstance(place, str):
+            skipped.append((node.name, place))
             continue
-        if address is None:
-            skipped.append((node.name, "has no InternalIP"))
-            continue
-        if node.is_named(host.names):
-            rank, why = 0, "this host (its node name matches this host's name)"
-        elif host.is_local_address(address):
-            rank, why = 1, f"this host ({address} is one of this host's addresses)"
-        else:
-            rank, why = 2, "another Ready node"
-        ranked.append((rank, node.name, Candidate(node.name, address, why)))
+        ranked.append((place[0], node.name, place[1]))
     if not ranked:
         if not nodes:
             raise NoReadyNode("no Ready node: the cluster lists no nodes")
-        detail = "; ".join(f"{name} {why}" for name, why in skipped)
-        raise NoReadyNode(f"no Ready node with an InternalIP: {detail}")
+        raise NoReadyNode(f"no Ready node with an InternalIP: {skipped_text(skipped, len(nodes))}")
     ranked.sort(key=lambda item: (item[0], item[1]))
     candidates = [candidate for _, _, candidate in ranked]
     if ranked[0][0] == 2:
         first = candidates[0]
         candidates[0] = Candidate(first.node, first.address, "no node is this host; first by name")
     return NodeChoice(tuple(candidates), tuple(skipped))
+
+
+def skipped_text(skipped: Sequence[tuple[str, str]], total: int) -> str:
+    """'a not Ready (...); b has no InternalIP', naming at most MAX_TARGETS nodes of `total`."""
+    text = "; ".join(f"{name} {why}" for name, why in skipped[:MAX_TARGETS])
+    return f"{text}; and {total - MAX_TARGETS:,} more" if total > MAX_TARGETS else text
 
 
 def route_target(
@@ -252,7 +269,7 @@ def route_target(
         addresses = [node_ip]
     else:
         assert choice is not None
-        addresses = [candidate.address for candidate in choice.candidates]
+        addresses = [candidate.address for candidate in choice.candidates[:MAX_TARGETS]]
     return RouteTarget(port_ref, port, tuple(Address(a, port.node_port) for a in addresses))
 
 
@@ -303,9 +320,24 @@ def resolve(
     node_ip: str | None,
 ) -> Resolution:
     """Find the Service, its ports' nodePorts, and the nodes to send connections to."""
+    return resolve_chosen(
+        services, lambda: choose_nodes(nodes, host), ref, port_refs, node_ip=node_ip, nodes=nodes
+    )
+
+
+def resolve_chosen(
+    services: Iterable[Service],
+    choose: Callable[[], NodeChoice],
+    ref: ServiceRef,
+    port_refs: Sequence[str],
+    *,
+    node_ip: str | None,
+    nodes: Sequence[Node] = (),
+) -> Resolution:
+    """`resolve` with the nodes already chosen (`choose` raises NoReadyNode)."""
     service = find_service(services, ref)
     for port_ref in port_refs:
         pick_port(service, port_ref)  # port errors before node errors: the likelier mistake
-    choice = None if node_ip is not None else choose_nodes(nodes, host)
+    choice = None if node_ip is not None else choose()
     routes = tuple(route_target(service, p, choice, node_ip) for p in port_refs)
     return Resolution(service, tuple(nodes), choice, routes)
