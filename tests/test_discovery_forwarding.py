@@ -57,7 +57,9 @@ class Running:
 
 
 @asynccontextmanager
-async def forwarding(kube: KubeApi, tmp_path: Path, **flags: Any) -> AsyncIterator[Running]:
+async def forwarding(
+    kube: KubeApi, tmp_path: Path, *, timing: WatchTiming = FAST, **flags: Any
+) -> AsyncIterator[Running]:
     settings = build_settings(
         {
             "discover": True,
@@ -80,7 +82,7 @@ async def forwarding(kube: KubeApi, tmp_path: Path, **flags: Any) -> AsyncIterat
             on_ready=ready.set_result,
             on_status=statuses.append,
             host=HERE,
-            timing=FAST,
+            timing=timing,
         )
     )
     done, _ = await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)

@@ -132,6 +132,9 @@ class ClusterApi:
             response = self._call(resource, _preload_content=False, _request_timeout=timeout)
             try:
                 data = json.loads(read_body(response, started + deadline))
+            except BaseException:
+                response.close()  # the rest of the answer is still coming: never reuse it
+                raise
             finally:
                 response.release_conn()
         except TimeoutError as exc:
