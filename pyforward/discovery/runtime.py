@@ -36,7 +36,7 @@ from pyforward.discovery.watcher import (
     Update,
     WatchTiming,
 )
-from pyforward.errors import StartupError
+from pyforward.errors import ConfigError, StartupError
 from pyforward.logfmt import logfmt
 from pyforward.server import Forwarder, literal_target, serve
 from pyforward.settings import Route, Settings
@@ -177,10 +177,39 @@ class Discovery:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     def attach(self, forwarder: Forwarder) -> None:
-        """Start handing target changes to the running forwarder."""
+        """Start handing target changes to the running forwarder (and reloads targets)."""
         self._forwarder = forwarder
+        forwarder.fill_targets = self.fill
         for index in self._indexes:
             self._apply(index)
+
+    def fill(self, settings: Settings) -> Settings:
+        """A reloaded configuration with its discovered routes' current targets.
+
+        Everything else in it applies (access lists, timeouts, limits, static routes);
+        what is discovered, and from where, does not change without a restart."""
+        if settings.discovery != self.config:
+            raise ConfigError(
+                "changing the discovery settings (service, kubeconfig, node_ip, state_dir, "
+                "...) needs a restart"
+            )
+        wanted = sorted(
+            (str(r.listen), str(r.service_port)) for r in settings.routes if not r.targets
+        )
+        following = sorted(
+            (str(self.routes[i].listen), str(self.routes[i].service_port)) for i in self._indexes
+        )
+        if wanted != following:
+            raise ConfigError(
+                "adding, removing or changing a discovered route (listen, service_port) "
+                "needs a restart"
+            )
+        targets = {self.routes[i].listen: self._current[i] for i in self._indexes}
+        routes = tuple(
+            route if route.targets else replace(route, targets=targets[route.listen])
+            for route in settings.routes
+        )
+        return replace(settings, routes=routes)
 
     async def stop(self) -> None:
         """Stop the watchers and wait for their threads."""
