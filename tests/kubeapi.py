@@ -339,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         if request.watch:
             self._watch(collection, query)
         else:
-            self._list(collection, namespace)
+            self._list(collection, namespace, query)
 
     def _items(self, collection: str, namespace: str | None) -> list[dict[str, Any]]:
         store = self.server.api.store
@@ -351,15 +351,25 @@ class _Handler(BaseHTTPRequestHandler):
             if namespace == "" or k[0] == namespace
         ]
 
-    def _list(self, collection: str, namespace: str | None) -> None:
+    def _list(self, collection: str, namespace: str | None, query: dict[str, str]) -> None:
+        """The list, or with `limit` one page of it; `continue` is the offset of the next.
+        (A real server serves every page from the first one's snapshot; this one serves
+        each from the store as it is, which a watch from the first version makes good.)"""
         api = self.server.api
+        offset = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or 0)
         with api.cond:
             kind = "NodeList" if collection == "nodes" else "ServiceList"
+            items = self._items(collection, namespace)
+            end = offset + limit if limit else len(items)
+            metadata = {"resourceVersion": str(api.store.version)}
+            if end < len(items):
+                metadata["continue"] = str(end)
             body = {
                 "apiVersion": "v1",
                 "kind": kind,
-                "metadata": {"resourceVersion": str(api.store.version)},
-                "items": copy.deepcopy(self._items(collection, namespace)),
+                "metadata": metadata,
+                "items": copy.deepcopy(items[offset:end]),
             }
         if api.list_byte_delay > 0:
             self._trickle(json.dumps(body).encode(), api.list_byte_delay)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pyforward.discovery.api import LIST_PAGE
 from pyforward.discovery.model import MAX_TARGETS
 from pyforward.discovery.watcher import WatchTiming
 from tests.backends import Backend, reached
@@ -146,4 +147,22 @@ async def test_a_list_answered_one_byte_a_second_times_out(kube: KubeApi, tmp_pa
             return not running.degraded
 
         await eventually(recovered, timeout=10)
+    await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_a_huge_node_list_is_read_a_page_at_a_time(kube: KubeApi, tmp_path: Path) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_nodes([node("here", "127.0.0.1"), *other_nodes(2 * NODES)])
+    async with forwarding(kube, tmp_path) as running:
+        targets = [t.label for t in running.forwarder.listeners[0].targets]
+        assert targets[0] == f"127.0.0.1:{backend.port}"
+        assert len(targets) == MAX_TARGETS
+        assert await reached(running.port) == "gateway"
+    # Each answer is decoded at once, holding the event loop meanwhile: pages keep it short.
+    pages = kube.lists("/api/v1/nodes")
+    assert len(pages) == -(-(2 * NODES + 1) // LIST_PAGE)
+    assert {page.query.get("limit") for page in pages} == {str(LIST_PAGE)}
     await backend.close()

@@ -32,6 +32,9 @@ CONNECT_TIMEOUT = 10.0
 LIST_DEADLINE = 60.0  # seconds for a list's whole answer
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # one watch event (one JSON line); a Node is ~10 KiB
 READ_SIZE = 64 * 1024  # bytes asked of the socket per read (any amount available returns)
+# Objects per list request. An answer is decoded in one go, holding the interpreter (and
+# so the event loop) meanwhile: pages keep that short in a cluster of thousands of nodes.
+LIST_PAGE = 500
 
 
 class LineTooLong(ValueError):
@@ -124,12 +127,42 @@ class ClusterApi:
     def list(
         self, resource: Resource, *, timeout: float = 30.0, deadline: float = LIST_DEADLINE
     ) -> Listing:
-        """List a collection; the list's resourceVersion is where a watch starts.
+        """List a collection, LIST_PAGE objects per request; the first page's
+        resourceVersion is where a watch starts.
 
-        `timeout` bounds each read, `deadline` (seconds) the whole answer."""
+        `timeout` bounds each read, `deadline` (seconds) the whole answer to one request."""
+        items: list[dict[str, Any]] = []
+        version: str | None = None
+        token: str | None = None
+        while True:
+            data = self._list_page(resource, token, timeout, deadline)
+            page = data.get("items")
+            page = page if isinstance(page, list) else []
+            items += (item for item in page if isinstance(item, dict))
+            metadata = data.get("metadata")
+            metadata = metadata if isinstance(metadata, dict) else {}
+            if token is None:
+                version = str(metadata.get("resourceVersion") or "") or None
+            token = str(metadata.get("continue") or "") or None
+            if token is None:
+                return Listing(tuple(items), version)
+            if not page:
+                raise ApiFailed(
+                    f"the API server at {self.host} answered a page of the list of {resource} "
+                    "with no objects, and more to come"
+                )
+
+    def _list_page(
+        self, resource: Resource, token: str | None, timeout: float, deadline: float
+    ) -> dict[str, Any]:
         started = time.monotonic()
+        paging: dict[str, Any] = {"limit": LIST_PAGE}
+        if token is not None:
+            paging["_continue"] = token
         try:
-            response = self._call(resource, _preload_content=False, _request_timeout=timeout)
+            response = self._call(
+                resource, **paging, _preload_content=False, _request_timeout=timeout
+            )
             try:
                 data = json.loads(read_body(response, started + deadline))
             except BaseException:
@@ -151,9 +184,7 @@ class ClusterApi:
                 f"the API server at {self.host} answered the list of {resource} "
                 "with something other than a list"
             )
-        items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
-        version = (data.get("metadata") or {}).get("resourceVersion") or None
-        return Listing(items, version)
+        return data
 
     def list_all_services(self) -> Listing:
         """Services in every namespace (for the ServiceLB port check)."""
