@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyforward.discovery.hostinfo import this_host
-from pyforward.discovery.model import parse_node, parse_service, resolve, resolve_chosen
+from pyforward.discovery.model import parse_nodes, parse_services, resolve, resolve_chosen
 from pyforward.discovery.options import ServiceRef
 from pyforward.discovery.stores import NodeStore
 from tests.kubeapi import node, service
@@ -51,18 +51,18 @@ def events(nodes: list[dict[str, object]]) -> list[dict[str, object]]:
 
 def whole_list(count: int) -> float:
     raw = cluster(count)
-    services = (parse_service(service()),)
+    services = parse_services([service()])
     host = this_host({})
     started = time.perf_counter()
     for event in events(raw)[:20]:  # slow: fewer events
         raw[int(str(event["metadata"]["name"]).split("-")[1]) % count] = event  # type: ignore[index]
-        nodes = tuple(parse_node(item) for item in raw)
+        nodes = parse_nodes(raw)
         resolve(services, nodes, REF, ["https"], host=host, node_ip=None)
     return (time.perf_counter() - started) / 20
 
 
 def store(count: int) -> float:
-    services = (parse_service(service()),)
+    services = parse_services([service()])
     nodes = NodeStore(this_host({}))
     raw = cluster(count)
     nodes.replace(raw)

@@ -12,7 +12,6 @@ asking each for its address is the thin I/O layer around it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 
 from pyforward.addresses import format_peer
 from pyforward.errors import StartupError
-from pyforward.listeners import bind_addresses
+from pyforward.listeners import bind_addresses, is_listener_for
 from pyforward.logfmt import logfmt
 from pyforward.settings import Route
 
@@ -29,7 +28,6 @@ log = logging.getLogger("pyforward.activation")
 
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first passed fd
 _ENV_KEYS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-_WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -80,19 +78,8 @@ class RouteAddresses:
     port: int
 
 
-def _same_host(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a.split("%", 1)[0]) == ipaddress.ip_address(b.split("%", 1)[0])
-    except ValueError:
-        return a == b
-
-
 def _matches(route: RouteAddresses, sock: BoundSocket) -> bool:
-    if route.port != sock.port:
-        return False
-    if route.hosts is None:
-        return sock.host in _WILDCARDS
-    return any(_same_host(host, sock.host) for host in route.hosts)
+    return is_listener_for(route.port, route.hosts, sock.host, sock.port)
 
 
 def assign(routes: Sequence[RouteAddresses], sockets: Sequence[BoundSocket]) -> list[list[int]]:

@@ -1,7 +1,10 @@
 """Parsing and printing of `HOST:PORT` addresses. Pure: no sockets, no name lookups.
 
-Accepted forms: `HOST:PORT`, `[IPV6]:PORT` and, for listeners only, a bare `PORT`
-(or `:PORT`), meaning every interface, IPv4 and IPv6.
+Accepted forms: `HOST:PORT`, `[IPV6]:PORT` (with an optional zone, `[IPV6%IFNAME]:PORT`)
+and, for listeners only, a bare `PORT` (or `:PORT`), meaning every interface, IPv4 and IPv6.
+
+Every host that parses is safe to write into a unit file or a log line as it is: a name is
+RFC 1123, an address is numeric, and a zone is an interface name (see `_check_zone`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
+IFNAMSIZ = 16  # Linux: an interface name is at most 15 bytes and a NUL
+_IFINDEX_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, order=True)
@@ -59,10 +64,15 @@ def _parse(text: str, *, what: str, allow_bare_port: bool, min_port: int) -> Add
             raise ConfigError(f"invalid {what} {text!r}: expected [IPV6]:PORT")
         host = raw[1:close]
         port_text = raw[close + 2 :]
+        address, percent, zone = host.partition("%")
         try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
+            ipaddress.IPv6Address(address)
         except ValueError:
-            raise ConfigError(f"invalid {what} {text!r}: {host!r} is not an IPv6 address") from None
+            raise ConfigError(
+                f"invalid {what} {text!r}: {address!r} is not an IPv6 address"
+            ) from None
+        if percent:
+            _check_zone(zone, text, what)
     elif ":" in raw:
         host, _, port_text = raw.rpartition(":")
         if ":" in host:
@@ -88,6 +98,28 @@ def _check_host(host: str, text: str, what: str) -> None:
         pass
     if host.replace(".", "").isdigit() or not _HOSTNAME.fullmatch(host):
         raise ConfigError(f"invalid {what} {text!r}: {host!r} is not a host name or IP address")
+
+
+def _check_zone(zone: str, text: str, what: str) -> None:
+    """A zone names an interface (`eth0`) or gives its index (`2`). Names as systemd checks
+    them (ifname_valid): 1-15 printable ASCII characters without `:` (the kernel's alias
+    syntax), `/` (a path separator in sysfs) or `%` (the kernel reads `%d` as a pattern),
+    and neither `.` nor `..`. The Linux kernel refuses whitespace and `/` and `:` too; what
+    it would still take beyond this (control characters, bytes above ASCII) no tool can
+    name safely, and a zone reaches unit files and log lines."""
+    if zone.isascii() and zone.isdigit():
+        if not 1 <= int(zone) <= _IFINDEX_MAX:
+            raise ConfigError(f"invalid {what} {text!r}: interface index {zone} is out of range")
+        return
+    if not zone:
+        problem = "the zone after % is empty"
+    elif zone in {".", ".."} or not all("!" <= char <= "~" and char not in ":/%" for char in zone):
+        problem = f"zone {zone!r} is not an interface name (printable ASCII, no : / %)"
+    elif len(zone) >= IFNAMSIZ:
+        problem = f"zone {zone!r} is longer than an interface name ({IFNAMSIZ - 1} characters)"
+    else:
+        return
+    raise ConfigError(f"invalid {what} {text!r}: {problem}")
 
 
 def _parse_port(port_text: str, text: str, what: str, min_port: int) -> int:

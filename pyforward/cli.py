@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from pyforward import __version__
+from pyforward.closelog import LogConnections
 from pyforward.daemon import serve_supervised
 from pyforward.discovery.options import PresetName
 from pyforward.errors import ConfigError, PyforwardError
@@ -190,6 +191,13 @@ def run(
     quiet: Annotated[
         bool | None, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = None,
+    log_connections: Annotated[
+        LogConnections | None,
+        typer.Option(
+            help="Close lines for all connections, for errors only (not eof), or none; "
+            "the rest are counted in an event=closed-summary line every 10 s [all]."
+        ),
+    ] = None,
     discover: DiscoverOpt = None,
     kubeconfig: KubeconfigOpt = None,
     service: ServiceOpt = None,
@@ -218,6 +226,7 @@ def run(
         "first_byte_timeout": first_byte_timeout,
         "log_level": log_level,
         "quiet": quiet,
+        "log_connections": log_connections,
         "discover": discover,
         "kubeconfig": kubeconfig,
         "service": service,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import PurePath
@@ -20,6 +21,7 @@ from pyforward.errors import ConfigError
 from pyforward.settings import OPTIONS, env_name
 
 ROUTE_DEFINING = ("listen", "target", "route")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _plain(value: object) -> object:
@@ -100,6 +102,19 @@ def _string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def _comment(text: str) -> str:
+    """Comment text: TOML allows no control character in a comment but a tab."""
+    return "".join(
+        f"\\x{ord(char):02x}" if (ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F else char
+        for char in text
+    )
+
+
+def _key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted key: a key is never TOML syntax."""
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
+
+
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -118,17 +133,17 @@ def _value(value: object) -> str:
 
 def to_toml(data: Mapping[str, Any], header: str = "") -> str:
     """TOML text for config data: scalars, lists, tables and arrays of tables."""
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines = [f"# {_comment(line)}".rstrip() for line in header.splitlines()]
     tables: list[tuple[str, Mapping[str, Any]]] = []
     for key, value in data.items():
         if isinstance(value, Mapping):
-            tables.append((f"[{key}]", value))
+            tables.append((f"[{_key(key)}]", value))
         elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            tables.extend((f"[[{key}]]", table) for table in value)
+            tables.extend((f"[[{_key(key)}]]", table) for table in value)
         else:
-            lines.append(f"{key} = {_value(value)}")
+            lines.append(f"{_key(key)} = {_value(value)}")
     for heading, table in tables:
         lines.append("")
         lines.append(heading)
-        lines.extend(f"{key} = {_value(value)}" for key, value in table.items())
+        lines.extend(f"{_key(key)} = {_value(value)}" for key, value in table.items())
     return "\n".join(lines) + "\n"

@@ -23,10 +23,11 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyforward.closelog import CloseSummary, LogConnections, logs_close
 from pyforward.logfmt import logfmt
 from pyforward.pipes import PipePool
 from pyforward.poller import Poller
@@ -51,6 +52,8 @@ _fallback_log = Every(5.0)
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _READ_ROUNDS = 8  # batches moved per wakeup before yielding to other connections
+# getaddrinfo's error codes by value, for a gaierror's name in the close line.
+_GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,36 @@ class ResolvedTarget:
     label: str
 
 
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why one target was not connected to."""
+
+    reason: str  # the close reason: refused, connect-timeout, unreachable or error
+    error: str  # the close line's `error=`: an errno name, or what else went wrong
+    detail: str = ""  # the close line's `msg=`, where the name alone says too little
+
+    @classmethod
+    def of_errno(cls, code: int) -> ConnectFailure:
+        if code == errno.ECONNREFUSED:
+            reason = "refused"
+        elif code == errno.ETIMEDOUT:
+            reason = "connect-timeout"
+        elif code in _UNREACHABLE_ERRNOS:
+            reason = "unreachable"
+        else:
+            reason = "error"
+        return cls(reason, errno.errorcode.get(code, str(code)))
+
+    @classmethod
+    def of_exception(cls, exc: Exception) -> ConnectFailure:
+        if isinstance(exc, socket.gaierror):
+            name = _GAI_NAMES.get(exc.errno, "gaierror")
+            return cls("error", name, exc.strerror or str(exc))
+        if isinstance(exc, OSError) and exc.errno:
+            return cls.of_errno(exc.errno)
+        return cls("error", type(exc).__name__, str(exc))
+
+
 class Owner(Protocol):
     """What a connection needs from the server that made it."""
 
@@ -67,8 +100,13 @@ class Owner(Protocol):
     poller: Poller
     stats: Stats
     pipes: PipePool | None  # None: copy only
+    close_summary: CloseSummary  # closes whose line the route's log_connections leaves out
 
     def connection_closed(self, connection: Connection) -> None: ...
+
+    # An error no part of the connection expected (a bug): it must cost this connection
+    # alone, never the server, the connection's slot or its descriptors.
+    def connection_crashed(self, connection: Connection, exc: Exception) -> None: ...
 
     # Passive health: a target that refused or timed out, and one that accepted.
     def target_failed(self, target: ResolvedTarget, reason: str) -> None: ...
@@ -82,6 +120,7 @@ class Policy:
     idle_timeout: float | None
     keepalive: bool
     first_byte_timeout: float | None = None
+    log_connections: LogConnections = LogConnections.ALL
 
 
 def set_keepalive(sock: socket.socket) -> None:
@@ -90,6 +129,20 @@ def set_keepalive(sock: socket.socket) -> None:
         option = getattr(socket, name, None)
         if option is not None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _contained(callback: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    """For the event loop's callbacks of the connecting phase, which run outside the
+    accept path's safety net: whatever escapes goes to the owner's `connection_crashed`.
+    (The relay's callbacks run once per batch of bytes and catch their own errors.)"""
+
+    def contained(connection: Connection) -> None:
+        try:
+            callback(connection)
+        except Exception as exc:
+            connection._owner.connection_crashed(connection, exc)
+
+    return contained
 
 
 class Connection:
@@ -102,6 +155,7 @@ class Connection:
         listen_label: str,
         targets: Sequence[ResolvedTarget],
         policy: Policy,
+        failover_log: Every,
         source: str = "",
     ) -> None:
         self._owner = owner
@@ -113,6 +167,7 @@ class Connection:
         self.listen_label = listen_label
         self._targets = targets
         self._policy = policy
+        self._failover_log = failover_log  # shared by the route's connections
         self.target: socket.socket | None = None
         self.target_label = targets[0].label if targets else "-"
         self._started = time.monotonic()
@@ -124,6 +179,7 @@ class Connection:
         self._last_active = 0.0
         self._last_failure = "refused"
         self._error = ""  # errno name of the failure, for the close line
+        self._error_detail = ""  # what went wrong, when the failure is not an errno
         self.closed = False
 
     # --- connecting
@@ -143,6 +199,7 @@ class Connection:
             return
         self._begin_connecting()
 
+    @_contained
     def _on_first_byte(self) -> None:
         self._poller.remove_reader(self.client.fileno())
         if self._timer is not None:
@@ -160,6 +217,7 @@ class Connection:
             return
         self._begin_connecting()
 
+    @_contained
     def _on_first_byte_timeout(self) -> None:
         self._timer = None
         self.close("first-byte-timeout", reset=True)
@@ -169,31 +227,45 @@ class Connection:
         self._connect_next()
 
     def _connect_next(self) -> None:
-        if self._attempt >= len(self._targets):
-            self.close(self._last_failure, reset=True)
-            return
-        target = self._targets[self._attempt]
-        self.target_label = target.label
-        remaining_targets = len(self._targets) - self._attempt
-        budget = max(self._deadline - self._loop.time(), 0.0) / remaining_targets
+        """Start a connect to the next target that takes one; reset the client when none
+        is left. A loop, not recursion: hundreds of targets may fail within this call."""
+        while self._attempt < len(self._targets):
+            target = self._targets[self._attempt]
+            self.target_label = target.label
+            remaining_targets = len(self._targets) - self._attempt
+            budget = max(self._deadline - self._loop.time(), 0.0) / remaining_targets
+            failure = self._dial(target)
+            if failure is None:
+                self._attempt_deadline = self._loop.time() + budget
+                self._timer = self._loop.call_at(self._attempt_deadline, self._on_connect_timeout)
+                return
+            self._connect_failed(failure)
+        self.close(self._last_failure, reset=True)
+
+    def _dial(self, target: ResolvedTarget) -> ConnectFailure | None:
+        """Begin a non-blocking connect to `target`; the failure, if it failed at once."""
         try:
             sock = socket.socket(target.family, socket.SOCK_STREAM)
         except OSError as exc:
-            self._connect_failed(exc.errno or errno.EIO)
-            return
+            return ConnectFailure.of_exception(exc)
         self.target = sock
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._policy.keepalive:
-            set_keepalive(sock)
-        code = sock.connect_ex(target.sockaddr)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._policy.keepalive:
+                set_keepalive(sock)
+            # Besides OSError, a target the checks upstream let through may be one the
+            # socket module refuses to take: a port above 65535 (OverflowError), a
+            # zone no interface has (gaierror), an address of the wrong shape.
+            code = sock.connect_ex(target.sockaddr)
+        except (OSError, OverflowError, ValueError, TypeError) as exc:
+            return ConnectFailure.of_exception(exc)
         if code not in (0, errno.EINPROGRESS):
-            self._connect_failed(code)
-            return
+            return ConnectFailure.of_errno(code)
         self._poller.add_writer(sock.fileno(), self._on_connect_ready)
-        self._attempt_deadline = self._loop.time() + budget
-        self._timer = self._loop.call_at(self._attempt_deadline, self._on_connect_timeout)
+        return None
 
+    @_contained
     def _on_connect_ready(self) -> None:
         sock = self.target
         assert sock is not None
@@ -203,7 +275,8 @@ class Connection:
             self._timer = None
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
-            self._connect_failed(code)
+            self._connect_failed(ConnectFailure.of_errno(code))
+            self._connect_next()
             return
         try:
             sock.getpeername()
@@ -214,41 +287,37 @@ class Connection:
             return
         self._start_relay(sock)
 
+    @_contained
     def _on_connect_timeout(self) -> None:
         self._timer = None
-        self._connect_failed(errno.ETIMEDOUT)
+        self._connect_failed(ConnectFailure.of_errno(errno.ETIMEDOUT))
+        self._connect_next()
 
-    def _connect_failed(self, code: int) -> None:
+    def _connect_failed(self, failure: ConnectFailure) -> None:
+        """Give up on the current target: close its socket, note why, move to the next."""
         sock = self.target
         if sock is not None:
             self._poller.remove_writer(sock.fileno())
             sock.close()
             self.target = None
-        if code == errno.ECONNREFUSED:
-            self._last_failure = "refused"
-        elif code == errno.ETIMEDOUT:
-            self._last_failure = "connect-timeout"
-        elif code in _UNREACHABLE_ERRNOS:
-            self._last_failure = "unreachable"
-        else:
-            self._last_failure = "error"
-        self._error = errno.errorcode.get(code, str(code))
-        if self._last_failure != "error":
-            self._owner.target_failed(self._targets[self._attempt], self._last_failure)
-        if self._attempt + 1 < len(self._targets):
-            log.warning(
-                logfmt(
-                    {
-                        "event": "failover",
-                        "client": self.client_label,
-                        "target": self.target_label,
-                        "reason": self._last_failure,
-                        "next": self._targets[self._attempt + 1].label,
-                    }
-                )
-            )
+        self._last_failure = failure.reason
+        self._error, self._error_detail = failure.error, failure.detail
+        if failure.reason != "error":
+            self._owner.target_failed(self._targets[self._attempt], failure.reason)
+        if self._attempt + 1 < len(self._targets) and self._failover_log.due(self._loop.time()):
+            fields: dict[str, object] = {
+                "event": "failover",
+                "client": self.client_label,
+                "target": self.target_label,
+                "reason": failure.reason,
+                "next": self._targets[self._attempt + 1].label,
+            }
+            if failure.reason == "error":
+                fields["error"] = failure.error
+            if suppressed := self._failover_log.take_suppressed():
+                fields["more"] = suppressed
+            log.warning(logfmt(fields))
         self._attempt += 1
-        self._connect_next()
 
     # --- relaying
 
@@ -266,7 +335,7 @@ class Connection:
                 CopyDirection(self.client, target, owner.stats),
                 CopyDirection(target, self.client, owner.stats),
             ]
-        self._error = ""
+        self._error = self._error_detail = ""
         add_reader = self._poller.add_reader
         add_reader(self.client.fileno(), self._readable, 0)
         add_reader(target.fileno(), self._readable, 1)
@@ -384,11 +453,24 @@ class Connection:
 
     # --- closing
 
+    def fail(self, exc: Exception) -> None:
+        """Close after an error nothing else caught, naming it in the close line."""
+        self._error, self._error_detail = type(exc).__name__, str(exc)
+        self.close("error", reset=True)
+
     def close(self, reason: str, *, reset: bool = False) -> None:
         """Close both sides once, log the outcome, and tell the owner."""
         if self.closed:
             return
         self.closed = True
+        try:
+            self._release(reset=reset)
+            self._log_close(reason)
+        finally:
+            # Whatever failed above, the slot is given back.
+            self._owner.connection_closed(self)
+
+    def _release(self, *, reset: bool) -> None:
         poller = self._poller
         if self._timer is not None:
             self._timer.cancel()
@@ -401,15 +483,21 @@ class Connection:
             if sock is None or sock.fileno() < 0:
                 continue
             fd = sock.fileno()
-            poller.remove_reader(fd)
-            poller.remove_writer(fd)
-            poller.unwatch_errors(fd)
-            if reset:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            sock.close()
-        stats = self._owner.stats
-        stats.closed[reason] += 1
+            try:
+                poller.remove_reader(fd)
+                poller.remove_writer(fd)
+                poller.unwatch_errors(fd)
+                if reset:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            finally:
+                sock.close()
+
+    def _log_close(self, reason: str) -> None:
+        self._owner.stats.closed[reason] += 1
+        if not logs_close(self._policy.log_connections, reason):
+            self._owner.close_summary.count(self.listen_label, reason)
+            return
         if log.isEnabledFor(logging.INFO):
             up = self._directions[0].total if self._directions else 0
             down = self._directions[1].total if self._directions else 0
@@ -427,5 +515,6 @@ class Connection:
             }
             if self._error:
                 fields["error"] = self._error
+            if self._error_detail:
+                fields["msg"] = self._error_detail
             log.info(logfmt(fields))
-        self._owner.connection_closed(self)

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyforward.activation import take_passed_sockets
@@ -29,6 +29,7 @@ from pyforward.logfmt import logfmt
 from pyforward.sdnotify import Notifier, message, watchdog_interval
 from pyforward.server import Forwarder, apply_reload, serve
 from pyforward.settings import Settings
+from pyforward.status_text import format_status
 
 if TYPE_CHECKING:  # discovery loads only when configured
     from pyforward.discovery.runtime import DiscoveryStatus
@@ -36,20 +37,6 @@ if TYPE_CHECKING:  # discovery loads only when configured
 log = logging.getLogger("pyforward")
 
 STATUS_REFRESH = 1.0  # seconds between checks whether the status line changed
-_STATUS_MAX_ROUTES = 4  # routes named in the status line before it summarises
-
-
-def status_line(
-    routes: Sequence[tuple[str, Sequence[str]]], active: int, notes: dict[str, str]
-) -> str:
-    """The one-line STATUS= text: where it listens, where to, how busy, what is wrong."""
-    shown = [f"{listen} -> {','.join(targets)}" for listen, targets in routes[:_STATUS_MAX_ROUTES]]
-    if len(routes) > _STATUS_MAX_ROUTES:
-        shown.append(f"and {len(routes) - _STATUS_MAX_ROUTES} more")
-    noun = "connection" if active == 1 else "connections"
-    parts = [f"forwarding {'; '.join(shown)}", f"{active} active {noun}"]
-    parts += [f"{key} {text}" for key, text in sorted(notes.items())]
-    return "; ".join(parts)
 
 
 class Supervisor:
@@ -85,7 +72,7 @@ class Supervisor:
             notes["discovery"] = self.discovery_note
         if self.last_reload_error:
             notes["reload"] = f"failed: {self.last_reload_error}"
-        return status_line(routes, forwarder.stats.active, notes)
+        return format_status(routes, forwarder.stats.active, notes)
 
     def discovery_status(self, status: DiscoveryStatus) -> None:
         """Discovery's state changed: a degraded one shows in the status line at once."""

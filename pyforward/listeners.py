@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 from pyforward.addresses import Address
 from pyforward.errors import StartupError
+
+# How a socket bound to every interface shows its address (getsockname, /proc/net/tcp).
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def is_listener_for(
+    port: int, hosts: Collection[str] | None, bound_host: str, bound_port: int
+) -> bool:
+    """Is a socket bound to `bound_host`:`bound_port` the listener of a listen address on
+    `port` at numeric `hosts` (None: every interface), not merely one in its way? Hosts
+    compare as addresses (`::1` is `0:0::1`), a zone aside."""
+    if bound_port != port:
+        return False
+    if hosts is None:
+        return bound_host in WILDCARDS
+    return any(_same_host(host, bound_host) for host in hosts)
+
+
+def _same_host(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a.split("%", 1)[0]) == ipaddress.ip_address(b.split("%", 1)[0])
+    except ValueError:
+        return a == b
 
 
 def system_backlog() -> int:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from pyforward.addresses import Address, format_peer
 from pyforward.errors import StartupError
-from pyforward.listeners import bind_addresses
+from pyforward.listeners import WILDCARDS, bind_addresses, is_listener_for
 
 _LISTEN_STATE = "0A"
-WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,9 @@ def overlaps(address: Address, hosts: Iterable[str], sock: ListeningSocket) -> b
 
 def exactly(address: Address, hosts: Iterable[str], sock: ListeningSocket) -> bool:
     """Is `sock` the listener for `address` itself (not merely one in its way)?"""
-    if sock.port != address.port:
-        return False
-    if address.host is None:
-        return sock.host in WILDCARDS
-    return sock.host in set(hosts)
+    return is_listener_for(
+        address.port, None if address.host is None else list(hosts), sock.host, sock.port
+    )
 
 
 def numeric_hosts(address: Address) -> frozenset[str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pyforward import __version__
 from pyforward.access import AccessList
 from pyforward.addresses import Address, client_host, format_peer
+from pyforward.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.connection import Connection, Policy, ResolvedTarget
 from pyforward.errors import PyforwardError, StartupError
 from pyforward.health import TargetHealth
@@ -27,7 +28,7 @@ from pyforward.pipes import PipePool, splice_available
 from pyforward.poller import make_poller
 from pyforward.ratelimit import Every
 from pyforward.settings import RelayMode, Route, Settings
-from pyforward.stats import REASONS, Stats
+from pyforward.stats import Stats, reason_counts
 
 log = logging.getLogger("pyforward")
 
@@ -35,6 +36,7 @@ _ACCEPT_BATCH = 64  # connections accepted per wakeup before other work gets a t
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
 _REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
+_FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -50,7 +52,11 @@ class Listener:
 
 def _policy(route: Route) -> Policy:
     return Policy(
-        route.connect_timeout, route.idle_timeout, route.keepalive, route.first_byte_timeout
+        route.connect_timeout,
+        route.idle_timeout,
+        route.keepalive,
+        route.first_byte_timeout,
+        route.log_connections,
     )
 
 
@@ -124,6 +130,11 @@ class Forwarder:
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
         self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
         self._fd_log = Every(5.0)
+        # One failover line per route and interval: a client facing 100 dead targets
+        # would otherwise log 99 (each target going down is logged once, as target-down).
+        self._failover_logs: dict[Address, Every] = {}
+        self.close_summary = CloseSummary()
+        self._summary_timer: asyncio.TimerHandle | None = None
         # Listening sockets handed over by systemd, by route index (socket activation).
         self.passed_sockets = dict(passed_sockets or {})
         # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
@@ -163,6 +174,7 @@ class Forwarder:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
+        self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
         self._resume_accepting()
 
     async def _resolve(self, route: Route) -> list[ResolvedTarget]:
@@ -224,6 +236,8 @@ class Forwarder:
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
         self.listeners = kept + opened
         self.settings = settings
+        for listen in self._failover_logs.keys() - new_routes.keys():
+            del self._failover_logs[listen]
         if self._accepting:
             for listener in opened:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
@@ -290,12 +304,44 @@ class Forwarder:
                 listen_label=listener.label,
                 targets=targets,
                 policy=listener.policy,
+                failover_log=self._failover_log(listener.route),
                 source=source,
             )
             self.connections.add(connection)
-            connection.start()
+            try:
+                connection.start()
+            except Exception as exc:  # a bug: it must cost this connection, not the server
+                self.connection_crashed(connection, exc)
             if last:
                 return
+
+    def _failover_log(self, route: Route) -> Every:
+        limiter = self._failover_logs.get(route.listen)
+        if limiter is None:
+            limiter = self._failover_logs[route.listen] = Every(_FAILOVER_LOG_INTERVAL)
+        return limiter
+
+    def connection_crashed(self, connection: Connection, exc: Exception) -> None:
+        """Contain an error no part of the connection expected: log it with its traceback,
+        reset the client, give back its slot and its descriptors."""
+        log.error(
+            logfmt(
+                {
+                    "event": "connection-error",
+                    "client": connection.client_label,
+                    "error": type(exc).__name__,
+                    "msg": str(exc),
+                }
+            ),
+            exc_info=exc,
+        )
+        connection.fail(exc)
+
+    def _log_close_summary(self, *, again: bool = True) -> None:
+        for fields in self.close_summary.take():
+            log.info(logfmt(fields))
+        if again:
+            self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
 
     def _close_listeners_for_good(self, label: str) -> None:
         self._pause_accepting()
@@ -414,6 +460,10 @@ class Forwarder:
         self.stop_accepting()
         for connection in list(self.connections):
             connection.close("shutdown", reset=True)
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+            self._summary_timer = None
+            self._log_close_summary(again=False)  # the counts since the last line
         if self.pipes is not None:
             self.pipes.close()
         if not self._closed:
@@ -547,9 +597,7 @@ async def serve(
 
 def closed_counts(stats: Stats) -> dict[str, int]:
     """`closed_REASON: count` for every reason connections closed with, in REASONS order."""
-    order = {reason: index for index, reason in enumerate(REASONS)}
-    reasons = sorted(stats.closed, key=lambda reason: (order.get(reason, len(order)), reason))
-    return {f"closed_{reason}": stats.closed[reason] for reason in reasons if stats.closed[reason]}
+    return reason_counts(stats.closed)
 
 
 async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:

@@ -31,6 +31,8 @@ CONFIG_DIR = Path("/etc/pyforward")
 BACKUP_DIR = CONFIG_DIR / "backup"
 SERVING_TIMEOUT = 15.0  # seconds install waits, after start, for every listener to accept
 PROBE_TIMEOUT = 2.0  # seconds for one TCP connection attempt
+# First line of the config file install writes (after "# "); uninstall looks for it.
+CONFIG_MARKER = "Written by `pyforward install --name {name}`"
 
 Echo = Callable[[str], None]
 
@@ -43,14 +45,23 @@ def unit_path(unit: str) -> Path:
     return systemctl.UNIT_DIR / unit
 
 
-def written_by_pyforward(path: Path) -> bool:
-    """Whether a unit file was written by pyforward (its first line says so)."""
+def _first_line(path: Path) -> str:
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
-            first = handle.readline()
+            return handle.readline()
     except OSError:
-        return False
-    return first.startswith((MARKER, SOCKET_MARKER))
+        return ""
+
+
+def written_by_pyforward(path: Path) -> bool:
+    """Whether a unit file was written by pyforward (its first line says so)."""
+    return _first_line(path).startswith((MARKER, SOCKET_MARKER))
+
+
+def config_written_by_install(name: str) -> bool:
+    """Whether /etc/pyforward/NAME.toml is the one `install --name NAME` wrote (its first
+    line says so): uninstall removes nothing else."""
+    return _first_line(config_path(name)).startswith(f"# {CONFIG_MARKER.format(name=name)};")
 
 
 def require_systemd(command: str) -> None:
@@ -89,6 +100,7 @@ class InstallPlan:
     settings: Settings
     files: dict[Path, str]  # what to write, config first
     units: tuple[str, ...]  # unit names, socket first
+    kubeconfig_note: str = ""  # which kubeconfig the service is handed, and why that one
 
     @property
     def service(self) -> str:
@@ -144,16 +156,28 @@ def carry_over_unit(path: Path) -> CarriedOver:
     return CarriedOver(flags, carried, dropped)
 
 
-def kubeconfig_to_hand_over(env: Mapping[str, str]) -> str | None:
+def kubeconfig_to_hand_over(env: Mapping[str, str]) -> tuple[str, str] | None:
     """The kubeconfig `pyforward discover` would use here, for LoadCredential=: the first
-    candidate file that exists (systemd reads it as root, whatever its permissions)."""
+    candidate file that exists (systemd reads it as root, whatever its permissions), and
+    the rule that found it ("$KUBECONFIG", "~/.kube/config", "k3s", ...)."""
     # Imported here: static forwarding loads nothing of discovery.
     from pyforward.discovery.kubeconfig import candidate_sources  # noqa: PLC0415
 
     for source in candidate_sources(None, env):
         if source.path and os.pathsep not in source.path and os.path.isfile(source.path):
-            return source.path
+            return source.path, source.origin
     return None
+
+
+def _check_kubeconfig(path: str, given_as: str) -> None:
+    """Refuse, at install, a kubeconfig the service would refuse (exec:, auth-provider:)."""
+    from pyforward.discovery.kubeconfig import (  # noqa: PLC0415  (loads kubernetes)
+        KubeconfigSource,
+        check_credentials,
+    )
+
+    if os.access(path, os.R_OK):  # one only root can read is checked by the service
+        check_credentials(KubeconfigSource(given_as, path))
 
 
 def plan_install(
@@ -172,20 +196,36 @@ def plan_install(
         raise StartupError(
             "cannot write these settings as one config file; give them in a --config file"
         )
-    kubeconfig = request.kubeconfig
+    kubeconfig, kubeconfig_source = request.kubeconfig, "--kubeconfig"
+    origin, why = "--kubeconfig", "given with install --kubeconfig"
     if settings.discovery is not None:
         # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
         # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
         # so the config file names no kubeconfig of its own.
-        kubeconfig = (
-            kubeconfig or settings.discovery.kubeconfig or kubeconfig_to_hand_over(request.env)
-        )
+        if kubeconfig is None and settings.discovery.kubeconfig:
+            kubeconfig, kubeconfig_source = settings.discovery.kubeconfig, "kubeconfig"
+            origin, why = "kubeconfig setting", "the kubeconfig of these settings"
+        if kubeconfig is None and (first := kubeconfig_to_hand_over(request.env)) is not None:
+            # Often root's own (~/.kube/config): said aloud, since the service acts with it.
+            kubeconfig, origin = first
+            kubeconfig_source = "the kubeconfig discovery would use"
+            why = (
+                f"found as {origin}, the first kubeconfig `pyforward discover` would use "
+                "here; give --kubeconfig FILE to hand over another"
+            )
         merged.pop("kubeconfig", None)
+    note = ""
     if kubeconfig is not None:
-        check_path(kubeconfig, "--kubeconfig")
+        check_path(kubeconfig, kubeconfig_source)
+        if settings.discovery is not None:
+            _check_kubeconfig(kubeconfig, origin)
+            note = (
+                f"the service is handed kubeconfig {kubeconfig} ({why}), as its credential "
+                "'kubeconfig' (LoadCredential=, read by systemd as root)"
+            )
     config = config_path(name)
     header = (
-        f"Written by `pyforward install --name {name}`; {name}.service runs with it.\n"
+        f"{CONFIG_MARKER.format(name=name)}; {name}.service runs with it.\n"
         f"After editing: `systemctl reload {name}` applies new targets and timeouts,\n"
         f"`systemctl restart {name}` new listeners."
     )
@@ -208,7 +248,7 @@ def plan_install(
     files = {config: configfile.to_toml(merged, header)}
     files.update({unit_path(unit): text for unit, text in units.items()})
     order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
-    return InstallPlan(name, settings, files, tuple(order))
+    return InstallPlan(name, settings, files, tuple(order), note)
 
 
 def render_plan(plan: InstallPlan) -> str:
@@ -223,6 +263,23 @@ def foreign_units(plan: InstallPlan) -> list[Path]:
         for unit in plan.units
         if unit_path(unit).exists() and not written_by_pyforward(unit_path(unit))
     ]
+
+
+def foreign_config(name: str) -> Path | None:
+    """/etc/pyforward/NAME.toml when it exists and install did not write it."""
+    config = config_path(name)
+    return config if config.exists() and not config_written_by_install(name) else None
+
+
+def keep_foreign_config(name: str, echo: Echo) -> None:
+    """Move a config file install did not write out of the way, for uninstall to restore:
+    install writes an equivalent one, without the comments its writer may have kept."""
+    config = foreign_config(name)
+    if config is None:
+        return
+    BACKUP_DIR.mkdir(parents=True, exist_ok=True)
+    config.replace(BACKUP_DIR / config.name)
+    echo(f"{config} was not written by pyforward install: kept it as {BACKUP_DIR / config.name}")
 
 
 def _pids_of(unit: str) -> set[int]:
@@ -272,6 +329,7 @@ def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> 
     # Stop what runs under these names: their ports are about to change hands.
     for unit_file in foreign_units(plan):
         _backup(unit_file, echo)
+    keep_foreign_config(plan.name, echo)
     stale_socket = unit_path(f"{plan.name}.socket")
     owned = [u for u in (f"{plan.name}.socket", plan.service) if written_by_pyforward(unit_path(u))]
     if owned:
@@ -335,7 +393,11 @@ def uninstall(name: str, echo: Echo) -> None:
     ours = [path for path in files if path.exists()]
     backups = [BACKUP_DIR / unit for unit in units if (BACKUP_DIR / unit).exists()]
     config = config_path(name)
-    if not ours and not backups and not config.exists():
+    config_ours = config_written_by_install(name)
+    config_backup = BACKUP_DIR / config.name
+    if config.exists() and not config_ours:
+        echo(f"{config} was not written by `pyforward install --name {name}`; leaving it alone")
+    if not ours and not backups and not config_ours:
         echo(f"{name} is not installed; nothing to remove")
         return
     if ours:
@@ -343,16 +405,19 @@ def uninstall(name: str, echo: Echo) -> None:
         systemctl.run("stop", *present)
         systemctl.run("disable", *present)
         # The state directory of a DynamicUser service (/var/lib/private/NAME).
-        systemctl.run("clean", "--what=state", f"{name}.service")
-    for path in [*ours, config]:
-        if path.exists():
-            path.unlink()
-            echo(f"removed {path}")
-    systemctl.must("daemon-reload")
-    for unit in units:
-        systemctl.run("reset-failed", unit)
+        systemctl.run("clean", f"{name}.service", options=("--what=state",))
+    for path in [*ours, *([config] if config_ours else [])]:
+        path.unlink()
+        echo(f"removed {path}")
+    if ours or backups:
+        systemctl.must("daemon-reload")
+        for unit in units:
+            systemctl.run("reset-failed", unit)
     for backup in backups:
         _restore(backup, echo)
+    if config_backup.exists() and not config.exists():
+        config_backup.replace(config)
+        echo(f"restored {config}")
     for directory in (BACKUP_DIR, CONFIG_DIR):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()

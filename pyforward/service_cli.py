@@ -11,10 +11,17 @@ import typer
 
 from pyforward import installation, service, service_status
 from pyforward.settings import env_name
+from pyforward.units import check_name
 
 NameOpt = Annotated[
     str,
-    typer.Option("--name", "-n", help="Name of the systemd unit (NAME.service)."),
+    typer.Option(
+        "--name",
+        "-n",
+        help="Name of the systemd unit (NAME.service): letters, digits, _ . - (not first).",
+        # Checked as it enters, before any file is read or any command is run with it.
+        callback=check_name,
+    ),
 ]
 
 
@@ -109,11 +116,19 @@ def install(
         kubeconfig=kubeconfig,
     )
     plan = service.plan_install(request, find_installation)
+    if plan.kubeconfig_note:
+        _echo_err(plan.kubeconfig_note)
     if dry_run:
         for unit_file in service.foreign_units(plan):
             _echo_err(
                 f"would stop {unit_file.name} (not written by pyforward) and keep it as "
                 f"{service.BACKUP_DIR / unit_file.name} for uninstall to restore"
+            )
+        config = service.foreign_config(plan.name)
+        if config is not None:
+            _echo_err(
+                f"would keep {config} (not written by pyforward install) as "
+                f"{service.BACKUP_DIR / config.name} for uninstall to restore"
             )
         typer.echo(service.render_plan(plan), nl=False)
         return

@@ -9,7 +9,6 @@ Exit 0 when all is well, 1 for warnings, 2 when forwarding is down.
 from __future__ import annotations
 
 import json
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,12 +19,11 @@ from pyforward import ports, systemctl
 from pyforward.errors import ConfigError
 from pyforward.service import PROBE_TIMEOUT, config_path, written_by_pyforward
 from pyforward.settings import Route, Settings, build_settings, parse_config_text
+from pyforward.status_text import parse_status
 from pyforward.systemctl import unit_state
 from pyforward.units import check_name
 
 THROUGH_WAIT = 1.0  # seconds a connection through the listener must stay up to count
-# How the service's status line (pyforward.daemon.status_line) reports degraded discovery.
-DEGRADED_DISCOVERY = re.compile(r"discovery (degraded: .*?)(?:; |$)")
 
 
 class Level(IntEnum):
@@ -140,9 +138,9 @@ def status(name: str) -> StatusReport:
     running = unit["ActiveState"] in {"active", "reloading"}
     if running:
         report.add(service, Level.OK, unit_state(unit))
-        degraded = DEGRADED_DISCOVERY.search(unit["StatusText"])
-        if degraded:
-            report.add("discovery", Level.WARN, degraded.group(1))
+        said = parse_status(unit["StatusText"])
+        if said is not None and said.notes.get("discovery", "").startswith("degraded"):
+            report.add("discovery", Level.WARN, said.notes["discovery"])
     elif socket_active:
         report.add(
             service,

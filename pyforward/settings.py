@@ -22,6 +22,7 @@ from typing import Any
 
 from pyforward.access import AccessList
 from pyforward.addresses import Address, parse_listen, parse_target
+from pyforward.closelog import LogConnections
 from pyforward.discovery.options import (
     DEFAULT_BOOT_TIMEOUT,
     DEFAULT_SERVICE,
@@ -73,6 +74,7 @@ class Route:
     first_byte_timeout: float | None = None
     # Discovered routes: no static targets; the Service port (name or number) to follow.
     service_port: str | None = None
+    log_connections: LogConnections = LogConnections.ALL
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ OPTIONS: dict[str, Option] = {
     "loop": Option(_choice(LoopName), LoopName.AUTO),
     "log_level": Option(_choice(LogLevel), LogLevel.INFO),
     "quiet": Option(_boolean, False),
+    "log_connections": Option(_choice(LogConnections), LogConnections.ALL, per_route=True),
     "backlog": Option(_positive_int, None),
     "max_connections": Option(_positive_int, None),
     "shutdown_timeout": Option(_duration, 20.0),
@@ -409,6 +412,7 @@ def _route(
         access=AccessList.parse(values["allow"], values["deny"]),
         first_byte_timeout=values["first_byte_timeout"] or None,
         service_port=values["service_port"],
+        log_connections=values["log_connections"],
     )
 
 

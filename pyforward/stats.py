@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # The closed list of reasons a connection ends with; the README documents each one.
@@ -28,3 +29,10 @@ class Stats:
     spliced_bytes: int = 0
     copied_bytes: int = 0
     closed: Counter[str] = field(default_factory=Counter)
+
+
+def reason_counts(closed: Mapping[str, int]) -> dict[str, int]:
+    """`closed_REASON: count` for every reason with a count, in REASONS order."""
+    order = {reason: index for index, reason in enumerate(REASONS)}
+    reasons = sorted(closed, key=lambda reason: (order.get(reason, len(order)), reason))
+    return {f"closed_{reason}": closed[reason] for reason in reasons if closed[reason]}

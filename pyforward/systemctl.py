@@ -44,9 +44,14 @@ class Outcome:
     output: str  # stdout and stderr together, stripped
 
 
-def run(*args: str, timeout: float = _TIMEOUT) -> Outcome:
-    """Run systemctl with arguments; never raises for a non-zero exit."""
-    return _run(["systemctl", *args], timeout)
+def command(verb: str, units: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+    """`systemctl VERB OPTIONS -- UNITS`: after `--`, no unit name is read as an option."""
+    return ["systemctl", verb, *options, *(["--", *units] if units else [])]
+
+
+def run(verb: str, *units: str, options: Sequence[str] = (), timeout: float = _TIMEOUT) -> Outcome:
+    """Run `systemctl VERB OPTIONS -- UNITS`; never raises for a non-zero exit."""
+    return _run(command(verb, units, options), timeout)
 
 
 def _run(argv: Sequence[str], timeout: float) -> Outcome:
@@ -66,17 +71,18 @@ def _run(argv: Sequence[str], timeout: float) -> Outcome:
     return Outcome(result.returncode == 0, (result.stdout + result.stderr).strip())
 
 
-def must(*args: str) -> str:
+def must(verb: str, *units: str) -> str:
     """Run systemctl; a failure becomes a StartupError naming the command."""
-    outcome = run(*args)
+    outcome = run(verb, *units)
     if not outcome.ok:
-        raise StartupError(f"systemctl {' '.join(args)} failed: {outcome.output or 'no output'}")
+        words = " ".join(command(verb, units)[1:])
+        raise StartupError(f"systemctl {words} failed: {outcome.output or 'no output'}")
     return outcome.output
 
 
 def show(unit: str, properties: Sequence[str] = UNIT_PROPERTIES) -> dict[str, str]:
     """Properties of a unit (empty strings for those systemd did not give)."""
-    outcome = run("show", unit, "--property=" + ",".join(properties))
+    outcome = run("show", unit, options=("--property=" + ",".join(properties),))
     values = {name: "" for name in properties}
     for line in outcome.output.splitlines():
         key, sep, value = line.partition("=")
@@ -88,7 +94,8 @@ def show(unit: str, properties: Sequence[str] = UNIT_PROPERTIES) -> dict[str, st
 def journal_tail(unit: str, lines: int = 15) -> list[str]:
     """The unit's last log lines, oldest first (empty when journalctl cannot say)."""
     outcome = _run(
-        ["journalctl", "--unit", unit, "--lines", str(lines), "--no-pager", "--output", "short"],
+        # `--unit=NAME` in one word: a name is never read as an option.
+        ["journalctl", f"--unit={unit}", "--lines", str(lines), "--no-pager", "--output", "short"],
         30.0,
     )
     if not outcome.ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
@@ -20,12 +21,22 @@ MARKER = "# Written by `pyforward install`"  # first line of every unit pyforwar
 SOCKET_MARKER = "# Written by `pyforward install --socket-activation`"
 WATCHDOG_SEC = 10
 STOP_MARGIN_SEC = 10  # TimeoutStopSec= beyond shutdown_timeout, for the final cleanup
-# A unit name: what systemd allows, minus `@` (templates) and `\` escapes.
-_UNIT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+# systemd's UNIT_NAME_MAX: 256 bytes with the NUL, so 255 with the suffix.
+_LONGEST_SUFFIX = ".service"
+NAME_MAX = 255 - len(_LONGEST_SUFFIX)
+# A unit name: what systemd allows ([A-Za-z0-9:_.\\-], and `@` for templates), minus `@`,
+# `\` (an escape in ExecStart= and paths) and `:` (StateDirectory= reads it as SOURCE:LINK);
+# not starting with `-` (systemctl would take it for an option) or `.` (`.` and `..` are no
+# StateDirectory=, and a hidden file is no config file).
+_UNIT_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
 # Paths written into a unit: no whitespace, quotes, `%` (specifiers), `$` (variables) or
 # `:` (BindReadOnlyPaths= separator), so they mean exactly themselves without escaping.
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+,=@~-]*")
+# A word of a command line that systemd reads as it is (systemd.service(5), "Command lines").
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./+,=@~:-]+")
 _OMIT = "\0omit\0"  # marks a template line that renders to nothing
+# Control characters, and the separators some readers take for a line break.
+_CONTROL = frozenset({"Cc", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -47,9 +58,12 @@ def check_name(name: str) -> str:
     """A unit name (without `.service`), or a ConfigError saying what is wrong with it."""
     if name.endswith((".service", ".socket")):
         raise ConfigError(f"--name {name!r}: give the name without .service or .socket")
+    if len(name) > NAME_MAX:
+        raise ConfigError(f"--name: a unit name is at most {NAME_MAX} characters, got {len(name)}")
     if not _UNIT_NAME.fullmatch(name):
         raise ConfigError(
-            f"--name {name!r}: use letters, digits and _ . : - only (it names a systemd unit)"
+            f"--name {name!r}: use letters, digits and _ . - only, starting with a letter, "
+            "a digit or _ (it names a systemd unit)"
         )
     return name
 
@@ -65,11 +79,14 @@ def check_path(path: str, what: str) -> str:
 
 
 def listen_stream(address: Address) -> str:
-    """A ListenStream= value with the meaning pyforward gives a listen address."""
+    """A ListenStream= value with the meaning pyforward gives a listen address (before
+    specifier escaping, which rendering adds)."""
     if address.host is None:
         return str(address.port)  # systemd: IPv6 and IPv4 (BindIPv6Only=both), as pyforward
     if address.is_ipv6_literal:
-        return f"[{address.host}]:{address.port}"
+        # systemd.socket(5) puts the zone after the port: [ADDRESS]:PORT%IFNAME.
+        host, percent, zone = address.host.partition("%")
+        return f"[{host}]:{address.port}{percent}{zone}"
     if not re.fullmatch(r"[0-9.]+", address.host):
         raise ConfigError(
             f"listen {address}: socket activation needs a numeric address "
@@ -78,48 +95,84 @@ def listen_stream(address: Address) -> str:
     return f"{address.host}:{address.port}"
 
 
+def command_line(program: str, *args: str) -> str:
+    """An ExecStart= value running `program` with `args`, quoted as systemd.service(5)
+    reads it (before specifier escaping, which rendering adds): a word that is not plain is
+    double-quoted with `\\` and `"` escaped, and `$` in an argument is doubled so that no
+    variable is expanded (systemd expands none in the program's path, and refuses quotes
+    and backslashes there)."""
+    if not program.startswith("/") or any(char in program for char in "\"'\\"):
+        raise ConfigError(
+            f"cannot run {program!r} from a unit: the program needs an absolute path "
+            "without quotes or backslashes"
+        )
+    words = [_quoted(program)]
+    words.extend(_quoted(arg.replace("$", "$$")) for arg in args)
+    return " ".join(words)
+
+
+def _quoted(word: str) -> str:
+    if _PLAIN_WORD.fullmatch(word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unit_value(text: str, where: str) -> str:
+    """`text` as it must appear in a unit file to mean itself: `%` doubled (systemd expands
+    specifiers in nearly every setting, and in none does a literal `%%` mean anything else).
+    A control character is refused: a newline would begin a setting of its own. Values are
+    checked where they enter; this is the last line of defence, at the point of writing."""
+    for char in text:
+        if unicodedata.category(char) in _CONTROL:
+            raise ConfigError(
+                f"refusing to write {text!r} into {where}: it holds the control character {char!r}"
+            )
+    return text.replace("%", "%%")
+
+
 def _template(name: str) -> string.Template:
     text = resources.files("pyforward").joinpath("templates", name).read_text(encoding="utf-8")
     return string.Template(text)
 
 
-def _fill(template_name: str, values: dict[str, str]) -> str:
-    text = _template(template_name).substitute(values)
+def _fill(template_name: str, where: str, values: dict[str, str | tuple[str, ...]]) -> str:
+    """The template with every value escaped by `unit_value`; a tuple fills one line per
+    item, or none when empty."""
+    filled = {}
+    for key, value in values.items():
+        lines = (value,) if isinstance(value, str) else value
+        filled[key] = "\n".join(unit_value(line, where) for line in lines) if lines else _OMIT
+    text = _template(template_name).substitute(filled)
     return "".join(line for line in text.splitlines(keepends=True) if line.rstrip("\n") != _OMIT)
-
-
-def _lines(*lines: str) -> str:
-    return "\n".join(lines) if lines else _OMIT
 
 
 def render_service(spec: UnitSpec) -> str:
     """The text of NAME.service."""
     socket_unit = f"{spec.name}.socket"
+    socket_dependency: tuple[str, ...] = ()
     if spec.socket_activation:
         # systemd binds the ports, so the service needs no capability at all.
-        capabilities = _lines("CapabilityBoundingSet=")
-        socket_dependency = _lines(f"Requires={socket_unit}", f"After={socket_unit}")
+        capabilities: tuple[str, ...] = ("CapabilityBoundingSet=",)
+        socket_dependency = (f"Requires={socket_unit}", f"After={socket_unit}")
     else:
-        capabilities = _lines(
+        capabilities = (
             "AmbientCapabilities=CAP_NET_BIND_SERVICE",
             "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         )
-        socket_dependency = _OMIT
-    credential = (
-        _lines(f"LoadCredential=kubeconfig:{spec.kubeconfig}") if spec.kubeconfig else _OMIT
-    )
+    credential = (f"LoadCredential=kubeconfig:{spec.kubeconfig}",) if spec.kubeconfig else ()
+    bind_paths: tuple[str, ...] = ()
+    protect_home = "yes"
     if spec.read_only_paths:
         # Home directories become an empty tmpfs with only the installation bound back in.
         protect_home = "tmpfs"
-        bind_paths = _lines(f"BindReadOnlyPaths={' '.join(spec.read_only_paths)}")
-    else:
-        protect_home, bind_paths = "yes", _OMIT
+        bind_paths = (f"BindReadOnlyPaths={' '.join(spec.read_only_paths)}",)
     return _fill(
         "pyforward.service.in",
+        f"{spec.name}.service",
         {
             "name": spec.name,
             "config": spec.config_path,
-            "exec_start": spec.exec_start,
+            "command": command_line(spec.exec_start, "run", "--config", spec.config_path),
             "socket_dependency": socket_dependency,
             "watchdog_sec": str(WATCHDOG_SEC),
             "stop_timeout_sec": str(math.ceil(spec.shutdown_timeout) + STOP_MARGIN_SEC),
@@ -135,10 +188,11 @@ def render_socket(spec: UnitSpec) -> str:
     """The text of NAME.socket: one ListenStream= per route."""
     return _fill(
         "pyforward.socket.in",
+        f"{spec.name}.socket",
         {
             "name": spec.name,
-            "listen_streams": _lines(*(f"ListenStream={listen_stream(a)}" for a in spec.listen)),
-            "backlog": _lines(f"Backlog={spec.backlog}") if spec.backlog else _OMIT,
+            "listen_streams": tuple(f"ListenStream={listen_stream(a)}" for a in spec.listen),
+            "backlog": (f"Backlog={spec.backlog}",) if spec.backlog else (),
         },
     )
 

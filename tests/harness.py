@@ -272,5 +272,23 @@ def reads_until_closed(sock: socket.socket) -> tuple[bytes, BaseException | None
     return b"".join(chunks), None
 
 
+def connect_and_read(
+    port: int, message: bytes = b"", timeout: float = TIMEOUT
+) -> tuple[bytes, BaseException | None]:
+    """Connect, send `message`, read until the forwarder closes: as `reads_until_closed`.
+
+    A forwarder that resets a client at once (its target refused within microseconds,
+    or could not be tried at all) can do so before the client's own connect() returns,
+    which then raises the reset: that too is the reset the client was told.
+    """
+    try:
+        with connect(port, timeout=timeout) as client:
+            if message:
+                client.sendall(message)
+            return reads_until_closed(client)
+    except ConnectionResetError as exc:
+        return b"", exc
+
+
 def python_path() -> Path:
     return Path(sys.executable)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from pyforward.server import Forwarder, serve
 from pyforward.settings import Settings
@@ -17,9 +19,34 @@ class LogLines(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
+        self._changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        with self._changed:
+            self.lines.append(record.getMessage())
+            self._changed.notify_all()
+
+    def wait(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
+        """Wait until `count` lines match `pattern`; return every line that does."""
+        regex = re.compile(pattern)
+
+        def matching(lines: list[str]) -> list[str]:
+            return [line for line in lines if regex.search(line)]
+
+        self.wait_for(lambda lines: len(matching(lines)) >= count, pattern, timeout)
+        with self._changed:
+            return matching(self.lines)
+
+    def wait_for(
+        self, condition: Callable[[list[str]], bool], what: str, timeout: float = TIMEOUT
+    ) -> None:
+        """Wait until `condition(lines)` holds; `what` names it in the failure."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition(self.lines):
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {what} in {timeout}s:\n" + "\n".join(self.lines[-50:])
+                self._changed.wait(remaining)
 
 
 @contextlib.contextmanager
@@ -64,3 +91,17 @@ def running(settings: Settings) -> Iterator[tuple[Forwarder, LogLines]]:
             loop.call_soon_threadsafe(stop.set)
         thread.join(TIMEOUT)
         logger.removeHandler(logs)
+
+
+def on_loop(forwarder: Forwarder, function: Callable[[], object]) -> None:
+    """Call `function` on the forwarder's event loop and wait until it has run."""
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            function()
+        finally:
+            done.set()
+
+    forwarder.loop.call_soon_threadsafe(call)
+    assert done.wait(TIMEOUT), "the event loop did not run the call"

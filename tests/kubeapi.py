@@ -155,6 +155,7 @@ class KubeApi:
         self.silent = False  # watches send nothing and never end: a dead connection
         self.no_newline = False  # watches send bytes, never a newline, and never end
         self.list_byte_delay = 0.0  # > 0: lists send their body one byte per this many s
+        self.list_bodies: dict[str, Any] = {}  # path -> JSON sent for a list instead
         self.kubeconfig = tmp_path / "kubeconfig"
 
     # --- lifecycle
@@ -193,7 +194,11 @@ class KubeApi:
             with contextlib.suppress(OSError):
                 connection.shutdown(2)
 
-    def write_kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
+    def write_kubeconfig(
+        self, path: Path, token: str = TOKEN, user: tuple[str, dict[str, Any]] | None = None
+    ) -> Path:
+        """A kubeconfig for this server; `user`: (name, entry) instead of the token user."""
+        user_name, user_entry = user or ("test", {"token": token})
         ca_data = base64.b64encode(self.ca.cert_pem.bytes()).decode()
         config = {
             "apiVersion": "v1",
@@ -207,8 +212,8 @@ class KubeApi:
                     },
                 }
             ],
-            "users": [{"name": "test", "user": {"token": token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            "users": [{"name": user_name, "user": user_entry}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user_name}}],
             "current-context": "test",
         }
         path.write_text(json.dumps(config))  # JSON is YAML
@@ -219,7 +224,8 @@ class KubeApi:
     def _record(self, collection: str, type_: str, obj: dict[str, Any]) -> None:
         store = self.store
         store.version += 1
-        obj["metadata"]["resourceVersion"] = str(store.version)
+        if isinstance(obj.get("metadata"), dict):  # hostile objects may have none
+            obj["metadata"]["resourceVersion"] = str(store.version)
         store.history.append(_Event(store.version, collection, type_, copy.deepcopy(obj)))
         self.cond.notify_all()
 
@@ -235,14 +241,15 @@ class KubeApi:
             obj = self.store.services.pop((namespace, name))
             self._record(f"services/{namespace}", "DELETED", obj)
 
-    def put_node(self, obj: dict[str, Any]) -> None:
-        self.put_nodes([obj])
+    def put_node(self, obj: dict[str, Any], name: str | None = None) -> None:
+        """Add or change a Node; `name` keys one whose metadata is not what it should be."""
+        self.put_nodes([obj], [name or obj["metadata"]["name"]])
 
-    def put_nodes(self, objs: list[dict[str, Any]]) -> None:
+    def put_nodes(self, objs: list[dict[str, Any]], names: list[str] | None = None) -> None:
         """Add or change many nodes at once: one event each, sent out together."""
         with self.cond:
-            for given in objs:
-                name = given["metadata"]["name"]
+            for index, given in enumerate(objs):
+                name = names[index] if names else given["metadata"]["name"]
                 kind = "MODIFIED" if name in self.store.nodes else "ADDED"
                 self.store.nodes[name] = obj = copy.deepcopy(given)
                 self._record("nodes", kind, obj)
@@ -356,6 +363,9 @@ class _Handler(BaseHTTPRequestHandler):
         (A real server serves every page from the first one's snapshot; this one serves
         each from the store as it is, which a watch from the first version makes good.)"""
         api = self.server.api
+        if self.path.split("?")[0] in api.list_bodies:
+            self._send(200, api.list_bodies[self.path.split("?")[0]])
+            return
         offset = int(query.get("continue") or 0)
         limit = int(query.get("limit") or 0)
         with api.cond:
@@ -467,7 +477,7 @@ class _Handler(BaseHTTPRequestHandler):
             since = pending[-1].version
             yield [json.dumps({"type": e.type, "object": e.obj}) for e in pending]
 
-    def _send(self, code: int, body: dict[str, Any]) -> None:
+    def _send(self, code: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

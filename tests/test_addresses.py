@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -95,3 +96,74 @@ def test_every_ip_address_and_port_parses(
 ) -> None:
     text = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
     assert parse_target(text) == Address(str(ip), port)
+
+
+# The exploit of a zone that held a unit file's next lines, and its near relatives.
+HOSTILE_ZONES = [
+    '%\nExecStartPre=/bin/sh -c "id >/tmp/x"\nListenStream=127.0.0.1:8443\n#',
+    "eth0\n",
+    "eth0\r",
+    "eth\x00",
+    "eth 0",
+    "e%d",
+    "a/b",
+    "a:b",
+    "..",
+    ".",
+    "",
+    "0",
+    "2147483648",
+    "sixteen-chars-xx",
+    "éth0",
+]
+
+
+@pytest.mark.parametrize("zone", HOSTILE_ZONES)
+@pytest.mark.parametrize("parse", [parse_listen, parse_target])
+def test_a_zone_that_is_no_interface_name_is_refused(
+    zone: str, parse: Callable[[str], Address]
+) -> None:
+    with pytest.raises(ConfigError, match=r"zone|interface") as info:
+        parse(f"[fe80::1%{zone}]:443")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("zone", ["eth0", "lo", "enp0s31f6", "wg-home_1", "br.10", "2", "x" * 15])
+def test_interface_names_and_indexes_are_zones(zone: str) -> None:
+    assert parse_listen(f"[fe80::1%{zone}]:443") == Address(f"fe80::1%{zone}", 443)
+
+
+def is_interface_name(zone: str) -> bool:
+    """An interface name as Linux makes them and systemd accepts them, or an ifindex."""
+    if zone.isascii() and zone.isdigit():
+        return 1 <= int(zone) < 2**31
+    return (
+        0 < len(zone) < 16
+        and zone not in {".", ".."}
+        and all(33 <= ord(char) <= 126 and char not in ":/%" for char in zone)
+    )
+
+
+ZONES = st.one_of(st.text(max_size=24), st.text(st.characters(max_codepoint=127), max_size=20))
+
+
+@given(ZONES, st.sampled_from(["fe80::1", "::1", "2001:db8::7"]))
+def test_accepted_zones_are_interface_names(zone: str, address: str) -> None:
+    for parse in (parse_listen, parse_target):
+        try:
+            parsed = parse(f"[{address}%{zone}]:443")
+        except ConfigError:
+            continue
+        assert parsed.host == f"{address}%{zone}"
+        assert is_interface_name(zone)
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40).map(lambda s: f"[::1%{s}"))
+def test_bracketed_text_raises_only_the_modules_error(text: str) -> None:
+    for parse in (parse_listen, parse_target):
+        try:
+            address = parse(text)
+        except ConfigError:
+            continue
+        assert address.host is not None
+        assert all(33 <= ord(char) <= 126 for char in address.host)

@@ -81,3 +81,9 @@ def test_header_is_comments() -> None:
 @given(st.text(max_size=40))
 def test_any_string_survives(text: str) -> None:
     assert tomllib.loads(to_toml({"key": text, "list": [text]})) == {"key": text, "list": [text]}
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20))
+def test_any_key_survives(key: str, table: str, text: str) -> None:
+    data = {key: text, table: {key: [text]}, "route": [{key: text}]}
+    assert tomllib.loads(to_toml(data, header=f"header {text}")) == data

@@ -109,7 +109,7 @@ def test_a_silent_watch_is_noticed_by_its_read_timeout(kube: KubeApi) -> None:
         watching.next(Connected)
         kube.put_service(service(ports=(("https", 443, 32000),)))
         assert watching.next(Changed).via == "watch"
-        assert watching.store.services()[0].ports[0].node_port == 32000
+        assert watching.store.parsed().objects[0].ports[0].node_port == 32000
     finally:
         watching.close()
     path = "/api/v1/namespaces/istio-system/services"

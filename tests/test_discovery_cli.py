@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,49 @@ def test_discover_prints_service_nodes_and_choice(
     assert "warning: LoadBalancer Service istio-system/istio-ingressgateway exposes port 443" in out
 
 
+def test_discover_says_which_nodes_it_left_out_and_why(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward
+) -> None:
+    kube.put_node(node("evil", "evil.invalid"))
+    kube.put_node(node("zero", "0.0.0.0"))
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "nodes (5):" in result.stdout
+    assert (
+        '  left out: node evil: InternalIP "evil.invalid" is not an IP address\n' in result.stdout
+    )
+    assert '  left out: node zero: InternalIP "0.0.0.0" is the unspecified' in result.stdout
+    assert "forward: *:443 -> 10.0.0.12:31443, 10.0.0.11:31443 " in result.stdout
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig), "--json"], tmp_path)
+    assert [n["name"] for n in json.loads(result.stdout)["rejected_nodes"]] == ["evil", "zero"]
+
+
+def test_error_a_list_that_is_no_list_object(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward
+) -> None:
+    kube.list_bodies["/api/v1/nodes"] = ["not", "a", "NodeList"]
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig)], tmp_path)
+    assert result.returncode == 1
+    assert error_line(result) == (
+        f"pyforward: error: the API server at https://127.0.0.1:{kube.port} answered list "
+        "nodes with a list, not a NodeList object"
+    )
+
+
+def test_error_node_port_that_is_no_port(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward
+) -> None:
+    broken = service()
+    broken["spec"]["ports"][2]["nodePort"] = True
+    kube.put_service(broken)
+    result = pyforward(["discover", "--kubeconfig", str(kube.kubeconfig)], tmp_path)
+    assert result.returncode == 1
+    assert error_line(result) == (
+        "pyforward: error: Service istio-system/istio-ingressgateway: port https: nodePort is "
+        "true, not a port number (an integer 1-65535)"
+    )
+
+
 def test_discover_json_with_preset(kube: KubeApi, tmp_path: Path, pyforward: Pyforward) -> None:
     result = pyforward(
         ["discover", "--kubeconfig", str(kube.kubeconfig), "--preset", "istio", "--json"],
@@ -195,6 +239,58 @@ def test_error_no_kubeconfig(tmp_path: Path, pyforward: Pyforward) -> None:
     assert "/etc/rancher/k3s/k3s.yaml (does not exist)" in line
     assert "in-cluster (not in a pod" in line
     assert "--kubeconfig FILE" in line
+
+
+def credential_programs(marker: Path) -> list[tuple[str, dict[str, Any], str]]:
+    """User entries whose credentials would come from a program that creates `marker`."""
+    return [
+        (
+            "exec",
+            {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1beta1",
+                    "command": "/bin/sh",
+                    "args": ["-c", f"touch {marker}"],
+                }
+            },
+            "exec: runs '/bin/sh'",
+        ),
+        (
+            "auth-provider",
+            {
+                "auth-provider": {
+                    "name": "gcp",
+                    "config": {"cmd-path": "touch", "cmd-args": str(marker)},
+                }
+            },
+            "auth-provider 'gcp'",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["exec", "auth-provider"])
+@pytest.mark.parametrize("command", ["discover", "run"])
+def test_error_kubeconfig_that_would_run_a_program_runs_nothing(
+    kube: KubeApi, tmp_path: Path, pyforward: Pyforward, kind: str, command: str
+) -> None:
+    marker = tmp_path / "marker"
+    [(_, entry, how)] = [p for p in credential_programs(marker) if p[0] == kind]
+    kubeconfig = kube.write_kubeconfig(tmp_path / "evil-kubeconfig", user=("evil", entry))
+    args = ["--kubeconfig", str(kubeconfig)]
+    if command == "run":
+        args += ["--discover", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "s")]
+    result = pyforward([command, *args], tmp_path)
+    assert result.returncode == 2
+    # run logs the kubeconfig it found first; the error is the last line either way.
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pyforward: error: kubeconfig {kubeconfig} (--kubeconfig): user 'evil' of context "
+        f"'test' gets its credentials from a program ({how}); pyforward runs no program named "
+        "in a kubeconfig: give it one whose user has a token or a client certificate, such as "
+        "a ServiceAccount token allowed to list and watch services and nodes"
+    )
+    assert not marker.exists()
+    assert kube.requests == []
 
 
 def test_error_kubeconfig_flag_missing(tmp_path: Path, pyforward: Pyforward) -> None:
@@ -435,5 +531,8 @@ def test_static_forwarding_does_not_import_kubernetes(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    # The schema's option parsers are all of discovery that static forwarding loads.
-    assert result.stdout.strip() == "['pyforward.discovery.options']", result.stdout
+    # The schema's option parsers (and the node address rule --node-ip passes) are all of
+    # discovery that static forwarding loads.
+    assert result.stdout.strip() == (
+        "['pyforward.discovery.nodeaddress', 'pyforward.discovery.options']"
+    ), result.stdout

@@ -4,9 +4,10 @@ real sockets on loopback, targets followed through watch streams."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from pyforward.discovery.hostinfo import is_local_address
 from pyforward.discovery.model import HostIdentity
 from pyforward.discovery.runtime import DiscoveryStatus, serve_discovered
 from pyforward.discovery.watcher import WatchTiming
 from pyforward.server import Forwarder, serve
 from pyforward.settings import build_settings
+from pyforward.status_text import format_status, parse_status
 from tests.backends import Backend, Client, reached
 from tests.kubeapi import KubeApi, node, service
 
@@ -45,6 +48,7 @@ def gateway(https_node_port: int) -> dict[str, Any]:
 class Running:
     forwarder: Forwarder
     statuses: list[DiscoveryStatus] = field(default_factory=list)
+    status_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def port(self) -> int:
@@ -55,10 +59,30 @@ class Running:
     def degraded(self) -> bool:
         return bool(self.statuses) and self.statuses[-1].degraded
 
+    @property
+    def labels(self) -> list[str]:
+        """The first route's targets, in the order they are tried."""
+        return [target.label for target in self.forwarder.listeners[0].targets]
+
+    async def status_where(
+        self, check: Callable[[DiscoveryStatus], bool], timeout: float = 10.0
+    ) -> DiscoveryStatus:
+        """Wait for a status report that passes `check`, and return it."""
+        async with asyncio.timeout(timeout):
+            while not (self.statuses and check(self.statuses[-1])):
+                self.status_changed.clear()
+                await self.status_changed.wait()
+        return self.statuses[-1]
+
 
 @asynccontextmanager
 async def forwarding(
-    kube: KubeApi, tmp_path: Path, *, timing: WatchTiming = FAST, **flags: Any
+    kube: KubeApi,
+    tmp_path: Path,
+    host: HostIdentity = HERE,
+    *,
+    timing: WatchTiming = FAST,
+    **flags: Any,
 ) -> AsyncIterator[Running]:
     settings = build_settings(
         {
@@ -75,13 +99,19 @@ async def forwarding(
     stop = asyncio.Event()
     ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
     statuses: list[DiscoveryStatus] = []
+    status_changed = asyncio.Event()
+
+    def on_status(status: DiscoveryStatus) -> None:
+        statuses.append(status)
+        status_changed.set()
+
     task = asyncio.create_task(
         serve_discovered(
             settings,
             shutdown_trigger=stop.wait,
             on_ready=ready.set_result,
-            on_status=statuses.append,
-            host=HERE,
+            on_status=on_status,
+            host=host,
             timing=timing,
         )
     )
@@ -90,7 +120,7 @@ async def forwarding(
         task.result()  # raises the start-up error
     assert ready in done, "forwarder did not start"
     try:
-        yield Running(ready.result(), statuses)
+        yield Running(ready.result(), statuses, status_changed)
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -325,4 +355,168 @@ async def test_node_leaving_and_joining_changes_the_targets(
             return labels() == [f"127.0.0.2:{backend.port}", f"127.0.0.1:{backend.port}"]
 
         await eventually(both_again)
+    await backend.close()
+
+
+# --- hostile answers from the cluster, hostile state files
+
+STATE_FILE = "state/discovery-istio-system-istio-ingressgateway.json"
+
+
+@pytest.mark.asyncio
+async def test_a_node_address_that_is_not_an_ip_is_left_out_reported_and_never_saved(
+    kube: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.1"))
+    kube.put_node(node("evil", "evil.invalid"))
+    caplog.set_level(logging.INFO, "pyforward")
+    async with forwarding(kube, tmp_path) as running:
+        assert running.labels == [f"127.0.0.1:{backend.port}"]
+        assert await reached(running.port) == "gateway"
+        status = await running.status_where(lambda status: "evil" in status.message)
+        assert status.degraded
+        assert status.message.startswith(
+            'left out: node evil: InternalIP "evil.invalid" is not an IP address; following '
+        )
+        # What `pyforward status` reads back from the service's status line names the node.
+        note = {"discovery": f"degraded: {status.message}"}
+        shown = parse_status(format_status([("*:443", running.labels)], 0, note))
+        assert shown is not None and "evil.invalid" in shown.notes["discovery"]
+    assert "event=discovery-degraded" in caplog.text
+    saved = json.loads((tmp_path / STATE_FILE).read_text())
+    assert saved["routes"][0]["targets"] == [f"127.0.0.1:{backend.port}"]
+    await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_a_route_left_with_no_usable_node_is_degraded_and_keeps_its_targets(
+    kube: KubeApi, tmp_path: Path
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.1"))
+    async with forwarding(kube, tmp_path) as running:
+        await running.status_where(lambda status: not status.degraded)
+        kube.put_node(node("here", "evil.invalid"))
+        status = await running.status_where(lambda status: status.degraded)
+        assert status.message == (
+            'no Ready node with an InternalIP: node here: InternalIP "evil.invalid" is not an '
+            "IP address; forwarding to the last known targets"
+        )
+        assert running.labels == [f"127.0.0.1:{backend.port}"]
+        assert await reached(running.port) == "gateway"
+    await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_an_unspecified_node_address_is_not_this_host_nor_a_target(
+    kube: KubeApi, tmp_path: Path
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    # Both bind on this host; 0.0.0.0 sorts first by name, and is no node's address.
+    kube.put_node(node("a-zero", "0.0.0.0"))
+    kube.put_node(node("b-here", "127.0.0.1"))
+    host = HostIdentity(frozenset({"elsewhere"}), is_local_address)
+    async with forwarding(kube, tmp_path, host=host) as running:
+        assert running.labels == [f"127.0.0.1:{backend.port}"]
+        status = await running.status_where(lambda status: "a-zero" in status.message)
+        assert status.degraded
+        assert 'InternalIP "0.0.0.0" is the unspecified address' in status.message
+    await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_a_node_port_that_is_no_port_is_degraded_not_port_one(
+    kube: KubeApi, tmp_path: Path
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.1"))
+    async with forwarding(kube, tmp_path) as running:
+        await running.status_where(lambda status: not status.degraded)
+        broken = gateway(backend.port)
+        broken["spec"]["ports"][1]["nodePort"] = True
+        kube.put_service(broken)
+        status = await running.status_where(lambda status: status.degraded)
+        assert status.message.startswith(
+            "Service istio-system/istio-ingressgateway: port https: nodePort is true, "
+            "not a port number (an integer 1-65535)"
+        )
+        assert running.labels == [f"127.0.0.1:{backend.port}"]
+        assert await reached(running.port) == "gateway"
+    await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_a_node_without_proper_metadata_does_not_stop_the_node_watch(
+    kube: KubeApi, tmp_path: Path
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.1"))
+    async with forwarding(kube, tmp_path) as running:
+        kube.put_node({"metadata": "not an object", "status": 5}, name="broken")
+        status = await running.status_where(lambda status: status.degraded)
+        assert status.message.startswith("left out: the API returned a Node without metadata.name;")
+        kube.put_node(node("here", "127.0.0.2"))
+        await running.status_where(lambda status: "127.0.0.2" in status.message)
+        assert running.labels == [f"127.0.0.2:{backend.port}"]
+    await backend.close()
+
+
+def _state(**route: object) -> str:
+    data: dict[str, Any] = {
+        "version": 1,
+        "service": "istio-system/istio-ingressgateway",
+        "saved_at": 1700000000.0,
+        "routes": [
+            {"listen": "127.0.0.1:0", "service_port": "https", "node_port": 31443,
+             "targets": ["127.0.0.1:31443"]} | route
+        ],
+    }  # fmt: skip
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (_state().replace('"routes": [', '"routes": 5, "x": ['), "routes: 5 is not a list"),
+        (_state().replace("1700000000.0", "null"), "saved_at: null is not a number"),
+        (_state(targets=[5]), "routes[0].target 5 is not text"),
+        (_state().replace("31443,", "1e999,"), "routes[0].node_port: Infinity is not an integer"),
+        (
+            _state(targets=["evil.invalid:31443"]),
+            'routes[0].target \\"evil.invalid:31443\\": is not an IP address',
+        ),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_malformed_state_file_is_reported_once_and_ignored(
+    kube: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, error: str
+) -> None:
+    backend = Backend("gateway")
+    await backend.start()
+    kube.put_service(gateway(backend.port))
+    kube.put_node(node("here", "127.0.0.1"))
+    path = tmp_path / STATE_FILE
+    path.parent.mkdir()
+    path.write_text(text)
+    caplog.set_level(logging.INFO, "pyforward")
+    async with forwarding(kube, tmp_path) as running:
+        assert await reached(running.port) == "gateway"
+    lines = [line for line in caplog.text.splitlines() if "event=state-unreadable" in line]
+    assert len(lines) == 1, caplog.text
+    assert f"file={path}" in lines[0]
+    assert error in lines[0]
+    # The next save replaced it with what the cluster said.
+    saved = json.loads(path.read_text())
+    assert saved["routes"][0]["targets"] == [f"127.0.0.1:{backend.port}"]
     await backend.close()

@@ -20,9 +20,12 @@ from pyforward.discovery.kubeconfig import candidate_sources, find_kubeconfig
 from pyforward.discovery.model import (
     HostIdentity,
     Node,
+    Parsed,
     load_balancer_conflicts,
     parse_node,
+    parse_nodes,
     parse_service,
+    parse_services,
     resolve,
 )
 from pyforward.discovery.options import ServiceRef, parse_port_ref, parse_service_ref
@@ -36,8 +39,11 @@ GATEWAY = ServiceRef("istio-system", "istio-ingressgateway")
 NOBODY = HostIdentity(frozenset({"elsewhere"}), lambda address: False)
 
 
-def nodes(*specs: tuple[str, str, bool]) -> list[Node]:
-    return [parse_node(node(name, ip, ready=ready)) for name, ip, ready in specs]
+NO_NODES: Parsed[Node] = Parsed(())
+
+
+def nodes(*specs: tuple[str, str, bool]) -> Parsed[Node]:
+    return parse_nodes([node(name, ip, ready=ready) for name, ip, ready in specs])
 
 
 def test_parse_service_keeps_ports_and_node_ports() -> None:
@@ -59,7 +65,7 @@ def test_parse_objects_without_a_name_are_the_clusters_fault() -> None:
 
 
 def test_node_readiness_and_reason() -> None:
-    ready, down = nodes(("a", "10.0.0.1", True), ("b", "10.0.0.2", False))
+    ready, down = nodes(("a", "10.0.0.1", True), ("b", "10.0.0.2", False)).objects
     assert ready.ready and ready.internal_ip == "10.0.0.1"
     assert not down.ready
     assert down.ready_detail == "KubeletNotReady: container runtime network not ready"
@@ -69,7 +75,7 @@ def test_node_readiness_and_reason() -> None:
 def test_resolve_by_name_and_by_number() -> None:
     cluster = nodes(("a", "10.0.0.1", True))
     result = resolve(
-        [parse_service(service())], cluster, GATEWAY, ["https", "80"], host=NOBODY, node_ip=None
+        parse_services([service()]), cluster, GATEWAY, ["https", "80"], host=NOBODY, node_ip=None
     )
     assert [r.targets for r in result.routes] == [
         (Address("10.0.0.1", 31443),),
@@ -79,7 +85,7 @@ def test_resolve_by_name_and_by_number() -> None:
 
 def test_this_host_first_by_name_then_by_address_then_by_name_order() -> None:
     cluster = nodes(("c", "10.0.0.3", True), ("b", "10.0.0.2", True), ("a", "10.0.0.1", True))
-    svc = [parse_service(service())]
+    svc = parse_services([service()])
     by_address = HostIdentity(frozenset({"x"}), lambda address: address == "10.0.0.3")
     result = resolve(svc, cluster, GATEWAY, ["https"], host=by_address, node_ip=None)
     assert result.choice is not None
@@ -98,32 +104,41 @@ def test_this_host_first_by_name_then_by_address_then_by_name_order() -> None:
 
 def test_not_ready_nodes_are_skipped_and_node_ip_overrides() -> None:
     cluster = nodes(("a", "10.0.0.1", False), ("b", "10.0.0.2", True))
-    svc = [parse_service(service())]
+    svc = parse_services([service()])
     result = resolve(svc, cluster, GATEWAY, ["https"], host=NOBODY, node_ip=None)
     assert result.routes[0].targets == (Address("10.0.0.2", 31443),)
     assert result.choice is not None and result.choice.skipped[0][0] == "a"
-    result = resolve(svc, [], GATEWAY, ["https"], host=NOBODY, node_ip="192.0.2.1")
+    result = resolve(svc, NO_NODES, GATEWAY, ["https"], host=NOBODY, node_ip="192.0.2.1")
     assert result.routes[0].targets == (Address("192.0.2.1", 31443),)
 
 
 def test_errors_name_the_problem() -> None:
-    svc = [parse_service(service()), parse_service(service("api", type="ClusterIP"))]
+    svc = parse_services([service(), service("api", type="ClusterIP")])
     with pytest.raises(
         ServiceNotFound,
         match=r"NodePort/LoadBalancer Services in istio-system: istio-ingressgateway$",
     ):
-        resolve(svc, [], ServiceRef("istio-system", "gw"), ["https"], host=NOBODY, node_ip=None)
+        resolve(
+            svc, NO_NODES, ServiceRef("istio-system", "gw"), ["https"], host=NOBODY, node_ip=None
+        )
     with pytest.raises(
         ServiceNotFound, match="namespace kube-system has no NodePort or LoadBalancer"
     ):
-        resolve([], [], ServiceRef("kube-system", "traefik"), ["web"], host=NOBODY, node_ip=None)
+        resolve(
+            Parsed(()),
+            NO_NODES,
+            ServiceRef("kube-system", "traefik"),
+            ["web"],
+            host=NOBODY,
+            node_ip=None,
+        )
     with pytest.raises(PortNotFound, match="no port numbered '8443'"):
-        resolve(svc, [], GATEWAY, ["8443"], host=NOBODY, node_ip=None)
-    plain = [parse_service(service(type="ClusterIP", ports=(("https", 443, None),)))]
+        resolve(svc, NO_NODES, GATEWAY, ["8443"], host=NOBODY, node_ip=None)
+    plain = parse_services([service(type="ClusterIP", ports=(("https", 443, None),))])
     with pytest.raises(NoNodePort, match="is of type ClusterIP: port https"):
-        resolve(plain, [], GATEWAY, ["https"], host=NOBODY, node_ip=None)
+        resolve(plain, NO_NODES, GATEWAY, ["https"], host=NOBODY, node_ip=None)
     with pytest.raises(NoReadyNode, match="the cluster lists no nodes"):
-        resolve(svc, [], GATEWAY, ["https"], host=NOBODY, node_ip=None)
+        resolve(svc, NO_NODES, GATEWAY, ["https"], host=NOBODY, node_ip=None)
     with pytest.raises(NoReadyNode, match="a not Ready"):
         resolve(svc, nodes(("a", "10.0.0.1", False)), GATEWAY, ["https"], host=NOBODY, node_ip=None)
 
@@ -226,10 +241,13 @@ def test_state_round_trip_and_bad_files(tmp_path: Path) -> None:
     )
     assert saved.targets_for("*:80", "http2") is None
     path.write_text("{not json")
-    with pytest.raises(ValueError):
+    with pytest.raises(state.BadStateFile, match="not JSON"):
         state.load(path)
-    path.write_text('{"version": 1, "routes": [{"listen": "*:443"}]}')
-    with pytest.raises(ValueError, match="bad route entry"):
+    path.write_text(
+        '{"version": 1, "service": "istio-system/istio-ingressgateway", "saved_at": 1, '
+        '"routes": [{"listen": "*:443"}]}'
+    )
+    with pytest.raises(state.BadStateFile, match=r"routes\[0\]\.node_port: null is not an integer"):
         state.load(path)
     assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary files left"
 

@@ -8,7 +8,7 @@ import pytest
 
 from pyforward.discovery.api import LineSplitter, LineTooLong
 from pyforward.discovery.errors import NoReadyNode
-from pyforward.discovery.model import MAX_TARGETS, HostIdentity, Node, choose_nodes
+from pyforward.discovery.model import MAX_TARGETS, HostIdentity, Node, Parsed, choose_nodes
 from pyforward.discovery.ranking import NodeRanking
 
 
@@ -40,7 +40,7 @@ def test_the_ranking_kept_event_by_event_chooses_as_the_whole_list_would() -> No
         if step % 50:
             continue
         try:
-            whole = choose_nodes(list(nodes.values()), host).candidates[:MAX_TARGETS]
+            whole = choose_nodes(Parsed(tuple(nodes.values())), host).candidates[:MAX_TARGETS]
         except NoReadyNode as exc:
             with pytest.raises(NoReadyNode) as raised:
                 ranking.choice()

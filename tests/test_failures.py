@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Backend, connect, echo, forwarder, reads_until_closed
+from tests.harness import (
+    TIMEOUT,
+    Backend,
+    connect,
+    connect_and_read,
+    echo,
+    fields,
+    forwarder,
+    reads_until_closed,
+)
 
 
 def free_port() -> int:
@@ -26,8 +35,7 @@ def free_port() -> int:
 def test_refused_target_closes_the_client_and_the_next_connection_works() -> None:
     port = free_port()
     with forwarder("--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{port}") as fwd:
-        with connect(fwd.port) as client:
-            data, _ = reads_until_closed(client)
+        data, _ = connect_and_read(fwd.port)
         assert data == b""
         assert fwd.closes(1)[0]["reason"] == "refused"
         # The target comes up on the same port: the forwarder serves it at once.
@@ -281,3 +289,40 @@ def test_reset_by_client_reaches_a_target_that_is_not_reading(relay: str) -> Non
     assert close["reason"] == "reset"
     assert len(outcome) == 1
     assert isinstance(outcome[0], ConnectionResetError)
+
+
+def test_a_client_facing_a_hundred_dead_targets_logs_one_failover_line() -> None:
+    """Failover lines are rate-limited per route; each target's going down and coming
+    back is still logged, once each."""
+    dead = []
+    for _ in range(100):
+        holder = socket.socket()  # bound, not listening: connects to it are refused
+        holder.bind(("127.0.0.1", 0))
+        dead.append(holder)
+    labels = [f"127.0.0.1:{holder.getsockname()[1]}" for holder in dead]
+    try:
+        targets = [word for label in labels for word in ("--target", label)]
+        with forwarder("--listen", "127.0.0.1:0", *targets) as fwd:
+            for count in (1, 2):
+                _, error = connect_and_read(fwd.port)
+                assert isinstance(error, ConnectionResetError)
+                assert fwd.closes(count)[-1]["reason"] == "refused"
+            dead[0].listen()  # the first target is back
+            with connect(fwd.port) as client:
+                client.sendall(b"hello")
+                fwd.wait_line("event=target-up")
+                dead[0].settimeout(TIMEOUT)
+                accepted, _ = dead[0].accept()
+                with accepted:
+                    assert accepted.recv(5) == b"hello"
+            fwd.closes(3)
+            lines = fwd.lines
+    finally:
+        for holder in dead:
+            holder.close()
+    failovers = [line for line in lines if "event=failover" in line]
+    assert len(failovers) == 1, failovers[:3]
+    downs = [fields(line)["target"] for line in lines if "event=target-down" in line]
+    assert sorted(downs) == sorted(labels)
+    ups = [fields(line)["target"] for line in lines if "event=target-up" in line]
+    assert ups == [labels[0]]

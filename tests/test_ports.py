@@ -6,6 +6,7 @@ import os
 import socket
 
 from pyforward.addresses import parse_listen
+from pyforward.listeners import is_listener_for
 from pyforward.ports import (
     ListeningSocket,
     exactly,
@@ -73,3 +74,12 @@ def test_finds_a_real_listener_and_its_owner() -> None:
         assert len(mine) == 1
         assert os.getpid() in owners({mine[0].inode})[mine[0].inode]
     assert not [s for s in listening_sockets() if s.port == port and s.host == "127.0.0.1"]
+
+
+def test_a_listener_is_matched_by_address_not_by_spelling() -> None:
+    assert is_listener_for(443, ["0:0::1"], "::1", 443)
+    assert is_listener_for(443, ["fe80::1%eth0"], "fe80::1", 443)
+    assert not is_listener_for(443, ["127.0.0.1"], "127.0.0.2", 443)
+    assert is_listener_for(443, None, "::", 443)
+    assert not is_listener_for(443, None, "127.0.0.1", 443)  # one host is not every interface
+    assert not is_listener_for(443, ["127.0.0.1"], "127.0.0.1", 4430)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pyforward.daemon import Supervisor, status_line
+from pyforward.daemon import Supervisor
 from pyforward.discovery.runtime import DiscoveryStatus
 from pyforward.sdnotify import Notifier, message, socket_address, watchdog_interval
 
@@ -189,15 +189,6 @@ def test_notifier_without_systemd_sends_nothing() -> None:
     notifier = Notifier.from_environment({})
     assert not notifier.enabled
     assert notifier.send(message(READY="1")) is False
-
-
-def test_status_line() -> None:
-    routes = [("[::]:443", ["10.0.0.5:32653"])]
-    expected = "forwarding [::]:443 -> 10.0.0.5:32653; 1 active connection"
-    assert status_line(routes, 1, {}) == expected
-    many = [(f"[::]:{port}", ["10.0.0.5:1"]) for port in range(6)]
-    line = status_line(many, 0, {"discovery": "degraded: API unreachable"})
-    assert line.endswith("and 2 more; 0 active connections; discovery degraded: API unreachable")
 
 
 def test_degraded_discovery_shows_in_the_status_at_once(tmp_path: Path) -> None:

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import ports, service_status, systemctl
+from pyforward import ports, service, service_status, systemctl
 from pyforward.cli import main
-from pyforward.daemon import status_line
 from pyforward.service_status import (
-    DEGRADED_DISCOVERY,
     Check,
     Level,
     StatusReport,
@@ -249,14 +247,6 @@ def test_route_checks_with_real_sockets() -> None:
     assert route_checks(me, port, [live]) == [("listen", Level.DOWN)]
 
 
-def test_degraded_discovery_in_the_status_line_is_found() -> None:
-    line = status_line([("[::]:443", ["10.0.0.5:1"])], 0, {"discovery": "degraded: API down"})
-    found = DEGRADED_DISCOVERY.search(line)
-    assert found is not None
-    assert found.group(1) == "degraded: API down"
-    assert DEGRADED_DISCOVERY.search(status_line([("[::]:443", ["10.0.0.5:1"])], 0, {})) is None
-
-
 def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,6 +257,12 @@ def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
     code, out, err = run_cli(["install", "--dry-run", "--discover", "--preset", "istio"], capsys)
     assert code == 0, err
     assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
+    # Which file the service acts with, and why that one, is said before anything is written.
+    assert err == (
+        f"the service is handed kubeconfig {kubeconfig} (found as $KUBECONFIG, the first "
+        "kubeconfig `pyforward discover` would use here; give --kubeconfig FILE to hand over "
+        "another), as its credential 'kubeconfig' (LoadCredential=, read by systemd as root)\n"
+    )
     config = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
     # The service finds it in $CREDENTIALS_DIRECTORY: the file names no kubeconfig.
     assert config == {"preset": "istio", "discover": True}
@@ -279,6 +275,38 @@ def test_discovery_kubeconfig_goes_to_the_service_as_a_credential(
     assert code == 0, err
     assert f"LoadCredential=kubeconfig:{kubeconfig}\n" in out
     assert "kubeconfig =" not in out
+
+
+def test_install_refuses_a_kubeconfig_that_would_run_a_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "marker"
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "admin", "context": {"cluster": "c", "user": "sso"}}],
+                "current-context": "admin",
+                "users": [
+                    {"name": "sso", "user": {"exec": {"command": "touch", "args": [str(marker)]}}}
+                ],
+            }
+        )
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    code, out, err = run_cli(["install", "--dry-run", "--discover", "--preset", "istio"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"pyforward: error: kubeconfig {kubeconfig} ($KUBECONFIG): user 'sso' of context "
+        "'admin' gets its credentials from a program (exec: runs 'touch'); pyforward runs no "
+        "program named in a kubeconfig: give it one whose user has a token or a client "
+        "certificate, such as a ServiceAccount token allowed to list and watch services and "
+        "nodes\n"
+    )
+    assert not marker.exists()
 
 
 def test_from_unit_carries_the_seed_units_listen_port_and_target_over(
@@ -314,3 +342,112 @@ def test_from_unit_that_is_not_a_socat_unit_is_one_line_and_exit_2(
     )
     assert (code, err.count("\n")) == (2, 1)
     assert "does not exist" in err
+
+
+BAD_NAMES = ["-Hhost", "--help", "..", ".hidden", "a:b", "a@b", "a\\b", "a b", "x" * 248, ""]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize(
+    "command", [["install", "--dry-run", *ROUTE], ["uninstall"], ["status", "--json"]]
+)
+def test_a_name_that_is_no_unit_name_is_refused_where_it_enters(
+    command: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli([*command, f"--name={name}"], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "--name" in err
+
+
+def test_the_longest_unit_name_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    name = "x" * 247  # with .service, systemd's 255
+    code, out, err = run_cli(["install", "--dry-run", f"--name={name}", *ROUTE], capsys)
+    assert code == 0, err
+    assert f"==> /etc/systemd/system/{name}.service <==" in out
+
+
+def test_systemctl_never_reads_a_unit_name_as_an_option() -> None:
+    assert systemctl.command("stop", ["-Hhost.service"]) == [
+        "systemctl",
+        "stop",
+        "--",
+        "-Hhost.service",
+    ]
+    # The real systemctl: after `--`, -Hhost.service is a unit (not `-H host`).
+    outcome = systemctl.run("is-enabled", "-Hhost.service")
+    assert not outcome.ok
+    assert "-Hhost.service" in outcome.output
+
+
+@pytest.fixture
+def system_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Root and systemd as far as the checks go, with /etc/pyforward and the unit
+    directory under tmp_path."""
+    monkeypatch.setattr(systemctl, "is_root", lambda: True)
+    monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
+    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path / "systemd")
+    monkeypatch.setattr(service, "CONFIG_DIR", tmp_path / "pyforward")
+    monkeypatch.setattr(service, "BACKUP_DIR", tmp_path / "pyforward" / "backup")
+    (tmp_path / "systemd").mkdir()
+    (tmp_path / "pyforward").mkdir()
+    return tmp_path
+
+
+def config_install_writes(name: str, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    code, out, err = run_cli(["install", "--dry-run", f"--name={name}", *ROUTE], capsys)
+    assert code == 0, err
+    path = service.config_path(name)
+    return path, out.split(f"==> {path} <==\n")[1].split("==> ")[0]
+
+
+def test_uninstall_leaves_a_config_file_install_did_not_write(
+    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = system_dirs / "pyforward" / "edge.toml"
+    own.write_text('# my own routes\nlisten = "443"\ntarget = ["10.0.0.5:1"]\n')
+    # One install wrote for another name is not edge's either.
+    other_path, other_text = config_install_writes("other", capsys)
+    (system_dirs / "pyforward" / "edge2.toml").write_text(other_text)
+    for name, path in (("edge", own), ("edge2", system_dirs / "pyforward" / "edge2.toml")):
+        before = path.read_text()
+        code, out, err = run_cli(["uninstall", f"--name={name}"], capsys)
+        assert code == 0, err
+        assert path.read_text() == before
+        assert f"{path} was not written by `pyforward install --name {name}`" in out
+        assert f"{name} is not installed; nothing to remove" in out
+    assert not other_path.exists()
+
+
+def test_uninstall_removes_the_config_file_install_wrote(
+    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, text = config_install_writes("edge", capsys)
+    path.write_text(text)
+    code, out, err = run_cli(["uninstall", "--name=edge"], capsys)
+    assert code == 0, err
+    assert not path.exists()
+    assert f"removed {path}" in out
+
+
+def test_install_keeps_a_config_file_it_did_not_write_and_uninstall_restores_it(
+    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = service.config_path("edge")
+    own.write_text('# my own routes, with my comments\nlisten = "443"\ntarget = ["10.0.0.5:1"]\n')
+    before = own.read_text()
+    code, _, err = run_cli(["install", "--dry-run", "--name=edge", "--config", str(own)], capsys)
+    assert code == 0, err
+    assert f"would keep {own} (not written by pyforward install)" in err
+    assert own.read_text() == before  # a dry run changes nothing
+    # What install does before it writes: the file moves aside, its own takes the place.
+    path, text = config_install_writes("edge", capsys)
+    service.keep_foreign_config("edge", print)
+    assert not own.exists()
+    path.write_text(text)
+    service.keep_foreign_config("edge", print)  # its own file stays
+    assert path.read_text() == text
+    code, out, err = run_cli(["uninstall", "--name=edge"], capsys)
+    assert code == 0, err
+    assert own.read_text() == before
+    assert f"restored {own}" in out

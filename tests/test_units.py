@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 
 from pyforward import service_cli
-from pyforward.addresses import parse_listen
+from pyforward.addresses import Address, parse_listen
 from pyforward.cli import main
 from pyforward.errors import ConfigError
 from pyforward.installation import Installation
-from pyforward.units import UnitSpec, check_name, check_path, listen_stream, render_units
+from pyforward.units import (
+    UnitSpec,
+    check_name,
+    check_path,
+    command_line,
+    listen_stream,
+    render_units,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
@@ -243,3 +250,126 @@ def test_names_and_paths_that_cannot_go_into_a_unit() -> None:
         check_path("/opt/100%/bin/pyforward", "entry point")
     with pytest.raises(ConfigError, match="numeric address"):
         listen_stream(parse_listen("localhost:443"))
+
+
+def verify(analyze: str, *units: Path) -> str:
+    """What `systemd-analyze verify` says of the units: empty when all is well."""
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+INJECTION = '[::1%%\nExecStartPre=/bin/sh -c "id >/tmp/x"\nListenStream=127.0.0.1:8443\n#]:8443'
+
+
+def test_a_zone_that_writes_unit_lines_is_refused_from_a_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["install", "--dry-run", "--socket-activation", "--listen", INJECTION,
+              "--target", "127.0.0.1:80"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert (info.value.code, captured.out) == (2, "")
+    assert captured.err.count("\n") == 1
+    assert "is not an interface name" in captured.err
+
+
+def test_a_zone_that_writes_unit_lines_is_refused_from_a_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "evil.toml"
+    config.write_text(
+        '[[route]]\nlisten = "[::1%%\\nExecStartPre=/bin/sh -c \\"id >/tmp/x\\"\\n'
+        'ListenStream=127.0.0.1:8443\\n#]:8443"\ntarget = ["127.0.0.1:80"]\n'
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["install", "--dry-run", "--socket-activation", "--config", str(config)])
+    captured = capsys.readouterr()
+    assert (info.value.code, captured.out) == (2, "")
+    assert captured.err.count("\n") == 1
+    assert "is not an interface name" in captured.err
+
+
+def test_a_zone_that_writes_unit_lines_is_refused_from_a_socat_unit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # socat's own lexer reads \n inside the single-quoted word as a newline.
+    unit = tmp_path / "evil.service"
+    unit.write_text(
+        "[Service]\nExecStart=/usr/bin/socat 'TCP6-LISTEN:8443,fork,reuseaddr,bind=[::1%%\\n"
+        "ExecStartPre=/bin/sh -c id\\nListenStream=127.0.0.1:8443\\n#]' TCP:127.0.0.1:80\n"
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["install", "--dry-run", "--socket-activation", "--from-unit", str(unit)])
+    captured = capsys.readouterr()
+    assert (info.value.code, captured.out) == (2, "")
+    assert captured.err.count("\n") == 1
+    assert "is not an interface name" in captured.err
+    assert str(unit) in captured.err
+
+
+@pytest.mark.parametrize(
+    "spec_changes",
+    [
+        {"name": "fwd\nExecStartPre=/bin/id"},
+        {"config_path": "/etc/pyforward/fwd.toml\nExecStartPre=/bin/id"},
+        {"exec_start": "/opt/pyforward/bin/pyforward\r"},
+        {"kubeconfig": "/etc/k3s.yaml\nExecStartPre=/bin/id"},
+        {"read_only_paths": ("/root/venv\x85",)},
+        {"socket_activation": True, "listen": (Address("fe80::1%eth0\nx", 443),)},
+    ],
+)
+def test_rendering_refuses_a_control_character_whatever_let_it_through(
+    spec_changes: dict[str, object],
+) -> None:
+    with pytest.raises(ConfigError, match="control character"):
+        render_units(spec(**spec_changes))
+
+
+def test_a_zone_renders_where_systemd_reads_it_with_percent_escaped() -> None:
+    units = render_units(spec(socket_activation=True, listen=(parse_listen("[fe80::1%eth0]:443"),)))
+    assert "ListenStream=[fe80::1]:443%%eth0" in lines(units["fwd.socket"])
+
+
+@pytest.mark.parametrize(("zone", "exists"), [("lo", True), ("pfnosuch0", False)])
+def test_systemd_reads_the_zone_as_the_interface_given(
+    zone: str, exists: bool, tmp_path: Path, analyze: str
+) -> None:
+    units = render_units(
+        spec(socket_activation=True, listen=(parse_listen(f"[fe80::1%{zone}]:443"),))
+    )
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    said = verify(analyze, tmp_path / "fwd.socket")
+    if exists:
+        assert "ListenStream" not in said and "address" not in said, said
+    else:
+        # systemd quotes the value after expanding specifiers: the zone arrived whole.
+        assert f"'[fe80::1]:443%{zone}'" in said
+        assert "No such device" in said
+
+
+def test_exec_start_quotes_what_systemd_would_split_or_expand(tmp_path: Path, analyze: str) -> None:
+    odd = tmp_path / "an odd $HOME 100%h dir"
+    odd.mkdir()
+    program = odd / "pyforward"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    units = render_units(spec(exec_start=str(program), read_only_paths=()))
+    (tmp_path / "fwd.service").write_text(units["fwd.service"])
+    # verify checks that ExecStart='s program exists: only the exact path passes.
+    assert verify(analyze, tmp_path / "fwd.service") == ""
+    program.unlink()
+    assert "pyforward" in verify(analyze, tmp_path / "fwd.service")
+
+
+def test_command_line_quoting() -> None:
+    assert command_line("/opt/pf/bin/pyforward", "run") == "/opt/pf/bin/pyforward run"
+    assert command_line("/a b/$c", '"x" $y\\') == '"/a b/$c" "\\"x\\" $$y\\\\"'
+    with pytest.raises(ConfigError, match="without quotes"):
+        command_line('/opt/"pf"/pyforward')

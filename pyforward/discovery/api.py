@@ -136,17 +136,16 @@ class ClusterApi:
         token: str | None = None
         while True:
             data = self._list_page(resource, token, timeout, deadline)
-            page = data.get("items")
-            page = page if isinstance(page, list) else []
-            items += (item for item in page if isinstance(item, dict))
-            metadata = data.get("metadata")
-            metadata = metadata if isinstance(metadata, dict) else {}
+            page = self._listing(data, resource)
+            items += page.items
             if token is None:
-                version = str(metadata.get("resourceVersion") or "") or None
-            token = str(metadata.get("continue") or "") or None
+                version = page.resource_version
+            metadata = data.get("metadata")
+            more = metadata.get("continue") if isinstance(metadata, dict) else None
+            token = more if isinstance(more, str) and more else None
             if token is None:
                 return Listing(tuple(items), version)
-            if not page:
+            if not page.items:
                 raise ApiFailed(
                     f"the API server at {self.host} answered a page of the list of {resource} "
                     "with no objects, and more to come"
@@ -154,7 +153,8 @@ class ClusterApi:
 
     def _list_page(
         self, resource: Resource, token: str | None, timeout: float, deadline: float
-    ) -> dict[str, Any]:
+    ) -> Any:
+        """One list request's answer, as JSON (checked by `_listing`)."""
         started = time.monotonic()
         paging: dict[str, Any] = {"limit": LIST_PAGE}
         if token is not None:
@@ -179,11 +179,6 @@ class ClusterApi:
             raise
         except Exception as exc:  # the client's errors have no common base: translate all
             raise self._translate(exc, "list", resource) from None
-        if not isinstance(data, dict):
-            raise ApiFailed(
-                f"the API server at {self.host} answered the list of {resource} "
-                "with something other than a list"
-            )
         return data
 
     def list_all_services(self) -> Listing:
@@ -195,8 +190,7 @@ class ClusterApi:
             data = json.loads(response.data)
         except Exception as exc:  # the client's errors have no common base: translate all
             raise self._translate(exc, "list", Resource("services in all namespaces")) from None
-        items = tuple(item for item in data.get("items") or [] if isinstance(item, dict))
-        return Listing(items, None)
+        return Listing(self._listing(data, Resource("services in all namespaces")).items, None)
 
     def open_watch(
         self, resource: Resource, resource_version: str | None, timeout: int, read_timeout: float
@@ -239,6 +233,28 @@ class ClusterApi:
         self._client.close()
 
     # --- helpers
+
+    def _listing(self, data: Any, resource: Resource) -> Listing:
+        """A list answer's objects and resourceVersion; the objects are checked by the model."""
+        if not isinstance(data, dict):
+            kind = "a list" if isinstance(data, list) else "a bare value"
+            expected = "NodeList" if resource.kind == "nodes" else "ServiceList"
+            raise ApiFailed(
+                f"the API server at {self.host} answered list {resource} with {kind}, "
+                f"not a {expected} object"
+            )
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise ApiFailed(
+                f"the API server at {self.host} answered list {resource} with items that "
+                "are not a list"
+            )
+        metadata = data.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        return Listing(
+            tuple(item for item in items if isinstance(item, dict)),
+            version if isinstance(version, str) and version else None,
+        )
 
     def _method(self, resource: Resource) -> Any:
         if resource.kind == "nodes":

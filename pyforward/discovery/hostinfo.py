@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 
 from pyforward.discovery.model import HostIdentity
+from pyforward.discovery.nodeaddress import check_node_address
 
 
 def host_names(env: Mapping[str, str]) -> frozenset[str]:
@@ -22,9 +23,13 @@ def host_names(env: Mapping[str, str]) -> frozenset[str]:
 
 
 def is_local_address(address: str) -> bool:
-    """True when `address` belongs to this host: binding to it succeeds only then."""
+    """True when `address` belongs to this host: binding to it succeeds only then.
+
+    Binding also succeeds for addresses that belong to no host (0.0.0.0, broadcast,
+    multicast): those are never node addresses, so never this host's."""
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        check_node_address(address)
     except ValueError:
         return False
     with contextlib.closing(socket.socket(family, socket.SOCK_DGRAM)) as probe:

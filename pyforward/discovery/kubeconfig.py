@@ -90,8 +90,73 @@ def find_kubeconfig(flag: str | None, env: Mapping[str, str]) -> KubeconfigSourc
     )
 
 
+# User entries whose credentials come from running a program (or, for auth-provider,
+# from a provider's refresh, which may run `cmd-path`). pyforward runs as root and
+# forwards; it runs no program a file names.
+CREDENTIAL_PROGRAMS = ("exec", "auth-provider")
+
+
+def _loader(path: str) -> tuple[Any, Any]:
+    """The merged config and the client's own loader for the file(s), as load_kube_config
+    builds them; the loader runs nothing until `load_and_set`."""
+    import kubernetes  # noqa: PLC0415  (lazy: static runs never need it)
+
+    kube_config: Any = kubernetes.config.kube_config  # untyped at this edge
+    merged = kube_config.KubeConfigMerger(path)
+    if merged.config is None:
+        raise kube_config.ConfigException("no configuration found")
+    loader = kube_config.KubeConfigLoader(config_dict=merged.config, config_base_path=None)
+    return merged.config, loader
+
+
+def _refusal(source: KubeconfigSource, config: Any, loader: Any) -> str | None:
+    """Why the user entry the loader would use is refused, or None."""
+    context = loader.current_context
+    user_name = (context.get("context") or {}).get("user")
+    if not user_name:
+        return None
+    # The entry the loader takes (its set_active_context): the first of that name.
+    entry = config["users"].get_with_name(user_name, safe=True)
+    raw = entry.safe_get("user") if entry is not None else None
+    user = getattr(raw, "value", raw)  # a ConfigNode's dict, or the dict itself
+    if not isinstance(user, dict):
+        return None
+    found = [key for key in CREDENTIAL_PROGRAMS if key in user]
+    if not found:
+        return None
+    settings = user[found[0]] if isinstance(user[found[0]], dict) else {}
+    if found[0] == "exec":
+        how = f"exec: runs {settings['command']!r}" if settings.get("command") else "exec"
+    else:
+        how = f"auth-provider {settings['name']!r}" if settings.get("name") else "auth-provider"
+    where = "" if entry.path == source.path else f" (in {entry.path})"
+    return (
+        f"kubeconfig {source}: user {user_name!r}{where} of context {context.get('name')!r} "
+        f"gets its credentials from a program ({how}); pyforward runs no program named in "
+        "a kubeconfig: give it one whose user has a token or a client certificate, such as "
+        "a ServiceAccount token allowed to list and watch services and nodes"
+    )
+
+
+def check_credentials(source: KubeconfigSource) -> None:
+    """Refuse a kubeconfig whose user needs a program run (exec, auth-provider).
+
+    For install, which hands the file over: a file the client could not load anyway is
+    left for the service to report, in the client's own words. Imports kubernetes."""
+    if source.path is None:
+        return
+    try:
+        refusal = _refusal(source, *_loader(source.path))
+    except Exception:  # the client's errors have no common base
+        return
+    if refusal is not None:
+        raise KubeconfigError(refusal)
+
+
 def load_configuration(source: KubeconfigSource) -> Any:
-    """A `kubernetes.client.Configuration` for the source. Imports kubernetes."""
+    """A `kubernetes.client.Configuration` for the source. Imports kubernetes.
+
+    A user entry with `exec:` or `auth-provider:` is refused before anything runs."""
     import kubernetes  # noqa: PLC0415  (lazy: static runs never need it)
     import yaml  # type: ignore[import-untyped]  # noqa: PLC0415  (comes with kubernetes)
 
@@ -103,11 +168,12 @@ def load_configuration(source: KubeconfigSource) -> Any:
         if source.path is None:
             config.load_incluster_config(client_configuration=configuration)
         else:
-            config.load_kube_config(
-                config_file=source.path,
-                client_configuration=configuration,
-                persist_config=False,
-            )
+            # load_kube_config, in its steps: the user entry is checked before it is used.
+            merged, loader = _loader(source.path)
+            refusal = _refusal(source, merged, loader)
+            if refusal is not None:
+                raise KubeconfigError(refusal)
+            loader.load_and_set(configuration)
     except (
         config.ConfigException,
         yaml.YAMLError,
@@ -115,6 +181,7 @@ def load_configuration(source: KubeconfigSource) -> Any:
         ValueError,
         TypeError,
         KeyError,
+        AttributeError,
     ) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise KubeconfigError(f"kubeconfig {source}: cannot be used: {detail}") from None

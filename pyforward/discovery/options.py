@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pyforward.discovery.nodeaddress import check_node_address
+
 # RFC 1123 labels: what Kubernetes accepts for namespaces and Service names.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # IANA service names, what Kubernetes accepts for a port's name.
@@ -106,13 +108,18 @@ def parse_port_ref(value: object) -> str:
 
 
 def parse_node_ip(value: object) -> str:
-    """An IP address literal, normalised."""
+    """An IP address literal that can be a target (`check_node_address`), normalised."""
     if not isinstance(value, str):
         raise ValueError("expected an IP address")
+    text = value.strip()
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        ipaddress.ip_address(text)
     except ValueError:
         raise ValueError(f"expected an IP address, got {value!r}") from None
+    try:
+        return check_node_address(text)
+    except ValueError as exc:
+        raise ValueError(f"{text} {exc}") from None
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> str:

@@ -20,8 +20,9 @@ from pyforward.discovery.model import (
     HostIdentity,
     Node,
     NodeChoice,
+    Rejected,
     rank_node,
-    skipped_text,
+    some_of,
 )
 
 _ADDRESS_CACHE_MIN = 1024  # the is-this-host cache is bounded by the node count, or this
@@ -95,19 +96,22 @@ class NodeRanking:
             del self._order[index]
         return True
 
-    def choice(self) -> NodeChoice:
-        """The best MAX_TARGETS candidates, as `choose_nodes` would rank them."""
+    def choice(self, rejected: tuple[Rejected, ...] = (), left_out: int = 0) -> NodeChoice:
+        """The best MAX_TARGETS candidates, as `choose_nodes` would rank them; `rejected`
+        (some of the `left_out` Node objects that could not be used) are passed on."""
         if not self._order:
-            if not self._nodes:
+            if not self._nodes and not left_out:
                 raise NoReadyNode("no Ready node: the cluster lists no nodes")
             skipped = heapq.nsmallest(MAX_TARGETS, self._skipped.items())
-            raise NoReadyNode(
-                f"no Ready node with an InternalIP: {skipped_text(skipped, len(self._nodes))}"
-            )
+            parts = [f"{name} {why}" for name, why in skipped] + [r.reason for r in rejected]
+            detail = some_of(parts, len(self._skipped) + left_out)
+            raise NoReadyNode(f"no Ready node with an InternalIP: {detail}")
         candidates = [self._candidates[name][1] for _, name in self._order[:MAX_TARGETS]]
         if self._order[0][0] == 2:
             first = candidates[0]
             candidates[0] = Candidate(
                 first.node, first.address, "no node is this host; first by name"
             )
-        return NodeChoice(tuple(candidates), ())
+        if left_out > len(rejected):
+            rejected = (*rejected, Rejected("", f"and {left_out - len(rejected):,} more nodes"))
+        return NodeChoice(tuple(candidates), (), rejected)

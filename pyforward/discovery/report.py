@@ -15,11 +15,13 @@ from pyforward.discovery.kubeconfig import find_kubeconfig
 from pyforward.discovery.model import (
     HostIdentity,
     Node,
+    Parsed,
+    Rejected,
     Resolution,
     Service,
     load_balancer_conflicts,
-    parse_node,
-    parse_service,
+    parse_nodes,
+    parse_services,
     resolve,
 )
 from pyforward.settings import Settings
@@ -34,6 +36,7 @@ class Report:
     node_ip: str | None
     services: tuple[Service, ...]  # the Service's namespace
     nodes: tuple[Node, ...]
+    rejected_nodes: tuple[Rejected, ...]  # Node objects that cannot be used, and why
     resolution: Resolution | None
     warnings: tuple[str, ...]
     error: DiscoveryError | None
@@ -51,14 +54,14 @@ def inspect(
     api = ClusterApi(source)
     try:
         namespace = Resource("services", config.service.namespace)
-        services = tuple(parse_service(item) for item in api.list(namespace).items)
-        nodes: tuple[Node, ...] = ()
+        services = parse_services(api.list(namespace).items)
+        nodes: Parsed[Node] = Parsed(())
         if config.node_ip is None:
-            nodes = tuple(parse_node(item) for item in api.list(Resource("nodes")).items)
+            nodes = parse_nodes(api.list(Resource("nodes")).items)
         warnings: list[str] = []
         listen_ports = [route.listen.port for route in settings.routes]
         try:
-            everywhere = [parse_service(item) for item in api.list_all_services().items]
+            everywhere = parse_services(api.list_all_services().items).objects
             warnings = load_balancer_conflicts(everywhere, listen_ports)
         except ApiRefused:
             warnings.append(
@@ -90,8 +93,9 @@ def inspect(
         service=str(config.service),
         routes=routes,
         node_ip=config.node_ip,
-        services=services,
-        nodes=nodes,
+        services=services.objects,
+        nodes=nodes.objects,
+        rejected_nodes=nodes.rejected,
         resolution=resolution,
         warnings=tuple(warnings),
         error=error,
@@ -129,6 +133,9 @@ def as_json(report: Report) -> str:
                 "addresses": [{"type": t, "address": a} for t, a in node.addresses],
             }
             for node in report.nodes
+        ],
+        "rejected_nodes": [
+            {"name": rejected.name, "reason": rejected.reason} for rejected in report.rejected_nodes
         ],
         "node_ip": report.node_ip,
         "picked": None,
@@ -172,12 +179,14 @@ def as_text(report: Report) -> str:
     if report.node_ip is not None:
         lines.append(f"nodes: not looked up, --node-ip {report.node_ip} given")
     else:
-        lines.append(f"nodes ({len(report.nodes)}):")
+        lines.append(f"nodes ({len(report.nodes) + len(report.rejected_nodes)}):")
         for node in report.nodes:
             ready = "Ready" if node.ready else f"NotReady ({node.ready_detail})"
             addresses = ", ".join(f"{t} {a}" for t, a in node.addresses) or "no addresses"
             extra = f" ({node.ready_detail})" if node.ready and node.ready_detail else ""
             lines.append(f"  {node.name}: {ready}{extra}; {addresses}")
+        for rejected in report.rejected_nodes:
+            lines.append(f"  left out: {rejected.reason}")
     if resolution is not None:
         if resolution.choice is not None:
             lines.append(f"picked: {resolution.choice.reason}")

@@ -95,7 +95,8 @@ class Discovery:
 
     @property
     def degraded(self) -> bool:
-        """True while forwarding to a target the cluster has not confirmed."""
+        """True while forwarding to a target the cluster has not confirmed, or while part of
+        what the cluster sent cannot be used (nodes left out)."""
         return self.status.degraded
 
     # --- boot
@@ -135,7 +136,7 @@ class Discovery:
     def _load_state(self) -> bool:
         try:
             saved = state.load(self.state_file)
-        except (OSError, ValueError) as exc:
+        except state.BadStateFile as exc:
             log.warning(
                 logfmt({"event": "state-unreadable", "file": self.state_file, "error": exc})
             )
@@ -252,14 +253,12 @@ class Discovery:
 
     def _evaluate(self) -> None:
         problem: DiscoveryError | None = next(iter(self._trouble.values()), None)
-        if problem is None:
-            problem = self._services.problem() or self._nodes.problem()
         resolution = None
         nodes_known = self._nodes.listed or self.config.node_ip is not None
         if problem is None and self._services.listed and nodes_known:
             try:
                 resolution = resolve_chosen(
-                    self._services.services(),
+                    self._services.parsed(),
                     self._nodes.choose,
                     self.config.service,
                     [str(self.routes[i].service_port) for i in self._indexes],
@@ -310,13 +309,16 @@ class Discovery:
             log.info(logfmt(fields))
         if changed:
             self._schedule_save()
-        self._set_status(False, self._following_text())
+        # Nodes the cluster sent in a shape that cannot be used are left out, and said so.
+        self._set_status(bool(resolution.problems), self._following_text(resolution.problems))
 
-    def _following_text(self) -> str:
+    def _following_text(self, problems: Sequence[str] = ()) -> str:
         parts = [
             f"{self.routes[i].listen} -> {_targets_text(self._current[i])}" for i in self._indexes
         ]
-        return f"following {self.config.service}: {'; '.join(parts)}"
+        text = f"following {self.config.service}: {'; '.join(parts)}"
+        # The reason first: the service status shows the degraded text up to its first "; ".
+        return f"left out: {'; '.join(problems)}; {text}" if problems else text
 
     def _set_status(self, degraded: bool, message: str) -> None:
         if self.status == DiscoveryStatus(degraded, message):
@@ -337,7 +339,7 @@ class Discovery:
         if self._forwarder is None:
             return  # not serving yet: start() fills the routes in
         resolved = [literal_target(address) for address in self._current[index]]
-        # Discovered addresses are node IPs or --node-ip: always literals, never names.
+        # Discovered and saved addresses passed check_node_address: literals, never names.
         self._forwarder.set_targets(self.routes[index], [t for t in resolved if t is not None])
 
     def _schedule_save(self) -> None:

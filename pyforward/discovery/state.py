@@ -2,7 +2,8 @@
 
 One file per Service in the state directory (systemd's StateDirectory=, else
 /var/lib/pyforward). Written atomically (temporary file, then rename); a file that cannot
-be read or parsed is reported and ignored, never fatal.
+be read or used is reported and ignored, never fatal: decoding checks every field, and a
+saved target passes the checks a discovered one did (`BadStateFile` is the only error).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pyforward.addresses import Address, parse_target
-from pyforward.discovery.options import ServiceRef
+from pyforward.discovery.nodeaddress import check_node_address
+from pyforward.discovery.options import ServiceRef, parse_service_ref
 from pyforward.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -67,32 +69,116 @@ def encode(state: SavedState) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+class BadStateFile(ValueError):
+    """The state file cannot be used; the message says what is wrong with it."""
+
+
+# Far more than any cluster's targets need; a bigger file is not one pyforward wrote.
+MAX_FILE_BYTES = 8 << 20
+# Seconds since the epoch that time.gmtime and a human both understand (up to year 9999).
+_LATEST_TIME = 253402300799
+
+
+# What a field must be, as an error names it.
+_KINDS: dict[type | tuple[type, ...], str] = {
+    str: "text",
+    int: "an integer",
+    list: "a list",
+    (int, float): "a number",
+}
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data.get(key)
+    # bool is an int to Python: `true` is no port, no time.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise BadStateFile(f"{where}{key}: {_shown(value)} is not {_KINDS.get(kind, 'valid')}")
+    return value
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _target(value: object, node_port: int, where: str) -> Address:
+    """A saved target, held to the rules a live one passed: an IP literal node address
+    (check_node_address) and the route's nodePort."""
+    if not isinstance(value, str):
+        raise BadStateFile(f"{where}target {_shown(value)} is not text")
+    try:
+        target = parse_target(value)
+        host = check_node_address(target.host)  # None (no host) is refused as not text
+    except (ConfigError, ValueError) as exc:
+        raise BadStateFile(f"{where}target {_shown(value)}: {exc}") from None
+    if target.port != node_port:
+        raise BadStateFile(f"{where}target {_shown(value)} is not on nodePort {node_port}")
+    return Address(host, target.port)
+
+
+def _route(item: object, number: int) -> SavedRoute:
+    where = f"routes[{number}]."
+    if not isinstance(item, Mapping):
+        raise BadStateFile(f"routes[{number}]: {_shown(item)} is not an object")
+    node_port = _field(item, "node_port", int, where)
+    if not 1 <= node_port <= 65535:
+        raise BadStateFile(f"{where}node_port: {node_port} is not a port number (1-65535)")
+    targets = _field(item, "targets", list, where)
+    if not targets:
+        raise BadStateFile(f"{where}targets: empty")
+    return SavedRoute(
+        _field(item, "listen", str, where),
+        _field(item, "service_port", str, where),
+        node_port,
+        tuple(_target(value, node_port, where) for value in targets),
+    )
+
+
 def decode(text: str) -> SavedState:
-    """Parse the file's text; ValueError says what is wrong with it."""
-    data: Any = json.loads(text)
-    if not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"not a version {FORMAT_VERSION} state file")
-    namespace, _, name = str(data.get("service", "")).partition("/")
-    routes = []
-    for item in data.get("routes") or []:
-        try:
-            targets = tuple(parse_target(text) for text in item["targets"])
-            routes.append(
-                SavedRoute(
-                    str(item["listen"]), str(item["service_port"]), int(item["node_port"]), targets
-                )
-            )
-        except (KeyError, TypeError, ConfigError) as exc:
-            raise ValueError(f"bad route entry: {exc}") from None
-    return SavedState(ServiceRef(namespace, name), float(data.get("saved_at", 0)), tuple(routes))
+    """Parse the file's text; whatever it holds, BadStateFile is the only error."""
+    try:
+        data: Any = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise BadStateFile(f"not JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise BadStateFile(f"not a version {FORMAT_VERSION} state file: not a JSON object")
+    version = data.get("version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise BadStateFile(f"not a version {FORMAT_VERSION} state file (version {_shown(version)})")
+    service_text = _field(data, "service", str, "")
+    try:
+        service = parse_service_ref(service_text)
+    except ValueError as exc:
+        raise BadStateFile(f"service: {exc}") from None
+    saved_at = _field(data, "saved_at", (int, float), "")
+    if not 0 <= saved_at <= _LATEST_TIME:  # NaN and the infinities fail this too
+        raise BadStateFile(f"saved_at: {_shown(saved_at)} is not a time")
+    routes = _field(data, "routes", list, "")
+    return SavedState(
+        service, float(saved_at), tuple(_route(item, n) for n, item in enumerate(routes))
+    )
 
 
 def load(path: Path) -> SavedState | None:
-    """The saved state, or None when there is none. OSError/ValueError for a bad file."""
+    """The saved state, or None when there is none. BadStateFile for a file that cannot be
+    read or used."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise BadStateFile(f"cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise BadStateFile(f"larger than {MAX_FILE_BYTES >> 20} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadStateFile(f"not UTF-8 text: {exc}") from None
     return decode(text)
 
 

@@ -2,21 +2,25 @@
 
 The watcher's thread writes (a list replaces everything, an event changes one object);
 the event loop reads. The JSON is not kept: a parsed Node is a few names and addresses,
-its JSON kilobytes. An object that does not parse is remembered as the collection's
-problem until it is replaced or deleted.
+its JSON kilobytes. An object that cannot be used is left out and kept aside, with why,
+until it is replaced or deleted (the model's `Parsed.rejected`, at most MAX_TARGETS named).
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from pyforward.discovery.errors import DiscoveryError
+from pyforward.discovery.errors import BadObject
 from pyforward.discovery.model import (
+    MAX_TARGETS,
     HostIdentity,
     Node,
     NodeChoice,
+    Parsed,
+    Rejected,
     Service,
     parse_node,
     parse_service,
@@ -34,50 +38,46 @@ def object_key(obj: dict[str, Any]) -> str:
     return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
 
 
-class _Parsed(Generic[T]):
-    """Objects by key, parsed by `parse`; bad ones kept aside with their error."""
+class _Store(Generic[T]):
+    """Objects by key, parsed by `parse`; the ones that cannot be used kept aside, with why."""
 
-    def __init__(self, parse: Callable[[dict[str, Any]], T]) -> None:
+    def __init__(self, parse: Callable[[object], T]) -> None:
         self._parse = parse
         self._lock = threading.Lock()
-        self._bad: dict[str, DiscoveryError] = {}
+        self._rejected: dict[str, Rejected] = {}
         self.listed = False  # a list has been taken in
 
     def _parse_all(
         self, items: Sequence[dict[str, Any]]
-    ) -> tuple[dict[str, T], dict[str, DiscoveryError]]:
+    ) -> tuple[dict[str, T], dict[str, Rejected]]:
         good: dict[str, T] = {}
-        bad: dict[str, DiscoveryError] = {}
+        rejected: dict[str, Rejected] = {}
         for item in items:
-            key = object_key(item)
-            try:
-                good[key] = self._parse(item)
-            except DiscoveryError as exc:
-                bad[key] = exc
-        return good, bad
+            key, parsed, why = self._one("ADDED", item)
+            if parsed is not None:
+                good[key] = parsed
+            if why is not None:
+                rejected[key] = why
+        return good, rejected
 
-    def problem(self) -> DiscoveryError | None:
-        """The first object that did not parse (and how many did not), if any."""
-        with self._lock:
-            if not self._bad:
-                return None
-            first = next(iter(self._bad.values()))
-            if len(self._bad) == 1:
-                return first
-            return type(first)(f"{first} (and {len(self._bad) - 1:,} more objects like it)")
-
-    def _one(self, kind: str, obj: dict[str, Any]) -> tuple[str, T | None, DiscoveryError | None]:
-        """Parse one event's object: (key, the parsed object or None if deleted or bad, error)."""
+    def _one(self, kind: str, obj: dict[str, Any]) -> tuple[str, T | None, Rejected | None]:
+        """One object: (key, the parsed object or None if deleted or unusable, why unusable)."""
         key = object_key(obj)
         if kind == "DELETED":
             return key, None, None
         try:
             return key, self._parse(obj), None
-        except DiscoveryError as exc:
-            return key, None, exc
+        except BadObject as exc:
+            return key, None, Rejected(key.removeprefix("/"), str(exc))
+
+    def _some_rejected(self) -> tuple[tuple[Rejected, ...], int]:
+        """At most MAX_TARGETS of the objects left out (the first by key), and how many."""
+        return tuple(
+            heapq.nsmallest(MAX_TARGETS, self._rejected.values(), key=lambda r: r.name)
+        ), len(self._rejected)
 
 
-class ServiceStore(_Parsed[Service]):
+class ServiceStore(_Store[Service]):
     """The Services of one namespace."""
 
     def __init__(self) -> None:
@@ -85,28 +85,27 @@ class ServiceStore(_Parsed[Service]):
         self._services: dict[str, Service] = {}
 
     def replace(self, items: Sequence[dict[str, Any]]) -> None:
-        good, bad = self._parse_all(items)
+        good, rejected = self._parse_all(items)
         with self._lock:
-            self._services, self._bad, self.listed = good, bad, True
+            self._services, self._rejected, self.listed = good, rejected, True
 
     def apply(self, kind: str, obj: dict[str, Any]) -> bool:
-        key, parsed, error = self._one(kind, obj)
+        key, parsed, why = self._one(kind, obj)
         with self._lock:
-            before = self._services.get(key)
-            self._services.pop(key, None)
-            had_error = self._bad.pop(key, None) is not None
+            before = self._services.pop(key, None), self._rejected.pop(key, None)
             if parsed is not None:
                 self._services[key] = parsed
-            if error is not None:
-                self._bad[key] = error
-            return before != parsed or had_error or error is not None
+            if why is not None:
+                self._rejected[key] = why
+            return before != (parsed, why)
 
-    def services(self) -> tuple[Service, ...]:
+    def parsed(self) -> Parsed[Service]:
+        """Every Service, and every one left out: the one asked for may be among them."""
         with self._lock:
-            return tuple(self._services.values())
+            return Parsed(tuple(self._services.values()), tuple(self._rejected.values()))
 
 
-class NodeStore(_Parsed[Node]):
+class NodeStore(_Store[Node]):
     """Every Node, ranked as targets for this host as it changes (see NodeRanking)."""
 
     def __init__(self, host: HostIdentity) -> None:
@@ -115,27 +114,28 @@ class NodeStore(_Parsed[Node]):
         self._ranking = NodeRanking(host)
 
     def replace(self, items: Sequence[dict[str, Any]]) -> None:
-        good, bad = self._parse_all(items)
+        good, rejected = self._parse_all(items)
         ranking = NodeRanking(self._host)  # built outside the lock: readers never wait on it
         ranking.replace(list(good.values()))
         with self._lock:
-            self._ranking, self._bad, self.listed = ranking, bad, True
+            self._ranking, self._rejected, self.listed = ranking, rejected, True
 
     def apply(self, kind: str, obj: dict[str, Any]) -> bool:
-        key, parsed, error = self._one(kind, obj)
+        key, parsed, why = self._one(kind, obj)
         name = key.partition("/")[2]
         with self._lock:
-            had_error = self._bad.pop(key, None) is not None
-            if error is not None:
-                self._bad[key] = error
+            was_rejected = self._rejected.pop(key, None)
+            if why is not None:
+                self._rejected[key] = why
             ranking = self._ranking
             changed = ranking.remove(name) if parsed is None else ranking.put(parsed)
-            return changed or had_error or error is not None
+            return changed or was_rejected != why
 
     def choose(self) -> NodeChoice:
         """The targets, best first (NoReadyNode when there is none)."""
         with self._lock:
-            return self._ranking.choice()
+            rejected, left_out = self._some_rejected()
+            return self._ranking.choice(rejected, left_out)
 
     @property
     def counts(self) -> NodeCounts:

@@ -1,0 +1,59 @@
+"""Which connections get a close line, and the counts of those that do not. Pure.
+
+A close line per connection is the record of what happened to each client; under a flood
+(thousands of resets a second) it is also the disk's and the journal's problem. Per route,
+`log_connections` keeps every line (`all`, the default), only the lines of connections
+that did not end cleanly (`errors`), or none; the closes left unlogged are counted per
+listener and reason, and the counts are logged as one summary line per listener every
+SUMMARY_INTERVAL seconds, and once more when the forwarder stops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import StrEnum
+
+from pyforward.stats import reason_counts
+
+SUMMARY_INTERVAL = 10.0  # seconds between summary lines of the closes left unlogged
+
+
+class LogConnections(StrEnum):
+    ALL = "all"
+    ERRORS = "errors"
+    NONE = "none"
+
+
+# The one reason that is not an error: both sides finished and every byte was delivered.
+CLEAN = "eof"
+
+
+def logs_close(mode: LogConnections, reason: str) -> bool:
+    """Whether a connection that closed with `reason` gets its own close line."""
+    if mode is LogConnections.ALL:
+        return True
+    if mode is LogConnections.ERRORS:
+        return reason != CLEAN
+    return False
+
+
+class CloseSummary:
+    """Counts of the closes left unlogged, per listener, since the last `take`."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, Counter[str]] = {}
+
+    def count(self, listen: str, reason: str) -> None:
+        counts = self._counts.get(listen)
+        if counts is None:
+            counts = self._counts[listen] = Counter()
+        counts[reason] += 1
+
+    def take(self) -> list[dict[str, object]]:
+        """The fields of one summary line per listener with unlogged closes; resets."""
+        lines: list[dict[str, object]] = [
+            {"event": "closed-summary", "listen": listen, **reason_counts(counts)}
+            for listen, counts in self._counts.items()
+        ]
+        self._counts.clear()
+        return lines
