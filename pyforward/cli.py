@@ -283,12 +283,10 @@ def run(
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         # Under systemd: readiness, status, watchdog, socket activation (pyforward/daemon.py).
-        if settings.discovery is not None:
-            runner.run(serve_supervised(settings, loop_name=loop_name))
-        else:
-            # SIGHUP re-reads the same flags, environment and config file.
-            reload = functools.partial(load_settings, flags, config)
-            runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
+        # SIGHUP re-reads the same flags, environment and config file (under discovery
+        # too: discovered routes keep their targets, see Discovery.fill).
+        reload = functools.partial(load_settings, flags, config)
+        runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
 
 
 @app.command()

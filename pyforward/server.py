@@ -139,6 +139,9 @@ class Forwarder:
         self.passed_sockets = dict(passed_sockets or {})
         # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
         self.status_notes: dict[str, str] = {}
+        # Fills in, on reload, the targets the configuration leaves to discovery; its
+        # PyforwardError fails the reload. Set by Discovery.attach.
+        self.fill_targets: Callable[[Settings], Settings] | None = None
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -198,9 +201,17 @@ class Forwarder:
         that can fail (name lookups, binding) happens before anything changes, so on an
         error the old configuration stays in force whole.
         """
+        resolved = {route.listen: await self._resolve(route) for route in settings.routes}
+        if self.fill_targets is not None:
+            # After the last await: the discovered targets filled in are the current ones.
+            settings = self.fill_targets(settings)
+            for route in settings.routes:
+                if route.targets and not resolved[route.listen]:
+                    # Discovered targets are IP literals: resolved without a lookup.
+                    literals = (literal_target(address) for address in route.targets)
+                    resolved[route.listen] = [t for t in literals if t is not None]
         new_routes = {route.listen: route for route in settings.routes}
         current = {listener.route.listen for listener in self.listeners}
-        resolved = {route.listen: await self._resolve(route) for route in settings.routes}
         opened: list[Listener] = []
         try:
             for route in settings.routes:
@@ -396,7 +407,8 @@ class Forwarder:
         """Send the route's new connections to `targets` from now on; connections already
         made, or still connecting, keep the targets they started with."""
         for listener in self.listeners:
-            if listener.route == route:
+            # By listen address: a reload may have given the route new settings.
+            if listener.route.listen == route.listen:
                 # A new list, never an in-place change: connections hold the old one.
                 listener.targets = list(targets)
         self.health.retain(t for listener in self.listeners for t in listener.targets)

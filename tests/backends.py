@@ -48,8 +48,10 @@ class Client:
         self.greeting = ""
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> Client:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(cls, port: int, host: str = "127.0.0.1", source: str = "") -> Client:
+        """Connect to `host:port`, from the address `source` if given."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection(host, port, local_addr=local)
         client = cls(reader, writer)
         client.greeting = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
         return client

@@ -3,12 +3,15 @@
 It serves Services and Nodes from an in-memory store with a resourceVersion counter,
 answers watches from an event history (and 410 Gone for versions compacted away),
 checks a bearer token (401) and RBAC rules (403), and records every request so tests
-can tell lists from watches.
+can tell lists from watches. It can also answer the way a broken or hostile server
+would: a watch that sends bytes and never a newline, a list trickled byte by byte, and
+(through `put_nodes`) floods of events written as fast as the socket takes them.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import copy
 import json
@@ -150,6 +153,8 @@ class KubeApi:
         self._open: set[Any] = set()
         self.generation = 0  # moves on when connections are cut: open watches end
         self.silent = False  # watches send nothing and never end: a dead connection
+        self.no_newline = False  # watches send bytes, never a newline, and never end
+        self.list_byte_delay = 0.0  # > 0: lists send their body one byte per this many s
         self.list_bodies: dict[str, Any] = {}  # path -> JSON sent for a list instead
         self.kubeconfig = tmp_path / "kubeconfig"
 
@@ -238,11 +243,16 @@ class KubeApi:
 
     def put_node(self, obj: dict[str, Any], name: str | None = None) -> None:
         """Add or change a Node; `name` keys one whose metadata is not what it should be."""
+        self.put_nodes([obj], [name or obj["metadata"]["name"]])
+
+    def put_nodes(self, objs: list[dict[str, Any]], names: list[str] | None = None) -> None:
+        """Add or change many nodes at once: one event each, sent out together."""
         with self.cond:
-            name = name or obj["metadata"]["name"]
-            kind = "MODIFIED" if name in self.store.nodes else "ADDED"
-            self.store.nodes[name] = obj = copy.deepcopy(obj)
-            self._record("nodes", kind, obj)
+            for index, given in enumerate(objs):
+                name = names[index] if names else given["metadata"]["name"]
+                kind = "MODIFIED" if name in self.store.nodes else "ADDED"
+                self.store.nodes[name] = obj = copy.deepcopy(given)
+                self._record("nodes", kind, obj)
 
     def compact(self) -> None:
         """Forget the history: watches from any version seen so far get 410 Gone."""
@@ -336,7 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
         if request.watch:
             self._watch(collection, query)
         else:
-            self._list(collection, namespace)
+            self._list(collection, namespace, query)
 
     def _items(self, collection: str, namespace: str | None) -> list[dict[str, Any]]:
         store = self.server.api.store
@@ -348,20 +358,52 @@ class _Handler(BaseHTTPRequestHandler):
             if namespace == "" or k[0] == namespace
         ]
 
-    def _list(self, collection: str, namespace: str | None) -> None:
+    def _list(self, collection: str, namespace: str | None, query: dict[str, str]) -> None:
+        """The list, or with `limit` one page of it; `continue` is the offset of the next.
+        (A real server serves every page from the first one's snapshot; this one serves
+        each from the store as it is, which a watch from the first version makes good.)"""
         api = self.server.api
         if self.path.split("?")[0] in api.list_bodies:
             self._send(200, api.list_bodies[self.path.split("?")[0]])
             return
+        offset = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or 0)
         with api.cond:
             kind = "NodeList" if collection == "nodes" else "ServiceList"
+            items = self._items(collection, namespace)
+            end = offset + limit if limit else len(items)
+            metadata = {"resourceVersion": str(api.store.version)}
+            if end < len(items):
+                metadata["continue"] = str(end)
             body = {
                 "apiVersion": "v1",
                 "kind": kind,
-                "metadata": {"resourceVersion": str(api.store.version)},
-                "items": copy.deepcopy(self._items(collection, namespace)),
+                "metadata": metadata,
+                "items": copy.deepcopy(items[offset:end]),
             }
+        if api.list_byte_delay > 0:
+            self._trickle(json.dumps(body).encode(), api.list_byte_delay)
+            return
         self._send(200, body)
+
+    def _trickle(self, data: bytes, delay: float) -> None:
+        """A whole, valid answer, one byte every `delay` seconds (until the client leaves)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.flush()
+        generation = self.server.api.generation
+        try:
+            for index in range(len(data)):
+                self.wfile.write(data[index : index + 1])
+                self.wfile.flush()
+                time.sleep(delay)
+                if self.server.api.generation != generation:
+                    break
+        except OSError:
+            pass
+        self.close_connection = True
 
     def _watch(self, collection: str, query: dict[str, str]) -> None:
         api = self.server.api
@@ -374,8 +416,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         try:
-            for line in self._events(api, collection, since, deadline):
-                data = line.encode() + b"\n"
+            if api.no_newline:
+                self._endless_line(api)
+                return
+            for lines in self._events(api, collection, since, deadline):
+                data = "".join(line + "\n" for line in lines).encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
@@ -383,20 +428,35 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _events(self, api: KubeApi, collection: str, since: int, deadline: float) -> Iterator[str]:
+    def _endless_line(self, api: KubeApi) -> None:
+        """The start of an event that never ends: JSON-ish bytes, never a newline."""
+        generation = api.generation
+        data = b'{"type": "MODIFIED", "object": {"metadata": {"name": "' + b"x" * 65536
+        chunk = b"%x\r\n%s\r\n" % (len(data), data)
+        while api.generation == generation:
+            self.wfile.write(chunk)
+            data = b"x" * 65536
+            chunk = b"%x\r\n%s\r\n" % (len(data), data)
+        self.close_connection = True
+
+    def _events(
+        self, api: KubeApi, collection: str, since: int, deadline: float
+    ) -> Iterator[list[str]]:
+        """Batches of event lines: whatever history holds past `since`, then what comes."""
         with api.cond:
             generation = api.generation
             if since < api.store.compacted:
                 message = f"too old resource version: {since} ({api.store.compacted})"
-                yield json.dumps({"type": "ERROR", "object": status(410, "Expired", message)})
+                yield [json.dumps({"type": "ERROR", "object": status(410, "Expired", message)})]
                 return
         while True:
             with api.cond:
+                history = api.store.history
+                start = bisect.bisect_right(history, since, key=lambda e: e.version)
                 pending = [
                     e
-                    for e in api.store.history
-                    if e.version > since
-                    and (
+                    for e in history[start:]
+                    if (
                         e.collection == collection
                         or (collection == "services" and e.collection.startswith("services/"))
                     )
@@ -414,9 +474,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if api.generation != generation:
                         return
                     continue
-            for event in pending:
-                since = event.version
-                yield json.dumps({"type": event.type, "object": event.obj})
+            since = pending[-1].version
+            yield [json.dumps({"type": e.type, "object": e.obj}) for e in pending]
 
     def _send(self, code: int, body: Any) -> None:
         data = json.dumps(body).encode()

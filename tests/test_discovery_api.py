@@ -15,10 +15,11 @@ import pytest
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiUnreachable
 from pyforward.discovery.kubeconfig import KubeconfigSource
+from pyforward.discovery.stores import ServiceStore
 from pyforward.discovery.watcher import (
+    Changed,
     Connected,
     ResourceWatcher,
-    Snapshot,
     Trouble,
     Update,
     WatchTiming,
@@ -74,12 +75,15 @@ class Watching:
     def __init__(self, kube: KubeApi, timing: WatchTiming) -> None:
         self.api = ClusterApi(KubeconfigSource("--kubeconfig", str(kube.kubeconfig)))
         self.updates: queue.Queue[Update] = queue.Queue()
-        self.watcher = ResourceWatcher(self.api, SERVICES, self.updates.put, timing)
+        self.store = ServiceStore()
+        self.watcher = ResourceWatcher(self.api, SERVICES, self.store, self.updates.put, timing)
 
     def next(self, kind: type[Any]) -> Any:
         """The next update of this kind (others before it are dropped)."""
         while True:
             update = self.updates.get(timeout=10)
+            if isinstance(update, Changed):
+                self.watcher.taken()
             if isinstance(update, kind):
                 return update
 
@@ -95,7 +99,7 @@ def test_a_silent_watch_is_noticed_by_its_read_timeout(kube: KubeApi) -> None:
     watching = Watching(kube, WatchTiming(watch_timeout=1, read_margin=0.5, backoff_initial=0.05))
     watching.watcher.start()
     try:
-        assert isinstance(watching.next(Snapshot), Snapshot)
+        assert watching.next(Changed).via == "list"
         watching.next(Connected)
         trouble = watching.next(Trouble)
         assert isinstance(trouble.error, ApiUnreachable)
@@ -104,9 +108,8 @@ def test_a_silent_watch_is_noticed_by_its_read_timeout(kube: KubeApi) -> None:
         kube.cut_connections()
         watching.next(Connected)
         kube.put_service(service(ports=(("https", 443, 32000),)))
-        snapshot = watching.next(Snapshot)
-        assert snapshot.via == "watch"
-        assert snapshot.items[0]["spec"]["ports"][0]["nodePort"] == 32000
+        assert watching.next(Changed).via == "watch"
+        assert watching.store.parsed().objects[0].ports[0].node_port == 32000
     finally:
         watching.close()
     path = "/api/v1/namespaces/istio-system/services"
@@ -121,14 +124,13 @@ def test_gone_leads_to_a_new_list(kube: KubeApi) -> None:
     watching = Watching(kube, WatchTiming(watch_timeout=30, backoff_initial=0.05))
     watching.watcher.start()
     try:
-        first = watching.next(Snapshot)
+        assert watching.next(Changed).via == "list"
         watching.next(Connected)
         kube.put_node(node("n", "10.0.0.1"))  # the version moves on elsewhere
         kube.compact()
         kube.cut_connections()
-        relisted = watching.next(Snapshot)
+        relisted = watching.next(Changed)
         assert relisted.via == "list"
-        assert int(relisted.resource_version) > int(first.resource_version)
     finally:
         watching.close()
     assert len(kube.lists("/api/v1/namespaces/istio-system/services")) == 2

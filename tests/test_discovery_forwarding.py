@@ -77,7 +77,12 @@ class Running:
 
 @asynccontextmanager
 async def forwarding(
-    kube: KubeApi, tmp_path: Path, host: HostIdentity = HERE, **flags: Any
+    kube: KubeApi,
+    tmp_path: Path,
+    host: HostIdentity = HERE,
+    *,
+    timing: WatchTiming = FAST,
+    **flags: Any,
 ) -> AsyncIterator[Running]:
     settings = build_settings(
         {
@@ -107,7 +112,7 @@ async def forwarding(
             on_ready=ready.set_result,
             on_status=on_status,
             host=host,
-            timing=FAST,
+            timing=timing,
         )
     )
     done, _ = await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)

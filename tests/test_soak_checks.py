@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.soak import pattern, procfs
-from tests.soak.report import Outcome, counts, row, size
+from tests.soak.report import Latency, Outcome, counts, row, size
 
 
 def test_pattern_catches_a_flipped_byte_a_shift_and_a_repeat() -> None:
@@ -100,3 +100,12 @@ def test_counts_and_sizes_read_well() -> None:
     assert counts({"reset": 3, "eof-short": 5, "timeout": 0}) == "eof-short=5 reset=3"
     assert counts({}) == "-"
     assert [size(n) for n in (512, 2048, 5 << 20)] == ["512 B", "2.00 KiB", "5.00 MiB"]
+
+
+def test_latency_takes_nearest_ranks_and_the_slowest() -> None:
+    seconds = [0.001 * n for n in range(1, 201)]  # 1 ms .. 200 ms
+    latency = Latency.of(list(reversed(seconds)))
+    assert (latency.median, latency.p99, latency.slowest) == (0.1, 0.198, 0.2)
+    assert str(latency) == "median 100.0 ms, p99 198.0 ms, slowest 200.0 ms"
+    assert Latency.of([0.5]) == Latency(0.5, 0.5, 0.5)
+    assert Latency.of([]) == Latency(0.0, 0.0, 0.0)

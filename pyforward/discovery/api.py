@@ -12,6 +12,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,67 @@ from pyforward.discovery.errors import (
 from pyforward.discovery.kubeconfig import KubeconfigSource, load_configuration
 
 CONNECT_TIMEOUT = 10.0
+# What one answer may cost. Each read is bounded by the client's read timeout; these bound
+# the whole: a server that trickles bytes, or never ends a line, is taken for a broken one.
+LIST_DEADLINE = 60.0  # seconds for a list's whole answer
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # one watch event (one JSON line); a Node is ~10 KiB
+READ_SIZE = 64 * 1024  # bytes asked of the socket per read (any amount available returns)
+# Objects per list request. An answer is decoded in one go, holding the interpreter (and
+# so the event loop) meanwhile: pages keep that short in a cluster of thousands of nodes.
+LIST_PAGE = 500
+
+
+class LineTooLong(ValueError):
+    """A line grew past the limit without its newline."""
+
+
+class LineSplitter:
+    """Splits a byte stream into lines; never holds more than `limit` bytes of one line.
+
+    Only the bytes fed since the last call are searched for a newline, so a long line
+    costs its length once, not once per chunk.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a line begun and not yet ended."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines `data` completes (without their newlines); LineTooLong past the limit."""
+        buffer = self._buffer
+        search = len(buffer)
+        buffer += data
+        lines = []
+        start = 0
+        while (end := buffer.find(b"\n", search)) >= 0:
+            lines.append(bytes(buffer[start:end]))
+            start = search = end + 1
+        del buffer[:start]
+        if len(buffer) > self.limit:
+            buffer.clear()
+            raise LineTooLong(f"more than {_size(self.limit)} without a newline")
+        return lines
+
+
+def _size(count: int) -> str:
+    return f"{count / 1048576:g} MiB" if count >= 1048576 else f"{count:,} bytes"
+
+
+def read_body(response: Any, deadline: float) -> bytes:
+    """The whole body of `response`; TimeoutError once the monotonic `deadline` passes."""
+    parts: list[bytes] = []
+    received = 0
+    while chunk := response.read1(READ_SIZE, decode_content=False):
+        parts.append(chunk)
+        received += len(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{_size(received)} received")
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -62,16 +124,62 @@ class ClusterApi:
         self._watches: set[Any] = set()
         self._closed = False
 
-    def list(self, resource: Resource, *, timeout: float = 30.0) -> Listing:
-        """List a collection; the list's resourceVersion is where a watch starts."""
+    def list(
+        self, resource: Resource, *, timeout: float = 30.0, deadline: float = LIST_DEADLINE
+    ) -> Listing:
+        """List a collection, LIST_PAGE objects per request; the first page's
+        resourceVersion is where a watch starts.
+
+        `timeout` bounds each read, `deadline` (seconds) the whole answer to one request."""
+        items: list[dict[str, Any]] = []
+        version: str | None = None
+        token: str | None = None
+        while True:
+            data = self._list_page(resource, token, timeout, deadline)
+            page = self._listing(data, resource)
+            items += page.items
+            if token is None:
+                version = page.resource_version
+            metadata = data.get("metadata")
+            more = metadata.get("continue") if isinstance(metadata, dict) else None
+            token = more if isinstance(more, str) and more else None
+            if token is None:
+                return Listing(tuple(items), version)
+            if not page.items:
+                raise ApiFailed(
+                    f"the API server at {self.host} answered a page of the list of {resource} "
+                    "with no objects, and more to come"
+                )
+
+    def _list_page(
+        self, resource: Resource, token: str | None, timeout: float, deadline: float
+    ) -> Any:
+        """One list request's answer, as JSON (checked by `_listing`)."""
+        started = time.monotonic()
+        paging: dict[str, Any] = {"limit": LIST_PAGE}
+        if token is not None:
+            paging["_continue"] = token
         try:
-            response = self._call(resource, _preload_content=False, _request_timeout=timeout)
-            data = json.loads(response.data)
+            response = self._call(
+                resource, **paging, _preload_content=False, _request_timeout=timeout
+            )
+            try:
+                data = json.loads(read_body(response, started + deadline))
+            except BaseException:
+                response.close()  # the rest of the answer is still coming: never reuse it
+                raise
+            finally:
+                response.release_conn()
+        except TimeoutError as exc:
+            raise ApiUnreachable(
+                f"the API server at {self.host} is too slow to list {resource}: "
+                f"no whole answer within {deadline:g} s ({exc})"
+            ) from None
         except DiscoveryError:
             raise
         except Exception as exc:  # the client's errors have no common base: translate all
             raise self._translate(exc, "list", resource) from None
-        return self._listing(data, resource)
+        return data
 
     def list_all_services(self) -> Listing:
         """Services in every namespace (for the ServiceLB port check)."""
@@ -104,7 +212,7 @@ class ClusterApi:
             )
         except Exception as exc:
             raise self._translate(exc, "watch", resource) from None
-        stream = Watch(self, resource, response)
+        stream = Watch(self, resource, response, read_timeout)
         with self._lock:
             if self._closed:
                 stream.interrupt()
@@ -238,21 +346,35 @@ def network_reason(exc: BaseException) -> str:
 class Watch:
     """One watch response: iterate for events (raw dicts with `type` and `object`)."""
 
-    def __init__(self, api: ClusterApi, resource: Resource, response: Any) -> None:
+    def __init__(self, api: ClusterApi, resource: Resource, response: Any, duration: float) -> None:
         self._api = api
         self._resource = resource
         self._response = response
+        self._duration = duration  # the server ends the watch sooner; past this, we do
         self._closed = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        buffer = b""
+        lines = LineSplitter(MAX_EVENT_BYTES)
+        deadline = time.monotonic() + self._duration
         try:
-            for chunk in self._response.stream(amt=None, decode_content=False):
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
+            # read1: whatever has arrived, up to READ_SIZE, so no read waits for a whole
+            # (possibly endless) chunk and the limits below apply as bytes come in.
+            while chunk := self._response.read1(READ_SIZE, decode_content=False):
+                try:
+                    complete = lines.feed(chunk)
+                except LineTooLong as exc:
+                    raise ApiFailed(f"watch on {self._resource}: an event of {exc}") from None
+                for line in complete:
                     if line.strip():
                         yield self._event(line)
+                if time.monotonic() > deadline:
+                    if lines.pending:
+                        raise ApiFailed(
+                            f"watch on {self._resource}: an event still incomplete after "
+                            f"{self._duration:g} s ({_size(lines.pending)} so far): the API "
+                            "server sends too slowly"
+                        )
+                    return  # the server should have ended it by now: watch again
         except DiscoveryError:
             raise
         except Exception as exc:

@@ -33,6 +33,9 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 )
+# Targets per route: this host's node and failover nodes. Connects share one budget
+# (connect_timeout), so more would never be reached; fewer keep lines and state small.
+MAX_TARGETS = 8
 
 
 @dataclass(frozen=True)
@@ -346,38 +349,50 @@ def pick_port(service: Service, port_ref: str) -> ServicePort:
     return port
 
 
+def rank_node(node: Node, host: HostIdentity) -> tuple[int, Candidate] | str:
+    """Where `node` ranks as a target (0: this host by name, 1: this host by address,
+    2: another node; lower first), or why it is not one."""
+    address = node.internal_ip
+    if not node.ready:
+        return f"not Ready ({node.ready_detail})"
+    if address is None:
+        return "has no InternalIP"
+    if node.is_named(host.names):
+        rank, why = 0, "this host (its node name matches this host's name)"
+    elif host.is_local_address(address):
+        rank, why = 1, f"this host ({address} is one of this host's addresses)"
+    else:
+        rank, why = 2, "another Ready node"
+    return rank, Candidate(node.name, address, why)
+
+
 def choose_nodes(nodes: Parsed[Node], host: HostIdentity) -> NodeChoice:
     """Ready nodes with an InternalIP, this host's node first, then the rest by name."""
     ranked: list[tuple[int, str, Candidate]] = []
     skipped: list[tuple[str, str]] = []
     for node in nodes.objects:
-        address = node.internal_ip
-        if not node.ready:
-            skipped.append((node.name, f"not Ready ({node.ready_detail})"))
+        place = rank_node(node, host)
+        if isinstance(place, str):
+            skipped.append((node.name, place))
             continue
-        if address is None:
-            skipped.append((node.name, "has no InternalIP"))
-            continue
-        if node.is_named(host.names):
-            rank, why = 0, "this host (its node name matches this host's name)"
-        elif host.is_local_address(address):
-            rank, why = 1, f"this host ({address} is one of this host's addresses)"
-        else:
-            rank, why = 2, "another Ready node"
-        ranked.append((rank, node.name, Candidate(node.name, address, why)))
+        ranked.append((place[0], node.name, place[1]))
     if not ranked:
         if not nodes.objects and not nodes.rejected:
             raise NoReadyNode("no Ready node: the cluster lists no nodes")
-        detail = "; ".join(
-            [f"{name} {why}" for name, why in skipped] + [r.reason for r in nodes.rejected]
-        )
-        raise NoReadyNode(f"no Ready node with an InternalIP: {detail}")
+        detail = [f"{name} {why}" for name, why in skipped] + [r.reason for r in nodes.rejected]
+        raise NoReadyNode(f"no Ready node with an InternalIP: {some_of(detail, len(detail))}")
     ranked.sort(key=lambda item: (item[0], item[1]))
     candidates = [candidate for _, _, candidate in ranked]
     if ranked[0][0] == 2:
         first = candidates[0]
         candidates[0] = Candidate(first.node, first.address, "no node is this host; first by name")
     return NodeChoice(tuple(candidates), tuple(skipped), nodes.rejected)
+
+
+def some_of(parts: Sequence[str], total: int) -> str:
+    """'a; b; ...', naming at most MAX_TARGETS of `total` things, then how many more."""
+    text = "; ".join(parts[:MAX_TARGETS])
+    return f"{text}; and {total - MAX_TARGETS:,} more" if total > MAX_TARGETS else text
 
 
 def route_target(
@@ -390,7 +405,7 @@ def route_target(
         addresses = [node_ip]
     else:
         assert choice is not None
-        addresses = [candidate.address for candidate in choice.candidates]
+        addresses = [candidate.address for candidate in choice.candidates[:MAX_TARGETS]]
     return RouteTarget(port_ref, port, tuple(Address(a, port.node_port) for a in addresses))
 
 
@@ -446,9 +461,24 @@ def resolve(
     node_ip: str | None,
 ) -> Resolution:
     """Find the Service, its ports' nodePorts, and the nodes to send connections to."""
+    return resolve_chosen(
+        services, lambda: choose_nodes(nodes, host), ref, port_refs, node_ip=node_ip, nodes=nodes
+    )
+
+
+def resolve_chosen(
+    services: Parsed[Service],
+    choose: Callable[[], NodeChoice],
+    ref: ServiceRef,
+    port_refs: Sequence[str],
+    *,
+    node_ip: str | None,
+    nodes: Parsed[Node] | None = None,
+) -> Resolution:
+    """`resolve` with the nodes already chosen (`choose` raises NoReadyNode)."""
     service = find_service(services, ref)
     for port_ref in port_refs:
         pick_port(service, port_ref)  # port errors before node errors: the likelier mistake
-    choice = None if node_ip is not None else choose_nodes(nodes, host)
+    choice = None if node_ip is not None else choose()
     routes = tuple(route_target(service, p, choice, node_ip) for p in port_refs)
-    return Resolution(service, nodes.objects, choice, routes)
+    return Resolution(service, nodes.objects if nodes else (), choice, routes)

@@ -26,25 +26,17 @@ from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import DiscoveryError
 from pyforward.discovery.hostinfo import this_host
 from pyforward.discovery.kubeconfig import KubeconfigSource, find_kubeconfig
-from pyforward.discovery.model import (
-    HostIdentity,
-    Node,
-    Parsed,
-    Resolution,
-    Service,
-    parse_nodes,
-    parse_services,
-    resolve,
-)
+from pyforward.discovery.model import HostIdentity, Resolution, resolve_chosen
 from pyforward.discovery.options import DiscoverySettings
+from pyforward.discovery.stores import NodeStore, ServiceStore
 from pyforward.discovery.watcher import (
+    Changed,
     ResourceWatcher,
-    Snapshot,
     Trouble,
     Update,
     WatchTiming,
 )
-from pyforward.errors import StartupError
+from pyforward.errors import ConfigError, StartupError
 from pyforward.logfmt import logfmt
 from pyforward.server import Forwarder, literal_target, serve
 from pyforward.settings import Route, Settings
@@ -85,9 +77,9 @@ class Discovery:
         self._env = dict(os.environ if env is None else env)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api: ClusterApi | None = None
-        self._watchers: list[ResourceWatcher] = []
-        self._services: Parsed[Service] | None = None
-        self._nodes: Parsed[Node] | None = None
+        self._watchers: dict[Resource, ResourceWatcher] = {}
+        self._services = ServiceStore()
+        self._nodes = NodeStore(self._host)
         self._trouble: dict[Resource, DiscoveryError] = {}
         self._problem: DiscoveryError | None = None
         self._current: dict[int, tuple[Address, ...]] = {}
@@ -126,12 +118,14 @@ class Discovery:
                 }
             )
         )
-        resources = [Resource("services", self.config.service.namespace)]
+        stores: list[tuple[Resource, ServiceStore | NodeStore]] = [
+            (Resource("services", self.config.service.namespace), self._services)
+        ]
         if self.config.node_ip is None:
-            resources.append(Resource("nodes"))
-        for resource in resources:
-            watcher = ResourceWatcher(api, resource, self._deliver, self._timing)
-            self._watchers.append(watcher)
+            stores.append((Resource("nodes"), self._nodes))
+        for resource, store in stores:
+            watcher = ResourceWatcher(api, resource, store, self._deliver, self._timing)
+            self._watchers[resource] = watcher
             watcher.start()
         if not self._load_state():
             await self._wait_for_first_target()
@@ -184,19 +178,48 @@ class Discovery:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     def attach(self, forwarder: Forwarder) -> None:
-        """Start handing target changes to the running forwarder."""
+        """Start handing target changes to the running forwarder (and reloads targets)."""
         self._forwarder = forwarder
+        forwarder.fill_targets = self.fill
         for index in self._indexes:
             self._apply(index)
 
+    def fill(self, settings: Settings) -> Settings:
+        """A reloaded configuration with its discovered routes' current targets.
+
+        Everything else in it applies (access lists, timeouts, limits, static routes);
+        what is discovered, and from where, does not change without a restart."""
+        if settings.discovery != self.config:
+            raise ConfigError(
+                "changing the discovery settings (service, kubeconfig, node_ip, state_dir, "
+                "...) needs a restart"
+            )
+        wanted = sorted(
+            (str(r.listen), str(r.service_port)) for r in settings.routes if not r.targets
+        )
+        following = sorted(
+            (str(self.routes[i].listen), str(self.routes[i].service_port)) for i in self._indexes
+        )
+        if wanted != following:
+            raise ConfigError(
+                "adding, removing or changing a discovered route (listen, service_port) "
+                "needs a restart"
+            )
+        targets = {self.routes[i].listen: self._current[i] for i in self._indexes}
+        routes = tuple(
+            route if route.targets else replace(route, targets=targets[route.listen])
+            for route in settings.routes
+        )
+        return replace(settings, routes=routes)
+
     async def stop(self) -> None:
         """Stop the watchers and wait for their threads."""
-        for watcher in self._watchers:
+        for watcher in self._watchers.values():
             watcher.stop()
         if self._api is not None:
             self._api.close()
         loop = asyncio.get_running_loop()
-        for watcher in self._watchers:
+        for watcher in self._watchers.values():
             await loop.run_in_executor(None, watcher.join, 5.0)
         if self._save_task is not None and not self._save_task.done():
             await asyncio.wait([self._save_task], timeout=5.0)
@@ -216,19 +239,12 @@ class Discovery:
             self._trouble[update.resource] = update.error
         else:
             self._trouble.pop(update.resource, None)
-        if isinstance(update, Snapshot):
-            if update.resource.kind == "services":
-                self._services = parse_services(update.items)
-            else:
-                self._nodes = parse_nodes(update.items)
+        if isinstance(update, Changed):
+            # Before reading the store: a change from now on wakes us again.
+            self._watchers[update.resource].taken()
             log.debug(
                 logfmt(
-                    {
-                        "event": "discovery-update",
-                        "resource": update.resource,
-                        "via": update.via,
-                        "resource_version": update.resource_version,
-                    }
+                    {"event": "discovery-update", "resource": update.resource, "via": update.via}
                 )
             )
         # A Connected update only clears the trouble: the API answers again.
@@ -238,15 +254,14 @@ class Discovery:
     def _evaluate(self) -> None:
         problem: DiscoveryError | None = next(iter(self._trouble.values()), None)
         resolution = None
-        nodes_known = self._nodes is not None or self.config.node_ip is not None
-        if problem is None and self._services is not None and nodes_known:
+        nodes_known = self._nodes.listed or self.config.node_ip is not None
+        if problem is None and self._services.listed and nodes_known:
             try:
-                resolution = resolve(
-                    self._services,
-                    self._nodes or Parsed(()),
+                resolution = resolve_chosen(
+                    self._services.parsed(),
+                    self._nodes.choose,
                     self.config.service,
                     [str(self.routes[i].service_port) for i in self._indexes],
-                    host=self._host,
                     node_ip=self.config.node_ip,
                 )
             except DiscoveryError as exc:
@@ -281,6 +296,11 @@ class Discovery:
                 "node_port": route_target.port.node_port,
                 "targets": _targets_text(targets),
             }
+            if self.config.node_ip is None:
+                # Counts, not lists: a big cluster's nodes would make kilobytes of line.
+                counts = self._nodes.counts
+                fields["ready_nodes"] = counts.candidates
+                fields["nodes"] = counts.nodes
             if previous is not None:
                 fields["was"] = _targets_text(previous)
             fields["why"] = (

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,16 +33,18 @@ class WatchTiming:
     read_margin: float = 15.0
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    list_deadline: float = 60.0  # seconds for a list's whole answer
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """Every object of the collection as of `resource_version`."""
+class Changed:
+    """The collection's store changed; read it (and call `taken()` first).
+
+    Changes are coalesced: while one is delivered and not yet taken, more changes
+    deliver nothing, so a fast stream of events never queues up behind a busy loop."""
 
     resource: Resource
-    items: tuple[dict[str, Any], ...]
-    resource_version: str | None
-    via: str  # "list" or "watch"
+    via: str  # "list" or "watch": what brought the first change of the batch
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,23 @@ class Trouble:
     error: DiscoveryError
 
 
-Update = Snapshot | Connected | Trouble
+Update = Changed | Connected | Trouble
+
+
+class Store(Protocol):
+    """Where the watcher puts the collection (see stores.py); True: something changed."""
+
+    def replace(self, items: Sequence[dict[str, Any]]) -> None: ...
+
+    def apply(self, kind: str, obj: dict[str, Any]) -> bool: ...
 
 
 class WatchSource(Protocol):
     """What the watcher needs from the API (ClusterApi, or a stand-in)."""
 
-    def list(self, resource: Resource, *, timeout: float = ...) -> Listing: ...
+    def list(
+        self, resource: Resource, *, timeout: float = ..., deadline: float = ...
+    ) -> Listing: ...
 
     def open_watch(
         self, resource: Resource, resource_version: str | None, timeout: int, read_timeout: float
@@ -84,13 +96,6 @@ def backoff_delays(
         delay = min(delay * 2, maximum)
 
 
-def _key(obj: dict[str, Any]) -> str:
-    metadata = obj.get("metadata")
-    if not isinstance(metadata, dict):
-        metadata = {}  # a malformed object: the model leaves it out and reports it
-    return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
-
-
 class ResourceWatcher:
     """Follows one collection in a daemon thread; `deliver` is called from that thread."""
 
@@ -98,11 +103,14 @@ class ResourceWatcher:
         self,
         api: WatchSource,
         resource: Resource,
+        store: Store,
         deliver: Callable[[Update], None],
         timing: WatchTiming,
     ) -> None:
         self.api = api
         self.resource = resource
+        self.store = store
+        self._pending = threading.Lock()  # held from a Changed delivered until it is taken
         self._deliver = deliver
         self._timing = timing
         self._stopping = threading.Event()
@@ -120,9 +128,17 @@ class ResourceWatcher:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def taken(self) -> None:
+        """Called by the reader before it reads the store: the next change delivers again."""
+        if self._pending.locked():
+            self._pending.release()
+
+    def _changed(self, via: str) -> None:
+        if self._pending.acquire(blocking=False):
+            self._send(Changed(self.resource, via))
+
     def _run(self) -> None:
         timing = self._timing
-        objects: dict[str, dict[str, Any]] = {}
         version: str | None = None
         delays = backoff_delays(timing.backoff_initial, timing.backoff_max)
         while not self._stopping.is_set():
@@ -130,10 +146,10 @@ class ResourceWatcher:
             try:
                 if version is None:
                     just_listed = True
-                    listing = self.api.list(self.resource)
-                    objects = {_key(item): item for item in listing.items}
+                    listing = self.api.list(self.resource, deadline=timing.list_deadline)
+                    self.store.replace(listing.items)
                     version = listing.resource_version
-                    self._send(Snapshot(self.resource, tuple(objects.values()), version, "list"))
+                    self._changed("list")
                     delays = backoff_delays(timing.backoff_initial, timing.backoff_max)
                 started = time.monotonic()
                 stream = self.api.open_watch(
@@ -151,13 +167,10 @@ class ResourceWatcher:
                     just_listed = False
                     version = resource_version(event["object"]) or version
                     kind = event.get("type")
-                    if kind in ("ADDED", "MODIFIED"):
-                        objects[_key(event["object"])] = event["object"]
-                    elif kind == "DELETED":
-                        objects.pop(_key(event["object"]), None)
-                    else:
+                    if kind not in ("ADDED", "MODIFIED", "DELETED"):
                         continue  # BOOKMARK: only the resourceVersion moves on
-                    self._send(Snapshot(self.resource, tuple(objects.values()), version, "watch"))
+                    if self.store.apply(str(kind), event["object"]):
+                        self._changed("watch")
                 delays = backoff_delays(timing.backoff_initial, timing.backoff_max)
                 if events == 0 and time.monotonic() - started < 1.0:
                     # A server that ends every watch at once must not make us spin.

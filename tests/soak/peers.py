@@ -48,6 +48,7 @@ from tests.soak.pattern import (
     parse_header,
     up_seed,
 )
+from tests.soak.report import Latency
 
 WRITE_CHUNK = 1 << 18
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -512,16 +513,20 @@ async def churn(args: argparse.Namespace) -> None:
     stopping = asyncio.Event()
     every: int = args.progress_every
 
+    took: list[float] = []  # seconds each connection took, start to close
+
     async def worker() -> None:
         nonlocal next_index
         while not stopping.is_set() and (args.until_stop or next_index < args.count):
             stream = args.base + next_index
             next_index += 1
+            began = time.monotonic()
             if args.protocol == "stream":
                 await stream_once(args.port, stream, args.size, tally, args.timeout)
             else:
                 message = _message(stream, args.size)
                 tally.outcomes[await echo_once(args.port, message, tally, args.timeout)] += 1
+            took.append(time.monotonic() - began)
             if every and next_index % every == 0:
                 emit(event="progress", started=next_index, completed=tally.outcomes[OK])
 
@@ -534,7 +539,12 @@ async def churn(args: argparse.Namespace) -> None:
     if stopper is not None:
         stopper.cancel()
     elapsed = time.monotonic() - started
-    emit(**tally.result(elapsed=elapsed))
+    latency = Latency.of(took)
+    emit(
+        **tally.result(
+            elapsed=elapsed, median=latency.median, p99=latency.p99, slowest=latency.slowest
+        )
+    )
 
 
 class StreamClient(StreamEnd):

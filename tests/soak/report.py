@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,34 @@ def size(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long connections took, start to close: the median, the 99th percentile, the
+    slowest (seconds)."""
+
+    median: float
+    p99: float
+    slowest: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Latency:
+        if not seconds:
+            return cls(0.0, 0.0, 0.0)
+        ordered = sorted(seconds)
+
+        def rank(q: float) -> float:
+            # Nearest rank: the smallest value with at least q of all at or below it.
+            return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+        return cls(rank(0.5), rank(0.99), ordered[-1])
+
+    def __str__(self) -> str:
+        return (
+            f"median {self.median * 1000:.1f} ms, p99 {self.p99 * 1000:.1f} ms, "
+            f"slowest {self.slowest * 1000:.1f} ms"
+        )
 
 
 def counts(by_kind: Mapping[str, int]) -> str:

@@ -23,11 +23,15 @@ from pyforward.pipes import PipePool
 from tests.kubeapi import KubeApi, node, service
 from tests.soak import procfs
 from tests.soak.processes import Forwarder, Peer, SoakError, wait_until
-from tests.soak.report import MIB, Outcome
+from tests.soak.report import MIB, Latency, Outcome
 
 KIB = 1 << 10
 GIB = 1 << 30
 CHURN_RSS_GROWTH = 2 * MIB  # allowed between the middle and the end of churn
+# cluster-flood: generous bounds (the machine is shared); what matters is that they hold.
+FLOOD_SLOWEST = 2.0  # seconds the slowest short connection may take during the flood
+FLOOD_RSS_GROWTH = 64 * MIB  # peak over the baseline (which holds every node already)
+FLOOD_LINE = 4 * KIB  # longest log line (close lines aside)
 POOL_PIPE_FDS = 2 * PipePool().capacity
 
 
@@ -50,6 +54,8 @@ class Scale:
     burst: int
     flaps: int  # times the Kubernetes API goes away and comes back during churn
     flap_connections: int  # connections that must pass during each outage, and after
+    flood_nodes: int  # nodes the cluster of cluster-flood lists
+    flood_events: int  # Node events it sends as fast as it can, under churn
     fd_limit: int
     exhaustion_step: float  # seconds a held connection may take before the limit counts as hit
     exhaustion_window: float  # seconds the forwarder is watched while out of descriptors
@@ -72,6 +78,8 @@ FULL = Scale(
     burst=5_000,
     flaps=5,
     flap_connections=2_000,
+    flood_nodes=5_000,
+    flood_events=100_000,
     fd_limit=512,
     exhaustion_step=2.0,
     exhaustion_window=3.0,
@@ -93,6 +101,8 @@ QUICK = Scale(
     burst=2_000,
     flaps=1,
     flap_connections=500,
+    flood_nodes=2_000,
+    flood_events=20_000,
     fd_limit=512,
     exhaustion_step=1.0,
     exhaustion_window=1.0,
@@ -743,6 +753,98 @@ def discovery_flap(run: Run) -> None:
     run.expect_closes({"eof"})
 
 
+def cluster_flood(run: Run) -> None:
+    """Churn through a forwarder that follows a cluster of thousands of nodes while the
+    API server sends their events as fast as it can (each flips a batch of nodes between
+    Ready and NotReady): no connection fails or waits long, memory stays bounded, log
+    lines stay short, the last event is taken in soon after it is sent, and a NodePort
+    change after the flood reaches new connections."""
+    scale = run.scale
+    first, first_port = run.server("echo")
+    api = KubeApi(run.dir)  # in this process's threads, as in discovery-flap
+    api.start()
+    run.cleanups.append(api.stop)
+
+    def gateway(node_port: int) -> dict[str, Any]:
+        return service(ports=(("http2", 80, None), ("https", 443, node_port)))
+
+    def cluster(ready: bool) -> list[dict[str, Any]]:
+        # 127.1.0.0/16: loopback, so nothing outside this host is ever addressed.
+        return [
+            node(f"node-{i:05d}", f"127.1.{(i + 1) >> 8 & 255}.{(i + 1) & 255}", ready=ready)
+            for i in range(scale.flood_nodes)
+        ]
+
+    api.put_service(gateway(first_port))
+    api.put_nodes([node("soak-node", "127.0.0.1"), *cluster(ready=True)])
+    run.foreign_ports.add(api.port)
+    [port] = run.start_forwarder(
+        "--discover",
+        "--listen",
+        "127.0.0.1:0",
+        "--kubeconfig",
+        str(api.kubeconfig),
+        "--state-dir",
+        str(run.dir / "state"),
+        "--discover-timeout",
+        "30",
+        prefix=("env", "NODE_NAME=soak-node"),  # this host is node soak-node: its first target
+    )
+    warm_up = run.count(run.client("churn", port, "--count", 200).result(), "first connections")
+    run.forwarder.wait_closes(200)
+    run.check(warm_up["completed"] == 200, f"{warm_up['completed']}/200 before the flood")
+    run.take_baseline()  # with every node listed and ranked
+    churn = run.client("churn", port, "--until-stop", "--concurrency", 16, "--progress-every", 100)
+    churn.wait("progress", timeout=60)
+    batch = 500
+    ready = [cluster(ready=False), cluster(ready=True)]
+    flood_started = time.monotonic()
+    for index in range(scale.flood_events // batch):
+        start = (index * batch) % scale.flood_nodes
+        api.put_nodes(ready[index % 2][start : start + batch])
+    # Last, every other node goes NotReady: once that shows, the whole flood was taken in.
+    mark = run.forwarder.line_count()
+    api.put_nodes(ready[0])
+    flood_took = time.monotonic() - flood_started
+    run.forwarder.wait_line("event=target-change .*ready_nodes=1 ", after=mark, timeout=60)
+    caught_up = time.monotonic() - flood_started - flood_took
+    second, second_port = run.server("echo")
+    api.put_service(gateway(second_port))
+    run.forwarder.wait_line(f"event=target-change.*:{second_port}", timeout=30)
+    now = max((e["started"] for e in churn.events if e.get("event") == "progress"), default=0)
+    churn.wait("progress", timeout=120, where=lambda e: e["started"] >= now + 500)
+    churn.tell("stop")
+    result = run.count(churn.result(), "churn through the flood")
+    total = result["completed"] + sum(result["errors"].values())
+    run.forwarder.wait_closes(200 + total)
+    latency = Latency(result["median"], result["p99"], result["slowest"])
+    run.check(
+        latency.slowest <= FLOOD_SLOWEST,
+        f"a connection took {latency.slowest:.2f} s during the flood (bound {FLOOD_SLOWEST} s)",
+    )
+    usage = run.forwarder.usage()
+    assert run.baseline is not None
+    growth = usage.peak_rss - run.baseline.rss
+    run.check(
+        growth <= FLOOD_RSS_GROWTH,
+        f"peak RSS {growth / MIB:.1f} MiB over the baseline (bound {FLOOD_RSS_GROWTH // MIB} MiB)",
+    )
+    longest = max(len(line) for line in run.forwarder.lines)
+    run.check(longest <= FLOOD_LINE, f"a log line of {longest:,} characters")
+    run.check(caught_up < 10, f"the last Node event showed {caught_up:.1f} s after it was sent")
+    run.settle()
+    moved = run.count(second.stop(), "backend after the NodePort change")
+    run.check(moved["completed"] > 0, "no connection reached the new NodePort")
+    run.count(first.stop(), "backend before the NodePort change")
+    run.note(
+        f"{scale.flood_nodes:,} nodes, {scale.flood_events + scale.flood_nodes:,} Node events "
+        f"sent in {flood_took:.1f} s, the last taken in {caught_up:.2f} s later; "
+        f"{result['completed']:,} connections meanwhile, none failed, {latency}; "
+        f"peak RSS +{growth / MIB:.1f} MiB; longest log line {longest:,} characters"
+    )
+    run.expect_closes({"eof"})
+
+
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "churn": churn,
     "streaming": streaming,
@@ -753,6 +855,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "burst": burst,
     "fd-exhaustion": fd_exhaustion,
     "discovery-flap": discovery_flap,
+    "cluster-flood": cluster_flood,
 }
 
 
