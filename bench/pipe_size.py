@@ -1,6 +1,6 @@
 """Splice through a shrunken (one-page) pipe against a full one, and against copying.
 
-The measurement behind pyforward's rule for shrunken pipes (pyforward/pipes.py): run as root,
+The measurement behind pyforward's rule for shrunken pipes (pyforward/relay/pipes.py): run as root,
 `python bench/pipe_size.py`. It moves 512 MiB between two loopback TCP connections in one
 blocking loop per method, alternating methods, and prints Gbit/s for each.
 """

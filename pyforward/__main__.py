@@ -1,4 +1,4 @@
-from pyforward.cli import main
+from pyforward.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from pyforward.server import Forwarder, serve
-from pyforward.settings import Settings
+from pyforward.config.settings import Settings
+from pyforward.engine.server import Forwarder, serve
 from tests.harness import TIMEOUT
 
 

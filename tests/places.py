@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from pyforward.installation import VOLATILE_AREAS
+from pyforward.systemd.installation import VOLATILE_AREAS
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUSAL = "pyforward: error: install (without --dry-run) would refuse: "

@@ -271,7 +271,7 @@ def installation_under_test(tag: str) -> Installation:
     shutil.copytree(project / "pyforward", site / "pyforward")
     entry = venv / "bin" / "pyforward"
     entry.write_text(
-        f"#!{venv}/bin/python\nimport sys\nfrom pyforward.cli import main\nsys.exit(main())\n"
+        f"#!{venv}/bin/python\nimport sys\nfrom pyforward.cli.app import main\nsys.exit(main())\n"
     )
     entry.chmod(0o755)
     return Installation(str(entry), _roots({venv, *base}), str(venv))

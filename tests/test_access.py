@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyforward.access import AccessList, Network, parse_network, unmapped
+from pyforward.config.access import AccessList, Network, parse_network, unmapped
+from pyforward.engine.listeners import ipv6_available
 from pyforward.errors import ConfigError
-from pyforward.listeners import ipv6_available
 from tests.harness import Backend, echo, fields, forwarder, reads_until_closed
 
 

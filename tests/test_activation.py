@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pyforward.activation import BoundSocket, PassedFds, RouteAddresses, assign, passed_fds
 from pyforward.errors import StartupError
+from pyforward.systemd.activation import BoundSocket, PassedFds, RouteAddresses, assign, passed_fds
 from tests.echo import NamedEcho
 
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyforward.addresses import Address, client_host, format_peer, parse_listen, parse_target
+from pyforward.config.addresses import Address, client_host, format_peer, parse_listen, parse_target
 from pyforward.errors import ConfigError
 
 

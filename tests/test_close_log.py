@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import server
-from pyforward.closelog import CloseSummary, LogConnections, logs_close
+from pyforward.config.settings import build_settings
+from pyforward.engine import server
 from pyforward.errors import ConfigError
-from pyforward.settings import build_settings
+from pyforward.obs.closelog import CloseSummary, LogConnections, logs_close
 from tests.harness import (
     Backend,
     ForwarderProcess,

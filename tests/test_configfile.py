@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyforward.configfile import merge, to_toml
-from pyforward.settings import Settings, build_settings, parse_config_text
+from pyforward.config.file import merge, to_toml
+from pyforward.config.settings import Settings, build_settings, parse_config_text
 
 
 def written(flags: dict[str, object], env: dict[str, str], file_data: Any = None) -> Settings:

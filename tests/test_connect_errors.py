@@ -16,10 +16,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from pyforward import connection
-from pyforward.connection import ResolvedTarget
-from pyforward.server import Forwarder
-from pyforward.settings import build_settings
+from pyforward.config.settings import build_settings
+from pyforward.engine.server import Forwarder
+from pyforward.relay import connection
+from pyforward.relay.connection import ResolvedTarget
 from tests.harness import Backend, connect, connect_and_read, echo, fields
 from tests.inprocess import LogLines, on_loop, running
 

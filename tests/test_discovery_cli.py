@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pyforward.cli import main
+from pyforward.cli.app import main
 from tests.backends import Backend, reached
 from tests.kubeapi import KubeApi, node, service
 
@@ -505,8 +505,8 @@ def test_static_forwarding_does_not_import_kubernetes(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from pyforward import cli
-        from pyforward.server import serve
+        from pyforward.cli import app as cli
+        from pyforward.engine.server import serve
 
         settings = cli.load_settings(
             {"listen": "127.0.0.1:0", "target": ["127.0.0.1:9"]}, None

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
+from pyforward.config.settings import build_settings
 from pyforward.discovery.hostinfo import is_local_address
 from pyforward.discovery.model import HostIdentity
 from pyforward.discovery.runtime import DiscoveryStatus, serve_discovered
 from pyforward.discovery.watcher import WatchTiming
-from pyforward.server import Forwarder, serve
-from pyforward.settings import build_settings
-from pyforward.status_text import format_status, parse_status
+from pyforward.engine.server import Forwarder, serve
+from pyforward.systemd.status_text import format_status, parse_status
 from tests.backends import Backend, Client, reached
 from tests.kubeapi import KubeApi, node, service
 

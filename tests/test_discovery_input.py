@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
 from pyforward.discovery import state
 from pyforward.discovery.errors import BadObject, DiscoveryError
 from pyforward.discovery.hostinfo import is_local_address

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.errors import (
     BadObject,
@@ -30,9 +31,8 @@ from pyforward.discovery.model import (
 )
 from pyforward.discovery.options import ServiceRef, parse_port_ref, parse_service_ref
 from pyforward.discovery.watcher import backoff_delays
+from pyforward.engine.health import TargetHealth
 from pyforward.errors import ConfigError
-from pyforward.health import TargetHealth
-from pyforward.settings import build_settings, parse_config_text
 from tests.kubeapi import node, service
 
 GATEWAY = ServiceRef("istio-system", "istio-ingressgateway")

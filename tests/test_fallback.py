@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import server
-from pyforward.pipes import Pipe, PipePool
-from pyforward.settings import RelayMode, build_settings
+from pyforward.config.settings import RelayMode, build_settings
+from pyforward.engine import server
+from pyforward.relay.pipes import Pipe, PipePool
 from tests.harness import Backend, connect, echo, fields, forwarder, recv_all
 from tests.inprocess import running
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import systemctl
-from pyforward.cli import main
-from pyforward.settings import LogLevel, build_settings
+from pyforward.cli.app import main
+from pyforward.config.settings import LogLevel, build_settings
+from pyforward.systemd import systemctl
 from tests.harness import run_cli
 from tests.kubeapi import KubeApi
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pyforward.errors import StartupError
-from pyforward.installation import (
+from pyforward.systemd.installation import (
     HOME_AREAS,
     advice,
     find_entry_point,
@@ -80,7 +80,7 @@ def test_no_install_hint_names_an_index_package() -> None:
     texts = [
         ROOT / "README.md",
         *(ROOT / "pyforward").rglob("*.py"),
-        *(ROOT / "pyforward" / "templates").iterdir(),
+        *(ROOT / "pyforward" / "systemd" / "templates").iterdir(),
         *ROOT.glob("*/README.md"),
         *ROOT.glob("tests/*/README.md"),
         *(ROOT / "scripts").iterdir(),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyforward.pipes import PipePool
+from pyforward.relay.pipes import PipePool
 from tests.harness import (
     Backend,
     connect,
@@ -161,8 +161,8 @@ def test_stopped_line_counts_connections_by_close_reason() -> None:
 
 @pytest.mark.asyncio
 async def test_cancelling_serve_closes_listeners_and_connections() -> None:
-    from pyforward.server import Forwarder, serve  # noqa: PLC0415
-    from pyforward.settings import build_settings  # noqa: PLC0415
+    from pyforward.config.settings import build_settings  # noqa: PLC0415
+    from pyforward.engine.server import Forwarder, serve  # noqa: PLC0415
 
     with Backend(echo) as backend:
         settings = build_settings({"listen": "127.0.0.1:0", "target": [backend.address]}, {})

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyforward.poller import EpollPoller
+from pyforward.relay.poller import EpollPoller
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux's")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
-from pyforward.addresses import parse_listen
-from pyforward.listeners import is_listener_for
-from pyforward.ports import (
+from pyforward.config.addresses import parse_listen
+from pyforward.engine.listeners import is_listener_for
+from pyforward.systemd.procnet import (
     ListeningSocket,
     exactly,
     listening_sockets,

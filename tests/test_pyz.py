@@ -26,7 +26,7 @@ def python() -> str:
 def test_the_archive_holds_no_compiled_code_and_says_what_it_left_out(pyz: Build) -> None:
     names = zipfile.ZipFile(pyz.archive).namelist()
     assert "__main__.py" in names
-    assert "pyforward/templates/pyforward.service.in" in names
+    assert "pyforward/systemd/templates/pyforward.service.in" in names
     assert any(name.startswith("kubernetes/client/") for name in names)
     assert not [name for name in names if name.endswith((".so", ".pyd"))]
     assert not [name for name in names if name.startswith("uvloop")]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyforward.listeners import ipv6_available
+from pyforward.engine.listeners import ipv6_available
 from tests.harness import Backend, ForwarderProcess, connect, echo, forwarder
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pyforward.daemon import Supervisor
 from pyforward.discovery.runtime import DiscoveryStatus
-from pyforward.sdnotify import Notifier, message, socket_address, watchdog_interval
+from pyforward.engine.runtime import Supervisor
+from pyforward.systemd.notify import Notifier, message, socket_address, watchdog_interval
 
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from pyforward.server import Forwarder, serve
-from pyforward.settings import build_settings
+from pyforward.config.settings import build_settings
+from pyforward.engine.server import Forwarder, serve
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -12,16 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import ports, service, service_cli, service_status, systemctl
-from pyforward.cli import main
-from pyforward.installation import Installation
-from pyforward.service_status import (
+from pyforward.cli import service as service_cli
+from pyforward.cli.app import main
+from pyforward.config.settings import build_settings
+from pyforward.systemd import install as service
+from pyforward.systemd import procnet as ports
+from pyforward.systemd import status as service_status
+from pyforward.systemd import systemctl
+from pyforward.systemd.installation import Installation
+from pyforward.systemd.status import (
     Check,
     Level,
     StatusReport,
     through_listener,
 )
-from pyforward.settings import build_settings
 
 ROUTE = ["--listen", "443", "--target", "10.0.0.5:32653"]
 IN_OPT = Installation("/opt/pyforward/bin/pyforward", "/opt/pyforward/bin/python3", ())

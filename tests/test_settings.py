@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyforward.addresses import Address
-from pyforward.errors import ConfigError
-from pyforward.settings import (
+from pyforward.config.addresses import Address
+from pyforward.config.settings import (
     OPTIONS,
     RelayMode,
     Settings,
@@ -20,6 +19,7 @@ from pyforward.settings import (
     flag_name,
     parse_config_text,
 )
+from pyforward.errors import ConfigError
 
 FILE = """
 relay = "copy"

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
+from pyforward.config.settings import LogLevel, Settings, build_settings
 from pyforward.errors import ConfigError
-from pyforward.settings import LogLevel, Settings, build_settings
-from pyforward.socat_args import (
+from pyforward.socat.args import (
     Family,
     SocatCommand,
     format_socat_args,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyforward.cli import main
+from pyforward.cli.app import main
 from tests.harness import TIMEOUT, Backend, ForwarderProcess, echo, pattern_bytes
 from tests.seed_in_netns import exchange, pyforward_socat
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
+from pyforward.config.settings import build_settings
 from pyforward.errors import ConfigError
-from pyforward.settings import build_settings
-from pyforward.socat_unit import exec_start_lines, settings_from_socat_unit, socat_argv_from_unit
+from pyforward.socat.unit import exec_start_lines, settings_from_socat_unit, socat_argv_from_unit
 
 # The unit from the seed report, as its template renders with the values in the report
 # (socat from Homebrew on Linux, HTTPS port 443, node 10.211.55.14, NodePort 32653).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyforward.status_text import MAX_ROUTES, StatusText, format_status, parse_status
+from pyforward.systemd.status_text import MAX_ROUTES, StatusText, format_status, parse_status
 
 
 def test_one_route_reads_as_systemctl_status_shows_it() -> None:

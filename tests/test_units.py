@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pyforward import service_cli
-from pyforward.addresses import Address, parse_listen
-from pyforward.cli import main
+from pyforward.cli import service as service_cli
+from pyforward.cli.app import main
+from pyforward.config.addresses import Address, parse_listen
 from pyforward.errors import ConfigError
-from pyforward.installation import Installation
-from pyforward.units import (
+from pyforward.systemd.installation import Installation
+from pyforward.systemd.units import (
     UnitSpec,
     check_name,
     check_path,

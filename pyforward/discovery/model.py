@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
 from pyforward.discovery.errors import (
     BadObject,
     NoNodePort,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pyforward.config.settings import Settings
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiRefused, DiscoveryError
 from pyforward.discovery.hostinfo import this_host
@@ -24,7 +25,6 @@ from pyforward.discovery.model import (
     parse_services,
     resolve,
 )
-from pyforward.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
+from pyforward.config.settings import Route, Settings
 from pyforward.discovery import state
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import DiscoveryError
@@ -36,10 +37,9 @@ from pyforward.discovery.watcher import (
     Update,
     WatchTiming,
 )
+from pyforward.engine.server import Forwarder, literal_target, serve
 from pyforward.errors import ConfigError, StartupError
-from pyforward.logfmt import logfmt
-from pyforward.server import Forwarder, literal_target, serve
-from pyforward.settings import Route, Settings
+from pyforward.obs.logfmt import logfmt
 
 log = logging.getLogger("pyforward.discovery")
 

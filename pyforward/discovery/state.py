@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyforward.addresses import Address, parse_target
+from pyforward.config.addresses import Address, parse_target
 from pyforward.discovery.nodeaddress import check_node_address
 from pyforward.discovery.options import ServiceRef, parse_service_ref
 from pyforward.errors import ConfigError

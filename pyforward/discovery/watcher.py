@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pyforward.discovery.api import Listing, Resource
 from pyforward.discovery.errors import DiscoveryError, WatchExpired
 from pyforward.discovery.model import resource_version
-from pyforward.logfmt import logfmt
+from pyforward.obs.logfmt import logfmt
 
 log = logging.getLogger("pyforward.discovery")
 

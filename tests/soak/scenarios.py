@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyforward.pipes import PipePool
+from pyforward.relay.pipes import PipePool
 from tests.kubeapi import KubeApi, node, service
 from tests.soak import procfs
 from tests.soak.processes import Forwarder, Peer, SoakError, wait_until

@@ -24,12 +24,12 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pyforward.activation import take_passed_sockets
-from pyforward.logfmt import logfmt
-from pyforward.sdnotify import Notifier, message, watchdog_interval
-from pyforward.server import Forwarder, apply_reload, serve
-from pyforward.settings import Settings
-from pyforward.status_text import format_status
+from pyforward.config.settings import Settings
+from pyforward.engine.server import Forwarder, apply_reload, serve
+from pyforward.obs.logfmt import logfmt
+from pyforward.systemd.activation import take_passed_sockets
+from pyforward.systemd.notify import Notifier, message, watchdog_interval
+from pyforward.systemd.status_text import format_status
 
 if TYPE_CHECKING:  # discovery loads only when configured
     from pyforward.discovery.runtime import DiscoveryStatus

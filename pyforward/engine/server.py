@@ -16,19 +16,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyforward import __version__
-from pyforward.access import AccessList
-from pyforward.addresses import Address, client_host, format_peer
-from pyforward.closelog import SUMMARY_INTERVAL, CloseSummary
-from pyforward.connection import Connection, Policy, ResolvedTarget
+from pyforward.config.access import AccessList
+from pyforward.config.addresses import Address, client_host, format_peer
+from pyforward.config.settings import RelayMode, Route, Settings
+from pyforward.engine.health import TargetHealth
+from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.errors import PyforwardError, StartupError
-from pyforward.health import TargetHealth
-from pyforward.listeners import bind_addresses, close_all, open_listener, system_backlog
-from pyforward.logfmt import logfmt
-from pyforward.pipes import PipePool, splice_available
-from pyforward.poller import make_poller
-from pyforward.ratelimit import Every
-from pyforward.settings import RelayMode, Route, Settings
-from pyforward.stats import Stats, reason_counts
+from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
+from pyforward.obs.logfmt import logfmt
+from pyforward.obs.ratelimit import Every
+from pyforward.obs.stats import Stats, reason_counts
+from pyforward.relay.connection import Connection, Policy, ResolvedTarget
+from pyforward.relay.pipes import PipePool, splice_available
+from pyforward.relay.poller import make_poller
 
 log = logging.getLogger("pyforward")
 

@@ -2,7 +2,7 @@
 
 `pyforward install` takes the same flags as `pyforward run`, but the service runs with
 only `--config FILE` and a clean environment. `merge` folds the three layers into one
-file's data with the same meaning (same precedence rules as pyforward.settings); `to_toml`
+file's data with the same meaning (same precedence rules as pyforward.config.settings); `to_toml`
 renders it. Both are pure, and generic over the schema (`OPTIONS`), so a key added there
 is carried over without a change here.
 """
@@ -17,8 +17,8 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
+from pyforward.config.settings import OPTIONS, env_name, file_value_of_env
 from pyforward.errors import ConfigError
-from pyforward.settings import OPTIONS, env_name, file_value_of_env
 
 ROUTE_DEFINING = ("listen", "target", "route")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -18,13 +18,13 @@ import socket
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
-from pyforward.addresses import format_peer
+from pyforward.config.addresses import format_peer
+from pyforward.config.settings import Route
+from pyforward.engine.listeners import bind_addresses, is_listener_for
 from pyforward.errors import StartupError
-from pyforward.listeners import bind_addresses, is_listener_for
-from pyforward.logfmt import logfmt
-from pyforward.settings import Route
+from pyforward.obs.logfmt import logfmt
 
-log = logging.getLogger("pyforward.activation")
+log = logging.getLogger("pyforward.systemd.activation")
 
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first passed fd
 _ENV_KEYS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")

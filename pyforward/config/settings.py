@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from pyforward.access import AccessList, parse_network
-from pyforward.addresses import Address, parse_listen, parse_target
-from pyforward.closelog import LogConnections
+from pyforward.config.access import AccessList, parse_network
+from pyforward.config.addresses import Address, parse_listen, parse_target
+from pyforward.config.overlap import overlapping_listens
 from pyforward.discovery.options import (
     DEFAULT_BOOT_TIMEOUT,
     DEFAULT_SERVICE,
@@ -36,7 +36,7 @@ from pyforward.discovery.options import (
     parse_service_ref,
 )
 from pyforward.errors import ConfigError
-from pyforward.route_overlap import overlapping_listens
+from pyforward.obs.closelog import LogConnections
 
 ENV_PREFIX = "PYFORWARD_"
 # The kernel caps a backlog at net.core.somaxconn anyway; anything larger is a typo.

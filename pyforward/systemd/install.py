@@ -8,7 +8,7 @@ install refuse is reported beside them instead of stopping it (`refusals`).
 A unit of the same name not written by pyforward (say, the socat unit) is stopped and kept
 as a backup that uninstall puts back.
 
-(status lives in pyforward.service_status.)
+(status lives in pyforward.systemd.status.)
 
 uninstall: stop, disable, remove what install wrote, restore a backup, daemon-reload.
 """
@@ -23,11 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyforward import configfile, installation, ports, systemctl
+from pyforward.config import file as configfile
+from pyforward.config.settings import Settings, build_settings, env_name
 from pyforward.errors import ConfigError, StartupError
-from pyforward.settings import Settings, build_settings, env_name
-from pyforward.socat_unit import settings_from_socat_unit
-from pyforward.units import MARKER, SOCKET_MARKER, UnitSpec, check_name, check_path, render_units
+from pyforward.socat.unit import settings_from_socat_unit
+from pyforward.systemd import installation, systemctl
+from pyforward.systemd import procnet as ports
+from pyforward.systemd.units import (
+    MARKER,
+    SOCKET_MARKER,
+    UnitSpec,
+    check_name,
+    check_path,
+    render_units,
+)
 
 CONFIG_DIR = Path("/etc/pyforward")
 BACKUP_DIR = CONFIG_DIR / "backup"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from pyforward.config.settings import LoopName
 from pyforward.errors import ConfigError
-from pyforward.settings import LoopName
 
 
 def loop_factory(name: LoopName) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:

@@ -19,17 +19,10 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption
 
 from pyforward import __version__
-from pyforward import check as checking
-from pyforward.cli_help import TakesRunOptions, environment_epilog
-from pyforward.closelog import LogConnections
-from pyforward.daemon import serve_supervised
-from pyforward.discovery.options import PresetName
-from pyforward.errors import ConfigError, PyforwardError
-from pyforward.logfmt import logfmt
-from pyforward.loops import loop_factory
-from pyforward.server import serve
-from pyforward.service_cli import register_service_commands
-from pyforward.settings import (
+from pyforward.cli import check as checking
+from pyforward.cli.help import TakesRunOptions, environment_epilog
+from pyforward.cli.service import register_service_commands
+from pyforward.config.settings import (
     LogLevel,
     LoopName,
     RelayMode,
@@ -38,7 +31,14 @@ from pyforward.settings import (
     env_name,
     parse_config_text,
 )
-from pyforward.socat_args import parse_socat_args, summarize, to_flags
+from pyforward.discovery.options import PresetName
+from pyforward.engine.loops import loop_factory
+from pyforward.engine.runtime import serve_supervised
+from pyforward.engine.server import serve
+from pyforward.errors import ConfigError, PyforwardError
+from pyforward.obs.closelog import LogConnections
+from pyforward.obs.logfmt import logfmt
+from pyforward.socat.args import parse_socat_args, summarize, to_flags
 
 app = typer.Typer(
     name="pyforward",
@@ -282,7 +282,7 @@ def run(
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        # Under systemd: readiness, status, watchdog, socket activation (pyforward/daemon.py).
+        # Under systemd: readiness, status, watchdog, socket activation (engine/runtime.py).
         # SIGHUP re-reads the same flags, environment and config file (under discovery
         # too: discovered routes keep their targets, see Discovery.fill).
         reload = functools.partial(load_settings, flags, config)

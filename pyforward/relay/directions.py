@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import socket
 
-from pyforward.pipes import SPLICE_FLAGS, Pipe, PipePool
-from pyforward.stats import Stats
+from pyforward.obs.stats import Stats
+from pyforward.relay.pipes import SPLICE_FLAGS, Pipe, PipePool
 
 SPLICE_CHUNK = 1 << 16  # a default pipe's capacity; larger pipes measured no faster
 COPY_BUFFER = 1 << 18

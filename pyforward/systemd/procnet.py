@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyforward.addresses import Address, format_peer
+from pyforward.config.addresses import Address, format_peer
+from pyforward.engine.listeners import WILDCARDS, bind_addresses, is_listener_for
 from pyforward.errors import StartupError
-from pyforward.listeners import WILDCARDS, bind_addresses, is_listener_for
 
 _LISTEN_STATE = "0A"
 

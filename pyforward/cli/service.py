@@ -1,4 +1,4 @@
-"""The systemd commands, `install`, `status` and `uninstall`: parse, then call pyforward.service."""
+"""The systemd commands, `install`, `status` and `uninstall`: parse, then call pyforward.systemd."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from pyforward import installation, service, service_status
-from pyforward.cli_help import TakesRunOptions
+from pyforward.cli.help import TakesRunOptions
 from pyforward.errors import ConfigError
-from pyforward.units import check_name
+from pyforward.systemd import install as service
+from pyforward.systemd import installation
+from pyforward.systemd import status as service_status
+from pyforward.systemd.units import check_name
 
 NAME_DEFAULT = "pyforward"
 NameOpt = Annotated[
@@ -38,7 +40,7 @@ def _echo_err(line: str) -> None:
 
 def _run_flags(ctx: typer.Context) -> tuple[dict[str, Any], Path | None]:
     """Parse the arguments install did not know with `run`'s own options."""
-    from pyforward.cli import run_flags  # noqa: PLC0415  (cli imports this module)
+    from pyforward.cli.app import run_flags  # noqa: PLC0415  (cli imports this module)
 
     return run_flags(ctx, "pyforward install")
 
@@ -86,7 +88,7 @@ def install(
     k3s-ingress-forward's socat) is stopped and kept; `pyforward uninstall` restores it.
     Given no route, install takes the routes from that socat unit's ExecStart=.
     """
-    from pyforward.cli import load_config  # noqa: PLC0415  (cli imports this module)
+    from pyforward.cli.app import load_config  # noqa: PLC0415  (cli imports this module)
 
     flags, config = _run_flags(ctx)
     env = dict(os.environ)

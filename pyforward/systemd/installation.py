@@ -49,7 +49,7 @@ HOMEBREW_PREFIXES = ("/home/linuxbrew/.linuxbrew",)
 
 def _checkout() -> str:
     """Where to `pip install` this pyforward from: its checkout when it runs from one."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return str(root) if (root / "pyproject.toml").is_file() else "/path/to/pyforward-checkout"
 
 
@@ -75,7 +75,7 @@ def advice(archive: Path | None = None) -> str:
 # sys.path, as when the interpreter runs it.)
 _PROBE = """
 import json, sys
-import pyforward.cli, pyforward.daemon, ssl
+import pyforward.cli.app, pyforward.engine.runtime, ssl
 try:
     import uvloop
 except ImportError:

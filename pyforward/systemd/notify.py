@@ -16,9 +16,9 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyforward.logfmt import logfmt
+from pyforward.obs.logfmt import logfmt
 
-log = logging.getLogger("pyforward.sdnotify")
+log = logging.getLogger("pyforward.systemd.notify")
 
 
 def socket_address(value: str) -> str | bytes | None:

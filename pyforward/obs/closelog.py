@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import StrEnum
 
-from pyforward.stats import reason_counts
+from pyforward.obs.stats import reason_counts
 
 SUMMARY_INTERVAL = 10.0  # seconds between summary lines of the closes left unlogged
 

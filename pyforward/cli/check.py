@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from pyforward import ports
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
+from pyforward.config.settings import Settings, env_name
+from pyforward.engine.listeners import bind_addresses, bind_error
 from pyforward.errors import ConfigError, StartupError
-from pyforward.listeners import bind_addresses, bind_error
-from pyforward.settings import Settings, env_name
+from pyforward.systemd import procnet as ports
 
 PROBE_TIMEOUT = 2.0  # seconds for one connection to a target, at most its connect_timeout
 

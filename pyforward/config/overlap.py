@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
 
 
 def _covers(wide: Address, narrow: Address) -> str | None:

@@ -1,8 +1,8 @@
 """systemd unit files for pyforward, rendered from the templates shipped in the package.
 
 Pure: a `UnitSpec` in, file names and texts out. What goes into the spec (which entry
-point, which directories to expose) is decided by pyforward.installation; writing the
-files and talking to systemd is pyforward.service.
+point, which directories to expose) is decided by pyforward.systemd.installation; writing the
+files and talking to systemd is pyforward.systemd.install.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
 from pyforward.errors import ConfigError
 
 MARKER = "# Written by `pyforward install`"  # first line of every unit pyforward writes
@@ -132,7 +132,7 @@ def unit_value(text: str, where: str) -> str:
 
 
 def _template(name: str) -> string.Template:
-    text = resources.files("pyforward").joinpath("templates", name).read_text(encoding="utf-8")
+    text = (resources.files("pyforward.systemd") / "templates" / name).read_text(encoding="utf-8")
     return string.Template(text)
 
 

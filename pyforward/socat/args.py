@@ -30,9 +30,9 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import PurePosixPath
 
-from pyforward.addresses import parse_listen, parse_target
+from pyforward.config.addresses import parse_listen, parse_target
+from pyforward.config.settings import MAX_BACKLOG
 from pyforward.errors import ConfigError
-from pyforward.settings import MAX_BACKLOG
 
 PROGRAM_NAMES = frozenset({"socat", "pyforward-socat"})
 _INT_MAX = 2**31 - 1  # the kernel takes backlog and counts as a C int

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Collection
 from pathlib import Path
 
-from pyforward.addresses import Address
+from pyforward.config.addresses import Address
 from pyforward.errors import StartupError
 
 # How a socket bound to every interface shows its address (getsockname, /proc/net/tcp).

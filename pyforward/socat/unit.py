@@ -13,7 +13,7 @@ import re
 from pathlib import PurePosixPath
 
 from pyforward.errors import ConfigError
-from pyforward.socat_args import (
+from pyforward.socat.args import (
     PROGRAM_NAMES,
     parse_socat_args,
     split_command_line,

@@ -27,15 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyforward.closelog import CloseSummary, LogConnections, logs_close
-from pyforward.logfmt import logfmt
-from pyforward.pipes import PipePool
-from pyforward.poller import Poller
-from pyforward.ratelimit import Every
-from pyforward.relay import CopyDirection, Direction, SpliceDirection
-from pyforward.stats import Stats
+from pyforward.obs.closelog import CloseSummary, LogConnections, logs_close
+from pyforward.obs.logfmt import logfmt
+from pyforward.obs.ratelimit import Every
+from pyforward.obs.stats import Stats
+from pyforward.relay.directions import CopyDirection, Direction, SpliceDirection
+from pyforward.relay.pipes import PipePool
+from pyforward.relay.poller import Poller
 
-log = logging.getLogger("pyforward.connection")
+log = logging.getLogger("pyforward.relay.connection")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 # A splice that fails on these before moving a byte falls back to copying; pipe2 fails

@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
-from pyforward import ports, systemctl
+from pyforward.config.settings import Route, Settings, build_settings, parse_config_text
 from pyforward.errors import ConfigError
-from pyforward.service import PROBE_TIMEOUT, config_path, written_by_pyforward
-from pyforward.settings import Route, Settings, build_settings, parse_config_text
-from pyforward.status_text import parse_status
-from pyforward.systemctl import unit_state
-from pyforward.units import check_name
+from pyforward.systemd import procnet as ports
+from pyforward.systemd import systemctl
+from pyforward.systemd.install import PROBE_TIMEOUT, config_path, written_by_pyforward
+from pyforward.systemd.status_text import parse_status
+from pyforward.systemd.systemctl import unit_state
+from pyforward.systemd.units import check_name
 
 THROUGH_WAIT = 1.0  # seconds a connection through the listener must stay up to count
 

@@ -1,0 +1,1 @@
+"""The command line: parses, builds settings, calls the library."""

@@ -1,0 +1,1 @@
+"""Settings: the schema, the loader for flags, environment and file, addresses, access lists."""

@@ -1,0 +1,1 @@
+"""Accepting connections: listeners, the forwarder, target health, the runtime."""

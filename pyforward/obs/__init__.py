@@ -1,0 +1,1 @@
+"""What the forwarder says about itself: log lines, rate limits, counters."""

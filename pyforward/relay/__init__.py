@@ -1,0 +1,1 @@
+"""One connection's bytes: the connection, the splice and copy directions, pipes, the poller."""

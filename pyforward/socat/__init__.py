@@ -1,0 +1,1 @@
+"""socat's command line and unit files, read into pyforward's settings."""

@@ -1,0 +1,1 @@
+"""systemd: notifications, socket activation, units, install, status."""
