@@ -506,7 +506,7 @@ def test_static_forwarding_does_not_import_kubernetes(tmp_path: Path) -> None:
         """
         import asyncio, sys
         from pyforward.cli import app as cli
-        from pyforward.engine.server import serve
+        from pyforward.engine.runtime import serve
 
         settings = cli.load_settings(
             {"listen": "127.0.0.1:0", "target": ["127.0.0.1:9"]}, None

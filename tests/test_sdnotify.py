@@ -15,9 +15,15 @@ from typing import Any
 
 import pytest
 
-from pyforward.discovery.runtime import DiscoveryStatus
-from pyforward.engine.runtime import Supervisor
-from pyforward.systemd.notify import Notifier, message, socket_address, watchdog_interval
+from pyforward.config.settings import build_settings
+from pyforward.engine.runtime import Runtime
+from pyforward.systemd.notify import (
+    Notifier,
+    Reporter,
+    message,
+    socket_address,
+    watchdog_interval,
+)
 
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
 
@@ -193,20 +199,23 @@ def test_notifier_without_systemd_sends_nothing() -> None:
 
 def test_degraded_discovery_shows_in_the_status_at_once(tmp_path: Path) -> None:
     listener = NotifyListener(str(tmp_path / "n"))
-    supervisor = Supervisor(Notifier(str(tmp_path / "n")), None, None)
+    settings = build_settings({"listen": "443", "target": ["10.0.0.5:32653"]}, {})
+    runtime = Runtime(settings)
+    runtime.reporter = Reporter(Notifier(str(tmp_path / "n")), runtime.status)
+    runtime.source.name = "discovery"
     target = SimpleNamespace(label="10.0.0.5:32653")
     forwarder: Any = SimpleNamespace(
         listeners=[SimpleNamespace(label="[::]:443", targets=[target])],
         stats=SimpleNamespace(active=0),
-        status_notes={},
     )
-    supervisor.forwarder = forwarder
-    supervisor.discovery_status(DiscoveryStatus(degraded=True, message="API unreachable"))
+    runtime.forwarder = forwarder
+    runtime.reporter._ready = True  # as after READY=1
+    runtime.source_status("degraded: API unreachable")
     assert listener.next()["STATUS"] == (
         "forwarding [::]:443 -> 10.0.0.5:32653; 0 active connections; "
         "discovery degraded: API unreachable"
     )
-    supervisor.discovery_status(DiscoveryStatus(degraded=False, message="following"))
+    runtime.source_status(None)
     assert "discovery" not in listener.next()["STATUS"]
-    supervisor.notifier.close()
+    runtime.reporter.notifier.close()
     listener.sock.close()

@@ -33,8 +33,8 @@ from pyforward.config.settings import (
 )
 from pyforward.discovery.options import PresetName
 from pyforward.engine.loops import loop_factory
-from pyforward.engine.runtime import serve_supervised
-from pyforward.engine.server import serve
+from pyforward.engine.runtime import serve
+from pyforward.engine.targets import TargetSource
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.closelog import LogConnections
 from pyforward.obs.logfmt import logfmt
@@ -281,12 +281,18 @@ def run(
     settings = load_settings(flags, config)
     setup_logging(settings.log_level)
     factory, loop_name = loop_factory(settings.loop)
+    targets: TargetSource | None = None
+    if settings.discovery is not None:
+        # Imported here: static forwarding never loads discovery or kubernetes.
+        from pyforward.discovery.runtime import Discovery  # noqa: PLC0415
+
+        targets = Discovery(settings)
+    # SIGHUP re-reads the same flags, environment and config file (under discovery too:
+    # discovered routes keep their targets, see Discovery.fill).
+    reload = functools.partial(load_settings, flags, config)
     with asyncio.Runner(loop_factory=factory) as runner:
-        # Under systemd: readiness, status, watchdog, socket activation (engine/runtime.py).
-        # SIGHUP re-reads the same flags, environment and config file (under discovery
-        # too: discovered routes keep their targets, see Discovery.fill).
-        reload = functools.partial(load_settings, flags, config)
-        runner.run(serve_supervised(settings, loop_name=loop_name, reload_settings=reload))
+        # Signals, reload, systemd's notifications, socket activation: engine/runtime.py.
+        runner.run(serve(settings, targets=targets, reload_settings=reload, loop_name=loop_name))
 
 
 @app.command()
@@ -416,8 +422,22 @@ def socat(
     for item in summarize(command).dropped:
         logging.getLogger("pyforward").info(logfmt({"event": "socat-ignored", "what": item}))
     factory, loop_name = loop_factory(settings.loop)
+    # SIGHUP reads the same command line and the environment again.
+    flags = to_flags(command)
+
+    def reload() -> Settings:
+        return build_settings(flags, dict(os.environ))
+
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings, loop_name=loop_name, max_accepts=command.max_accepts))
+        # The same runtime as `run`: signals, reload, systemd's notifications.
+        runner.run(
+            serve(
+                settings,
+                reload_settings=reload,
+                loop_name=loop_name,
+                max_accepts=command.max_accepts,
+            )
+        )
 
 
 register_service_commands(app)  # install, status, uninstall
