@@ -134,6 +134,35 @@ def test_ready_status_watchdog_reload_stopping(
         stop(proc)
 
 
+def test_pyforward_socat_notifies_and_reloads_as_run_does(
+    notify_path: tuple[str, NotifyListener], backend: socket.socket
+) -> None:
+    path, listener = notify_path
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYFORWARD_", "LISTEN_"))}
+    env["NOTIFY_SOCKET"] = path
+    target = f"TCP:127.0.0.1:{backend.getsockname()[1]}"
+    proc = subprocess.Popen(
+        [PYFORWARD + "-socat", "TCP-LISTEN:0,bind=127.0.0.1,fork", target],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = listener.next()
+        assert ready["READY"] == "1"
+        socket.create_connection(("127.0.0.1", listen_port(ready["STATUS"])), timeout=5).close()
+        backend.accept()[0].close()  # forwarded: it reached the target
+        proc.send_signal(signal.SIGHUP)
+        reload_notes = listener.until("READY")
+        assert any(n.get("RELOADING") == "1" for n in reload_notes)
+        assert "reload" not in reload_notes[-1]["STATUS"]  # it worked: no failure noted
+        proc.send_signal(signal.SIGTERM)
+        assert listener.until("STOPPING")[-1]["STOPPING"] == "1"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        stop(proc)
+
+
 def test_abstract_notify_socket(backend: socket.socket) -> None:
     name = f"pyforward-test-{os.getpid()}"
     listener = NotifyListener(b"\0" + name.encode())

@@ -10,7 +10,7 @@ import pytest
 from pyforward.config.settings import Settings, build_settings
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
-from pyforward.engine.targets import RouteId, StaticTargets, TargetSink, TargetSource, route_id
+from pyforward.engine.targets import RouteId, StaticTargets, TargetSink, TargetSource, route_ids
 from pyforward.relay.connection import ResolvedTarget
 
 
@@ -20,7 +20,15 @@ def test_a_route_is_named_by_its_listen_address() -> None:
         {"route": ["127.0.0.1:8443=10.0.0.6:2"], "connect_timeout": 3}, {}
     ).routes[0]
     assert one != other  # new targets and settings, as after a reload
-    assert route_id(one) == route_id(other) == RouteId("127.0.0.1:8443")
+    assert route_ids([one]) == route_ids([other]) == [RouteId("127.0.0.1:8443")]
+
+
+def test_routes_on_the_same_address_are_told_apart_by_their_order() -> None:
+    routes = build_settings(
+        {"route": ["127.0.0.1:0=10.0.0.5:1", "127.0.0.1:0=10.0.0.6:1", "127.0.0.1:9=10.0.0.7:1"]},
+        {},
+    ).routes
+    assert route_ids(routes) == ["127.0.0.1:0", "127.0.0.1:0#2", "127.0.0.1:9"]
 
 
 @pytest.mark.asyncio

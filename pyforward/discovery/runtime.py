@@ -40,7 +40,7 @@ from pyforward.discovery.watcher import (
     WatchTiming,
 )
 from pyforward.engine.server import literal_target
-from pyforward.engine.targets import TargetSink, route_id
+from pyforward.engine.targets import TargetSink, route_ids
 from pyforward.errors import ConfigError, StartupError
 from pyforward.obs.logfmt import logfmt
 
@@ -353,7 +353,8 @@ class Discovery:
             return  # not serving yet: start() fills the routes in
         resolved = [literal_target(address) for address in self._current[index]]
         # Discovered and saved addresses passed check_node_address: literals, never names.
-        self._sink.set_targets(route_id(self.routes[index]), [t for t in resolved if t is not None])
+        route = route_ids(self.routes)[index]
+        self._sink.set_targets(route, [t for t in resolved if t is not None])
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():

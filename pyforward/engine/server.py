@@ -22,7 +22,7 @@ from pyforward.config.settings import RelayMode, Route, Settings
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
-from pyforward.engine.targets import RouteId, route_id
+from pyforward.engine.targets import RouteId, route_ids
 from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
@@ -140,6 +140,7 @@ class Forwarder:
             elif settings.relay is RelayMode.SPLICE:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
         try:
+            ids = route_ids(settings.routes)
             for index, route in enumerate(settings.routes):
                 targets = await self._resolve(route)
                 passed = self.passed_sockets.pop(index, None)
@@ -148,7 +149,7 @@ class Forwarder:
                         Listener(
                             s,
                             format_peer(s.getsockname()),
-                            route_id(route),
+                            ids[index],
                             route,
                             targets,
                             _policy(route),
@@ -157,7 +158,7 @@ class Forwarder:
                         for s in passed
                     ]
                 else:
-                    self.listeners += self._open_route(route, targets)
+                    self.listeners += self._open_route(ids[index], route, targets)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
@@ -168,7 +169,9 @@ class Forwarder:
     async def _resolve(self, route: Route) -> list[ResolvedTarget]:
         return [await resolve_target(self.loop, target) for target in route.targets]
 
-    def _open_route(self, route: Route, targets: list[ResolvedTarget]) -> list[Listener]:
+    def _open_route(
+        self, rid: RouteId, route: Route, targets: list[ResolvedTarget]
+    ) -> list[Listener]:
         backlog = self.settings.backlog or system_backlog()
         opened: list[Listener] = []
         try:
@@ -176,9 +179,7 @@ class Forwarder:
                 sock = open_listener(route.listen, family, sockaddr, backlog)
                 label = format_peer(sock.getsockname())
                 opened.append(
-                    Listener(
-                        sock, label, route_id(route), route, targets, _policy(route), route.access
-                    )
+                    Listener(sock, label, rid, route, targets, _policy(route), route.access)
                 )
         except BaseException:
             close_all([listener.sock for listener in opened])
@@ -196,22 +197,25 @@ class Forwarder:
         error the old configuration stays in force whole. `fill` puts in the targets a
         source other than the configuration gives (see `TargetSource.fill`).
         """
-        resolved = {route_id(route): await self._resolve(route) for route in settings.routes}
+        ids = route_ids(settings.routes)
+        resolved = {
+            rid: await self._resolve(route) for rid, route in zip(ids, settings.routes, strict=True)
+        }
         if fill is not None:
             # After the last await: the targets filled in are the current ones.
             settings = fill(settings)
-            for route in settings.routes:
-                if route.targets and not resolved[route_id(route)]:
+            for rid, route in zip(ids, settings.routes, strict=True):
+                if route.targets and not resolved[rid]:
                     # Filled-in targets are IP literals: resolved without a lookup.
                     literals = (literal_target(address) for address in route.targets)
-                    resolved[route_id(route)] = [t for t in literals if t is not None]
-        new_routes = {route_id(route): route for route in settings.routes}
+                    resolved[rid] = [t for t in literals if t is not None]
+        new_routes = dict(zip(ids, settings.routes, strict=True))
         current = {listener.route_id for listener in self.listeners}
         opened: list[Listener] = []
         try:
             for rid, route in new_routes.items():
                 if rid not in current:
-                    opened += self._open_route(route, resolved[rid])
+                    opened += self._open_route(rid, route, resolved[rid])
         except BaseException:
             close_all([listener.sock for listener in opened])
             raise

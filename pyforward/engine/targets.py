@@ -9,6 +9,7 @@ configuration, and stops it last. The engine knows no more of discovery than thi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import NewType, Protocol
 
@@ -17,12 +18,20 @@ from pyforward.relay.connection import ResolvedTarget
 
 RouteId = NewType("RouteId", str)
 """What names a route while the forwarder runs, across reloads: its listen address, the one
-thing a reload never changes about a route (another listen address is another route)."""
+thing a reload never changes about a route (another listen address is another route). Routes
+that share one (port 0, asking the kernel for any port) are told apart by their order:
+`127.0.0.1:0`, then `127.0.0.1:0#2`."""
 
 
-def route_id(route: Route) -> RouteId:
-    """The identity of `route` (see `RouteId`)."""
-    return RouteId(str(route.listen))
+def route_ids(routes: Sequence[Route]) -> list[RouteId]:
+    """The identity of each of `routes`, in their order (see `RouteId`)."""
+    seen: Counter[str] = Counter()
+    ids = []
+    for route in routes:
+        listen = str(route.listen)
+        seen[listen] += 1
+        ids.append(RouteId(listen if seen[listen] == 1 else f"{listen}#{seen[listen]}"))
+    return ids
 
 
 class TargetSink(Protocol):
