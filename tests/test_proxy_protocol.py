@@ -101,6 +101,8 @@ def test_v2_ipv6_local_and_unspec() -> None:
     assert parse(SIGNATURE_V2 + b"\x20\x11\x00\x03abcrest") == ProxyHeader(
         2, None, None, 19, local=True
     )
+    # LOCAL ignores even a family byte the specification does not define.
+    assert parse(SIGNATURE_V2 + b"\x20\x99\x00\x00") == ProxyHeader(2, None, None, 16, local=True)
     # PROXY of a family without TCP addresses: skipped whole, no addresses.
     unix = SIGNATURE_V2 + b"\x21\x31\x00\xd8" + bytes(216)
     assert parse(unix) == ProxyHeader(2, None, None, 232)

@@ -218,3 +218,35 @@ def _read_or_refuse(data: bytes) -> None:
     assert answer == whole
     if isinstance(whole, ClientHello):
         assert whole.length <= min(len(data), MAX_WIRE_BYTES)
+
+
+entries = st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=30)), max_size=3)
+extension_lists = st.lists(
+    st.one_of(
+        st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)).map(lambda e: extension(*e)),
+        entries.map(lambda e: server_name_extension(*e)),
+    ),
+    max_size=4,
+).map(b"".join)
+
+
+@given(
+    st.one_of(st.none(), extension_lists),
+    st.binary(max_size=34),
+    st.lists(st.integers(1, 100), max_size=4),
+    st.integers(0, 3),
+)
+def test_structured_hellos_read_or_raise_only_the_module_error(
+    extensions: bytes | None, session_id: bytes, fragments: list[int], trim: int
+) -> None:
+    # Well-formed framing around contents of any shape: every field boundary gets exercised.
+    message = hello_message(extensions, session_id)
+    wire = records(message[: len(message) - trim] if trim < len(message) else message, fragments)
+    _read_or_refuse(wire)
+    try:
+        answer = parse_client_hello(wire)
+    except ClientHelloError:
+        return
+    if isinstance(answer, ClientHello):
+        assert answer.length == len(wire)
+        assert answer.server_name is None or answer.server_name.isascii()

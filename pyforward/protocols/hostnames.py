@@ -41,7 +41,7 @@ def normalize(name: str) -> str:
 
 def check_pattern(pattern: str) -> str:
     """The normalised form of a route's name or wildcard; HostNameError if invalid."""
-    name = normalize(pattern.strip())
+    name = normalize(pattern)
     if not name.isascii():
         raise HostNameError(f"{pattern!r}: give an internationalised name in its xn-- form")
     if len(name) > _MAX_NAME:
@@ -99,7 +99,7 @@ class HostRouter(Generic[T]):
     def __init__(self, routes: Iterable[tuple[Sequence[str], T]], default: T | None = None):
         """`routes` are (names, route) pairs; `default` takes what no name selects."""
         routes = list(routes)
-        found = conflicts((str(index), names) for index, (names, _) in enumerate(routes))
+        found = conflicts((f"route {index}", names) for index, (names, _) in enumerate(routes, 1))
         if found:
             raise HostNameError("; ".join(str(conflict) for conflict in found))
         self._exact: dict[str, T] = {}

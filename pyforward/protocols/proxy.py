@@ -248,7 +248,8 @@ def _parse_v2(data: bytes, max_length: int) -> ProxyHeader | None:
         raise ProxyHeaderError(f"PROXY v2 header of version {data[12] >> 4}")
     if len(data) > 12 and data[12] not in (_V2_LOCAL, _V2_PROXY):
         raise ProxyHeaderError(f"PROXY v2 command {data[12] & 0x0F} is not LOCAL or PROXY")
-    if len(data) > 13 and data[13] not in _ADDRESS_BYTES:
+    # LOCAL ignores the family byte (the specification says to discard it); PROXY must name one.
+    if len(data) > 13 and data[12] == _V2_PROXY and data[13] not in _ADDRESS_BYTES:
         raise ProxyHeaderError(f"PROXY v2 family/transport byte 0x{data[13]:02x} is not defined")
     if len(data) < V2_FIXED_LENGTH:
         return None

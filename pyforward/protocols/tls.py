@@ -26,7 +26,9 @@ that announces more than the bound is refused when it is read, before its body a
 stage never buffers more than the bound plus one read.
 
 `length` of a ClientHello is the bytes up to the end of the record that completed it: the
-part of the stream read to decide, not the part to strip (nothing is stripped).
+part of the stream read to decide, not the part to strip (nothing is stripped). Bytes after the
+ClientHello in that record, or in records after it, are not looked at: they are the target's
+to judge, like everything the client sends.
 
 Encrypted Client Hello keeps an outer server_name (the public name): that is the one read.
 A trailing dot on the name is kept as sent; the host-name matcher treats it as absent.
