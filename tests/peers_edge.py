@@ -62,9 +62,16 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
+# The source address of start-up checks, so a peer can tell them from clients (HAProxy refuses
+# them before touching its target).
+PROBE_SOURCE = "127.0.0.254"
+
+
 def _accepts(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if family == socket.AF_INET:
+            sock.bind((PROBE_SOURCE, 0))
         code = sock.connect_ex((host, port))
     if code in (0, errno.ECONNRESET):
         return True
@@ -235,7 +242,11 @@ def nginx_tls(workdir: Path, names: Sequence[str]) -> Iterator[TLSNginx]:
 
 @dataclass(frozen=True)
 class HAProxySender:
-    """HAProxy on 127.0.0.1:`port` forwarding each connection to the target with a PROXY header."""
+    """HAProxy on 127.0.0.1:`port` forwarding each connection to the target with a PROXY header.
+
+    Connections from PROBE_SOURCE are refused (the start-up check); every other client's
+    connection reaches the target, behind a header with the client's address and `port`.
+    """
 
     port: int
     target: int
@@ -250,12 +261,10 @@ defaults
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-frontend ready
-    # Only for the start-up check: a connection here touches no target.
-    bind {host}:{probe}
-    tcp-request connection reject
 listen sender
     bind {host}:{port}
+    # The start-up check connects from its own address: refused here, it reaches no target.
+    tcp-request connection reject if {{ src {probe} }}
     server target {host}:{target} {option}
 """
 
@@ -265,12 +274,14 @@ def haproxy_sender(workdir: Path, target: int, version: str = "v2") -> Iterator[
     """Start HAProxy sending the PROXY protocol (`version` "v1" or "v2") to 127.0.0.1:target."""
     haproxy = require("haproxy")
     option = {"v1": "send-proxy", "v2": "send-proxy-v2"}[version]
-    port, probe = free_port(), free_port()
+    port = free_port()
     config = workdir / f"haproxy-{port}.cfg"
     config.write_text(
-        _HAPROXY_CONFIG.format(host=HOST, probe=probe, port=port, target=target, option=option)
+        _HAPROXY_CONFIG.format(
+            host=HOST, probe=PROBE_SOURCE, port=port, target=target, option=option
+        )
     )
-    with running([haproxy, "-db", "-f", str(config)], [(HOST, probe)], "haproxy", workdir):
+    with running([haproxy, "-db", "-f", str(config)], [(HOST, port)], "haproxy", workdir):
         yield HAProxySender(port, target, version)
 
 

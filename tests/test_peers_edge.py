@@ -67,13 +67,14 @@ def test_nginx_reports_the_address_of_the_proxy_header(tmp_path: Path, build: Bu
 
 
 def test_nginx_serves_each_name_its_own_certificate(tmp_path: Path) -> None:
-    names = ["jenkins.dev.local.me", "grafana.other.example"]
+    names = ["jenkins.dev.local.me", "grafana.other.example", "*.dev.local.me"]
     with nginx_tls(tmp_path, names) as nginx:
         context = nginx.client_context()
         for name, port in nginx.ports.items():
+            asked = name.replace("*", "wild")
             with (
                 socket.create_connection((HOST, port), timeout=10) as raw,
-                context.wrap_socket(raw, server_hostname=name) as tls,
+                context.wrap_socket(raw, server_hostname=asked) as tls,
             ):
                 tls.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
                 reply = b""
