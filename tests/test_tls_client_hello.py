@@ -7,7 +7,7 @@ import itertools
 import ssl
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyforward.protocols.tls import (
@@ -176,16 +176,19 @@ def test_real_hellos_read_at_any_split_into_records_and_segments(
     assert _read(_chunks(wire + after, cuts)) == ClientHello(name, len(wire))
 
 
+@settings(max_examples=400)
 @given(st.binary(max_size=400))
 def test_any_bytes_raise_only_the_module_error(data: bytes) -> None:
     _read_or_refuse(data)
 
 
+@settings(max_examples=400)
 @given(st.binary(max_size=400))
 def test_handshake_shaped_bytes_raise_only_the_module_error(data: bytes) -> None:
     _read_or_refuse(b"\x16\x03\x01" + len(data).to_bytes(2, "big") + b"\x01" + data)
 
 
+@settings(max_examples=400)
 @given(st.sampled_from(VERSIONS), st.integers(0, 10_000), st.integers(0, 255))
 def test_damaged_real_hellos_raise_only_the_module_error(
     version: ssl.TLSVersion, where: int, byte: int
@@ -230,6 +233,7 @@ extension_lists = st.lists(
 ).map(b"".join)
 
 
+@settings(max_examples=400)
 @given(
     st.one_of(st.none(), extension_lists),
     st.binary(max_size=34),
