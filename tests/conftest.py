@@ -5,6 +5,8 @@ import resource
 import pytest
 from hypothesis import settings
 
+# Registers the discovery keys of the settings schema, as the CLI does on import.
+import pyforward.discovery.options  # noqa: F401
 from tests.pyz import Build, build
 
 

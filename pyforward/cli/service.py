@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from pyforward.cli.help import TakesRunOptions
+from pyforward.cli.options import run_flags
+from pyforward.config.load import load_layers
 from pyforward.errors import ConfigError
 from pyforward.systemd import install as service
 from pyforward.systemd import installation
@@ -36,13 +38,6 @@ def find_installation() -> installation.Installation:
 
 def _echo_err(line: str) -> None:
     typer.echo(line, err=True)
-
-
-def _run_flags(ctx: typer.Context) -> tuple[dict[str, Any], Path | None]:
-    """Parse the arguments install did not know with `run`'s own options."""
-    from pyforward.cli.app import run_flags  # noqa: PLC0415  (cli imports this module)
-
-    return run_flags(ctx, "pyforward install")
 
 
 def install(
@@ -88,13 +83,12 @@ def install(
     k3s-ingress-forward's socat) is stopped and kept; `pyforward uninstall` restores it.
     Given no route, install takes the routes from that socat unit's ExecStart=.
     """
-    from pyforward.cli.app import load_config  # noqa: PLC0415  (cli imports this module)
-
-    flags, config = _run_flags(ctx)
+    flags, config = run_flags(ctx, "pyforward install")
     env = dict(os.environ)
     if not dry_run:
         service.require_systemd("install")
-    file_data, file_source = load_config(config, env)
+    layers = load_layers(flags, config, env)
+    file_data, file_source = layers.file_data, layers.file_source
     found, source = None, ""
     if from_unit is not None:
         found, source = service.carry_over_unit(Path(from_unit)), from_unit
