@@ -31,6 +31,7 @@ from pyforward.engine.server import serve
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.logfmt import logfmt
 from pyforward.socat.args import parse_socat_args, summarize, to_flags
+from pyforward.systemd.install import InstallPaths
 
 app = typer.Typer(
     name="pyforward",
@@ -206,10 +207,11 @@ def socat(
 register_service_commands(app)  # install, status, uninstall
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: every failure becomes one line on stderr and an exit code."""
+def main(argv: list[str] | None = None, *, paths: InstallPaths | None = None) -> None:
+    """Entry point: every failure becomes one line on stderr and an exit code. `paths`:
+    where install, status and uninstall find their files (the system's by default)."""
     try:
-        code = app(args=argv, prog_name="pyforward", standalone_mode=False)
+        code = app(args=argv, prog_name="pyforward", standalone_mode=False, obj=paths)
     except NoArgsIsHelpError as exc:  # `pyforward` alone: the usual help, as --help prints it
         typer.echo(exc.format_message())
         sys.exit(2)

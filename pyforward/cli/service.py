@@ -31,6 +31,12 @@ NameOpt = Annotated[
 ]
 
 
+def install_paths(ctx: typer.Context) -> service.InstallPaths:
+    """Where install writes: the system's directories, unless the caller of the CLI gave
+    others as the context object (`main(argv, paths=...)`)."""
+    return ctx.obj if isinstance(ctx.obj, service.InstallPaths) else service.SYSTEM
+
+
 def find_installation() -> installation.Installation:
     """This installation, checked for what the hardened service can reach."""
     return installation.this_installation()
@@ -87,6 +93,7 @@ def install(
     env = dict(os.environ)
     if not dry_run:
         service.require_systemd("install")
+    paths = install_paths(ctx)
     layers = load_layers(flags, config, env)
     file_data, file_source = layers.file_data, layers.file_source
     found, source = None, ""
@@ -94,8 +101,8 @@ def install(
         found, source = service.carry_over_unit(Path(from_unit)), from_unit
     elif not service.routes_given(flags, env, file_data):
         # Replacing a socat unit: its ExecStart= says where to listen and forward.
-        found, source = service.carry_over_replaced_unit(name), f"{name}.service"
-        unit_file = service.unit_path(f"{name}.service")
+        found, source = service.carry_over_replaced_unit(name, paths), f"{name}.service"
+        unit_file = service.unit_path(f"{name}.service", paths)
         if found is None and name != NAME_DEFAULT and not unit_file.exists():
             raise ConfigError(
                 f"no route given, and there is no unit {unit_file} to take routes from; "
@@ -116,6 +123,7 @@ def install(
         file_source=file_source,
         socket_activation=socket_activation,
         kubeconfig=kubeconfig,
+        paths=paths,
     )
     plan = service.plan_install(request, find_installation)
     if plan.kubeconfig_note:
@@ -124,13 +132,13 @@ def install(
         for unit_file in service.foreign_units(plan):
             _echo_err(
                 f"would stop {unit_file.name} (not written by pyforward) and keep it as "
-                f"{service.BACKUP_DIR / unit_file.name} for uninstall to restore"
+                f"{paths.backup_dir / unit_file.name} for uninstall to restore"
             )
-        config = service.foreign_config(plan.name)
+        config = service.foreign_config(plan.name, paths)
         if config is not None:
             _echo_err(
                 f"would keep {config} (not written by pyforward install) as "
-                f"{service.BACKUP_DIR / config.name} for uninstall to restore"
+                f"{paths.backup_dir / config.name} for uninstall to restore"
             )
         typer.echo(service.render_plan(plan), nl=False)
         sys.stdout.flush()
@@ -146,6 +154,7 @@ def install(
 
 
 def status(
+    ctx: typer.Context,
     name: NameOpt = "pyforward",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -153,15 +162,15 @@ def status(
 
     Exit status 0: all is well; 1: forwarding works, with warnings; 2: forwarding is down.
     """
-    report = service_status.status(name)
+    report = service_status.status(name, install_paths(ctx))
     typer.echo(report.to_json() if as_json else report.to_text())
     sys.stdout.flush()
     raise typer.Exit(report.exit_code)
 
 
-def uninstall(name: NameOpt = "pyforward") -> None:
+def uninstall(ctx: typer.Context, name: NameOpt = "pyforward") -> None:
     """Stop, disable and remove the service, its config, and restore a replaced unit."""
-    service.uninstall(name, typer.echo)
+    service.uninstall(name, typer.echo, install_paths(ctx))
 
 
 def register_service_commands(app: typer.Typer) -> None:
