@@ -7,6 +7,13 @@ that route; a flag or environment variable overrides both. Routes themselves com
 from the first layer that defines any (`--listen`/`--target`/`--route`, then
 `PYFORWARD_LISTEN`/`PYFORWARD_TARGET`/`PYFORWARD_ROUTE`, then the file).
 
+The schema (`OPTIONS`) is the one place a setting is defined: its converter, default,
+flag (the CLI's options are made from it, cli/options.py) and, for a per-route one, where
+its value goes in the `Route` (most into the connection `Policy` the route carries). A
+feature outside the core registers its keys and its part of the building (`register`,
+`Feature`): Kubernetes discovery does so from pyforward/discovery/options.py, so nothing
+here imports discovery.
+
 Everything here is pure: values in, a frozen `Settings` or a `ConfigError` out.
 """
 
