@@ -254,6 +254,10 @@ def _network_list(value: object) -> list[str]:
     return networks
 
 
+# The converters a feature's options may use as well (registered from outside config).
+boolean, string, duration, choice = _boolean, _string, _duration, _choice
+
+
 @dataclass(frozen=True)
 class Flag:
     """How an option is given on the command line (`run` and the commands taking its options).

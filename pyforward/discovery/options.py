@@ -137,12 +137,12 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> str:
 # The discovery keys of the settings schema; each means something only with `discover`.
 OPTIONS: Mapping[str, Option] = {
     "discover": Option(
-        schema._boolean,
+        schema.boolean,
         False,
         flag=Flag(bool, "Find the target from the cluster and follow it."),
     ),
     "kubeconfig": Option(
-        schema._string,
+        schema.string,
         None,
         shown="(the order above)",  # the README lists where discovery looks
         flag=Flag(str, "Kubeconfig file [$KUBECONFIG, ~/.kube/config, k3s's, in-cluster]."),
@@ -164,7 +164,7 @@ OPTIONS: Mapping[str, Option] = {
         flag=Flag(str, "The Service's port, by name or number [https]."),
     ),
     "preset": Option(
-        schema._choice(PresetName),
+        schema.choice(PresetName),
         None,
         flag=Flag(
             PresetName, "istio (443->https, 80->http2) or traefik (443->websecure, 80->web)."
@@ -176,13 +176,13 @@ OPTIONS: Mapping[str, Option] = {
         flag=Flag(str, "Forward to this node address instead of the Ready nodes."),
     ),
     "state_dir": Option(
-        schema._string,
+        schema.string,
         None,
         shown="`$STATE_DIRECTORY` or `/var/lib/pyforward`",
         flag=Flag(str, "Where the last target is kept [$STATE_DIRECTORY or /var/lib/pyforward]."),
     ),
     "discover_timeout": Option(
-        schema._duration,
+        schema.duration,
         DEFAULT_BOOT_TIMEOUT,
         flag=Flag(float, "At start, seconds to wait for the API when nothing is saved [60]."),
     ),
