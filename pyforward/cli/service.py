@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -95,11 +96,10 @@ def install(
         service.require_systemd("install")
     paths = install_paths(ctx)
     layers = load_layers(flags, config, env)
-    file_data, file_source = layers.file_data, layers.file_source
     found, source = None, ""
     if from_unit is not None:
         found, source = service.carry_over_unit(Path(from_unit)), from_unit
-    elif not service.routes_given(flags, env, file_data):
+    elif not service.routes_given(flags, env, layers.file_data):
         # Replacing a socat unit: its ExecStart= says where to listen and forward.
         found, source = service.carry_over_replaced_unit(name, paths), f"{name}.service"
         unit_file = service.unit_path(f"{name}.service", paths)
@@ -110,17 +110,14 @@ def install(
             )
     if found is not None:
         given = {k: v for k, v in flags.items() if v not in (None, [], ())}
-        flags = {**flags, **found.flags, **given}
+        layers = replace(layers, flags={**flags, **found.flags, **given})
         for item in found.carried:
             _echo_err(f"from {source}: {item}")
         for item in found.dropped:
             _echo_err(f"from {source}, not carried over: {item}")
     request = service.InstallRequest(
         name=name,
-        flags=flags,
-        env=env,
-        file_data=file_data,
-        file_source=file_source,
+        layers=layers,
         socket_activation=socket_activation,
         kubeconfig=kubeconfig,
         paths=paths,

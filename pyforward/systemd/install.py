@@ -25,6 +25,7 @@ from typing import Any
 
 import pyforward.discovery.options  # noqa: F401  (registers the discovery keys of the settings)
 from pyforward.config import file as configfile
+from pyforward.config.load import Layers
 from pyforward.config.settings import Settings, build_settings, env_name
 from pyforward.errors import ConfigError, StartupError
 from pyforward.socat.unit import settings_from_socat_unit
@@ -118,10 +119,7 @@ def require_systemd(command: str) -> None:
 @dataclass(frozen=True)
 class InstallRequest:
     name: str
-    flags: Mapping[str, object]  # the `run` flags given, as build_settings takes them
-    env: Mapping[str, str]
-    file_data: Mapping[str, Any] | None  # the --config file's data
-    file_source: str
+    layers: Layers  # the `run` flags given, the environment, the --config file's data
     socket_activation: bool = False
     kubeconfig: str | None = None
     paths: InstallPaths = SYSTEM
@@ -224,13 +222,14 @@ def plan_install(
 ) -> InstallPlan:
     """Everything install will write, checked; writes nothing."""
     name = check_name(request.name)
-    settings = build_settings(request.flags, request.env, request.file_data, request.file_source)
+    layers = request.layers
+    settings = layers.settings()
     for route in settings.routes:
         if route.listen.port == 0:
             raise ConfigError(
                 f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
             )
-    merged = configfile.merge(request.flags, request.env, request.file_data)
+    merged = configfile.merge(layers.flags, layers.env, layers.file_data)
     if build_settings({}, {}, merged) != settings:
         raise StartupError(
             "cannot write these settings as one config file; give them in a --config file"
@@ -244,7 +243,7 @@ def plan_install(
         if kubeconfig is None and settings.discovery.kubeconfig:
             kubeconfig, kubeconfig_source = settings.discovery.kubeconfig, "kubeconfig"
             origin, why = "kubeconfig setting", "the kubeconfig of these settings"
-        if kubeconfig is None and (first := kubeconfig_to_hand_over(request.env)) is not None:
+        if kubeconfig is None and (first := kubeconfig_to_hand_over(layers.env)) is not None:
             # Often root's own (~/.kube/config): said aloud, since the service acts with it.
             kubeconfig, origin = first
             kubeconfig_source = "the kubeconfig discovery would use"
