@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyforward.config.policy import Policy
+from pyforward.config.policy import Policy as Policy  # noqa: PLC0414  (re-exported)
 from pyforward.obs.closelog import CloseSummary, logs_close
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
