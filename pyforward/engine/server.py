@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
+from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
@@ -28,7 +29,7 @@ from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.stats import Stats, reason_counts
-from pyforward.relay.connection import Connection, Policy, ResolvedTarget
+from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
 
@@ -51,16 +52,6 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
-
-
-def _policy(route: Route) -> Policy:
-    return Policy(
-        route.connect_timeout,
-        route.idle_timeout,
-        route.keepalive,
-        route.first_byte_timeout,
-        route.log_connections,
-    )
 
 
 def literal_target(address: Address) -> ResolvedTarget | None:
@@ -152,7 +143,7 @@ class Forwarder:
                             ids[index],
                             route,
                             targets,
-                            _policy(route),
+                            route.policy,
                             route.access,
                         )
                         for s in passed
@@ -179,7 +170,7 @@ class Forwarder:
                 sock = open_listener(route.listen, family, sockaddr, backlog)
                 label = format_peer(sock.getsockname())
                 opened.append(
-                    Listener(sock, label, rid, route, targets, _policy(route), route.access)
+                    Listener(sock, label, rid, route, targets, route.policy, route.access)
                 )
         except BaseException:
             close_all([listener.sock for listener in opened])
@@ -228,7 +219,7 @@ class Forwarder:
                 listener.sock.close()
                 continue
             listener.route, listener.targets = new_route, resolved[listener.route_id]
-            listener.policy, listener.access = _policy(new_route), new_route.access
+            listener.policy, listener.access = new_route.policy, new_route.access
             kept.append(listener)
         for name in ("relay", "loop", "backlog"):
             if getattr(settings, name) != getattr(self.settings, name):

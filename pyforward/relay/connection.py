@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyforward.obs.closelog import CloseSummary, LogConnections, logs_close
+from pyforward.config.policy import Policy as Policy  # noqa: PLC0414  (re-exported)
+from pyforward.obs.closelog import CloseSummary, logs_close
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.stats import Stats
@@ -112,15 +113,6 @@ class Owner(Protocol):
     def target_failed(self, target: ResolvedTarget, reason: str) -> None: ...
 
     def target_connected(self, target: ResolvedTarget) -> None: ...
-
-
-@dataclass(frozen=True)
-class Policy:
-    connect_timeout: float
-    idle_timeout: float | None
-    keepalive: bool
-    first_byte_timeout: float | None = None
-    log_connections: LogConnections = LogConnections.ALL
 
 
 def set_keepalive(sock: socket.socket) -> None:
