@@ -38,6 +38,7 @@ from pyforward.engine.server import serve
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.closelog import LogConnections
 from pyforward.obs.logfmt import logfmt
+from pyforward.obs.logsetup import priority_prefix, setup_logging, writes_to_journal
 from pyforward.socat.args import parse_socat_args, summarize, to_flags
 
 app = typer.Typer(
@@ -120,17 +121,6 @@ def one_listen(values: list[str] | None) -> str | None:
             "for several ports give --route LISTEN=TARGET once per port"
         )
     return values[0]
-
-
-def setup_logging(level: LogLevel) -> None:
-    # Under systemd, journald stamps every line already.
-    fmt = "%(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger("pyforward")
-    root.handlers[:] = [handler]
-    root.setLevel(level.value.upper())
-    root.propagate = False
 
 
 ListenOpt = Annotated[
@@ -458,5 +448,7 @@ def _suggestion(name: str, known: Sequence[str]) -> str:
 
 def _fail(message: str, code: int) -> None:
     first = " ".join(message.split())
-    print(f"pyforward: error: {first}", file=sys.stderr)
+    # On the journal at error priority, so `journalctl -p err` shows why a start failed.
+    prefix = priority_prefix(logging.ERROR, writes_to_journal(sys.stderr, os.environ))
+    print(f"{prefix}pyforward: error: {first}", file=sys.stderr)
     sys.exit(code)
