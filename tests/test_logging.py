@@ -148,11 +148,21 @@ def zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
 def test_a_time_stamp_says_its_zone(zone: Callable[[str], None]) -> None:
     created = datetime.datetime(2026, 12, 1, 23, 59, 0, 123000, datetime.UTC).timestamp()
     zone("UTC")
-    assert LineFormatter.timestamp(created) == "2026-12-01T23:59:00.123+00:00"
+    assert LineFormatter(journal=False).timestamp(created) == "2026-12-01T23:59:00.123+00:00"
     zone("EST+5")
-    assert LineFormatter.timestamp(created) == "2026-12-01T18:59:00.123-05:00"
+    assert LineFormatter(journal=False).timestamp(created) == "2026-12-01T18:59:00.123-05:00"
     zone("IST-5:30")
-    assert LineFormatter.timestamp(created) == "2026-12-02T05:29:00.123+05:30"
+    assert LineFormatter(journal=False).timestamp(created) == "2026-12-02T05:29:00.123+05:30"
+
+
+ONE_FORMATTER = LineFormatter(journal=False)
+
+
+@given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4_000_000_000).map(float))
+def test_a_time_stamp_is_the_local_time_of_the_record(created: float) -> None:
+    """One formatter keeps the last second it formatted: any instant, in any order."""
+    expected = datetime.datetime.fromtimestamp(created).astimezone()
+    assert ONE_FORMATTER.timestamp(created) == expected.isoformat(timespec="milliseconds")
 
 
 def test_a_traceback_stays_on_the_line_of_its_record() -> None:

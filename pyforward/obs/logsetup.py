@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -32,10 +33,14 @@ _LEVELS = (
     (logging.INFO, "info", 6),
     (logging.DEBUG, "debug", 7),
 )
+_BY_NUMBER = {levelno: (name, priority) for levelno, name, priority in _LEVELS}
 
 
 def level_of(levelno: int) -> tuple[str, int]:
     """The `level=` name and the syslog priority of a Python log level."""
+    known = _BY_NUMBER.get(levelno)
+    if known is not None:
+        return known
     for threshold, name, priority in _LEVELS:
         if levelno >= threshold:
             return name, priority
@@ -69,6 +74,10 @@ class LineFormatter(logging.Formatter):
     def __init__(self, *, journal: bool) -> None:
         super().__init__()
         self.journal = journal
+        # The time stamp up to the second, and the offset, of the last second formatted:
+        # under load most lines fall in a second already seen.
+        self._second: int | None = None
+        self._whole = self._offset = ""
 
     def format(self, record: logging.LogRecord) -> str:
         name, priority = level_of(record.levelno)
@@ -83,11 +92,18 @@ class LineFormatter(logging.Formatter):
             line += " " + logfmt({"traceback": self.formatException(record.exc_info)})
         return line
 
-    @staticmethod
-    def timestamp(created: float) -> str:
+    def timestamp(self, created: float) -> str:
         """ISO 8601 local time to the millisecond, with its offset from UTC."""
-        local = datetime.datetime.fromtimestamp(created).astimezone()
-        return local.isoformat(timespec="milliseconds")
+        # Rounded to the microsecond first, as datetime does, then cut to the millisecond.
+        second = math.floor(created)
+        micros = round((created - second) * 1_000_000)
+        if micros == 1_000_000:
+            second, micros = second + 1, 0
+        if second != self._second:
+            # A whole second: YYYY-MM-DDTHH:MM:SS then the offset, +HH:MM or -HH:MM.
+            iso = datetime.datetime.fromtimestamp(second).astimezone().isoformat()
+            self._second, self._whole, self._offset = second, iso[:19], iso[19:]
+        return f"{self._whole}.{micros // 1000:03d}{self._offset}"
 
 
 def setup_logging(
