@@ -212,20 +212,41 @@ def test_journal_stream_is_the_device_and_inode_of_stderr() -> None:
     assert not writes_to_journal(io.StringIO(), {"JOURNAL_STREAM": "1:1"})
 
 
+@pytest.fixture
+def logging_state() -> Iterator[None]:
+    """setup_logging changes process-wide loggers: put them back after the test."""
+    ours, root = logging.getLogger("pyforward"), logging.getLogger()
+    saved = ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level
+    yield
+    ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level = saved
+
+
+@pytest.mark.usefixtures("logging_state")
 def test_setup_logging_writes_one_line_per_record_to_the_stream() -> None:
     stream = io.StringIO()
-    logger = logging.getLogger("pyforward")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    try:
-        setup_logging("warning", stream, environ={"JOURNAL_STREAM": "1:1"})
-        logger.info(logfmt({"event": "hidden"}))
-        logging.getLogger("pyforward.relay").warning(logfmt({"event": "shown", "msg": "a\nb"}))
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
+    setup_logging("warning", stream, environ={"JOURNAL_STREAM": "1:1"})
+    logging.getLogger("pyforward").info(logfmt({"event": "hidden"}))
+    logging.getLogger("pyforward.relay").warning(logfmt({"event": "shown", "msg": "a\nb"}))
     [line] = stream.getvalue().splitlines()
     assert TS.match(line)
     assert parse_logfmt(line)["level"] == "warning"
     assert parse_logfmt(line)["msg"] == "a\nb"
+
+
+@pytest.mark.usefixtures("logging_state")
+def test_a_librarys_warnings_are_lines_of_the_same_form() -> None:
+    stream = io.StringIO()
+    setup_logging("debug", stream, environ={})
+    logging.getLogger("urllib3.connectionpool").info("Starting new HTTPS connection")  # not shown
+    try:
+        raise OSError("reset")
+    except OSError:
+        logging.getLogger("asyncio").exception("Exception in callback %s\nhandle", "f()")
+    [line] = stream.getvalue().splitlines()
+    found = parse_logfmt(line)
+    assert (found["level"], found["logger"]) == ("error", "asyncio")
+    assert found["msg"] == "Exception in callback f()\nhandle"
+    assert found["traceback"].endswith("OSError: reset")
 
 
 # --- a real `pyforward run`

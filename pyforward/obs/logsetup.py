@@ -82,7 +82,10 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         name, priority = level_of(record.levelno)
         message = record.getMessage()
-        if not message.isprintable():  # a message not built by logfmt: keep it one line
+        if record.name != LOGGER and not record.name.startswith(LOGGER + "."):
+            # A library's own text (asyncio's "Exception in callback ..."): a field of its own.
+            message = logfmt({"logger": record.name, "msg": message})
+        elif not message.isprintable():  # a message not built by logfmt: keep it one line
             message = escape(message)
         if self.journal:
             line = f"<{priority}>level={name} {message}"
@@ -110,12 +113,18 @@ def setup_logging(
     level: str, stream: TextIO | None = None, environ: Mapping[str, str] | None = None
 ) -> None:
     """Send pyforward's log records at `level` ("debug" ... "error") and above to `stream`
-    (stderr), one line each."""
+    (stderr), one line each, and the warnings and errors of the libraries it runs on
+    (asyncio, the Kubernetes client's urllib3) as lines of the same form."""
     stream = sys.stderr if stream is None else stream
     journal = writes_to_journal(stream, os.environ if environ is None else environ)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(LineFormatter(journal=journal))
-    root = logging.getLogger(LOGGER)
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    ours = logging.getLogger(LOGGER)
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    # Without a handler of its own, a library's record would reach logging's last resort:
+    # bare text, a traceback over many lines, and no level for the journal.
+    everyone = logging.getLogger()
+    everyone.handlers[:] = [handler]
+    everyone.setLevel(max(logging.WARNING, ours.level))
