@@ -202,6 +202,8 @@ def test_journal_stream_is_the_device_and_inode_of_stderr() -> None:
                 f"{stat.st_dev}:{stat.st_ino}:1",
                 f" {stat.st_dev}:{stat.st_ino}",
                 f"-{stat.st_dev}:{stat.st_ino}",
+                f"{stat.st_dev}:{stat.st_ino}\u00b2",
+                "\u0661:\u0662",
             ):
                 assert not writes_to_journal(stream, {"JOURNAL_STREAM": value}), value
             assert not writes_to_journal(stream, {})

@@ -53,13 +53,17 @@ def writes_to_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
     elsewhere (a pipe, a file, a terminal) does not match, and the lines stay plain."""
     value = environ.get("JOURNAL_STREAM", "")
     device, sep, inode = value.partition(":")
-    if not sep or not device.isdigit() or not inode.isdigit():
+    if not (sep and _is_number(device) and _is_number(inode)):
         return False
     try:
         stat = os.fstat(stream.fileno())
     except (OSError, ValueError):  # no descriptor (a test's capture) or a closed one
         return False
     return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # "²".isdigit() too, which int() refuses
 
 
 def priority_prefix(levelno: int, journal: bool) -> str:
