@@ -24,12 +24,13 @@ from pyforward.cli.help import TakesRunOptions, environment_epilog
 from pyforward.cli.options import flag_keys, flags_of, run_flags, with_options
 from pyforward.cli.service import register_service_commands
 from pyforward.config.load import config_from, load_settings
-from pyforward.config.settings import LogLevel, Settings, build_settings
+from pyforward.config.settings import Settings, build_settings
 from pyforward.engine.loops import loop_factory
 from pyforward.engine.runtime import serve
 from pyforward.engine.targets import TargetSource
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.logfmt import logfmt
+from pyforward.obs.logsetup import priority_prefix, setup_logging, writes_to_journal
 from pyforward.socat.args import parse_socat_args, summarize, to_flags
 from pyforward.systemd.install import InstallPaths
 
@@ -59,17 +60,6 @@ def _root(
     ] = False,
 ) -> None:
     """pyforward: a TCP forwarder for exposing a Kubernetes ingress on a host's ports."""
-
-
-def setup_logging(level: LogLevel) -> None:
-    # Under systemd, journald stamps every line already.
-    fmt = "%(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger("pyforward")
-    root.handlers[:] = [handler]
-    root.setLevel(level.value.upper())
-    root.propagate = False
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
@@ -263,5 +253,7 @@ def _suggestion(name: str, known: Sequence[str]) -> str:
 
 def _fail(message: str, code: int) -> None:
     first = " ".join(message.split())
-    print(f"pyforward: error: {first}", file=sys.stderr)
+    # On the journal at error priority, so `journalctl -p err` shows why a start failed.
+    prefix = priority_prefix(logging.ERROR, writes_to_journal(sys.stderr, os.environ))
+    print(f"{prefix}pyforward: error: {first}", file=sys.stderr)
     sys.exit(code)
