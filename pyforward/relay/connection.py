@@ -122,6 +122,7 @@ class Connection:
         self._next_stage = 0
         self._stage: Stage | None = None  # the one running, until the pump starts
         self._early = b""  # consumed from the client by its stages, for the target first
+        self._consumed = 0  # bytes the stages took from the client: part of `up`
         self._pump: Pump | None = None
 
     def start(self) -> None:
@@ -156,6 +157,8 @@ class Connection:
     def consumed(self, data: bytes) -> None:
         assert self.target is None, "only a client-side stage reads from the client"
         self._early += data
+        self._consumed += len(data)
+        self.owner.stats.copied_bytes += len(data)  # through user space, as copying does
 
     def crashed(self, exc: Exception) -> None:
         self.owner.connection_crashed(self, exc)
@@ -220,7 +223,7 @@ class Connection:
             return
         if log.isEnabledFor(logging.INFO):
             directions = self._pump.directions if self._pump is not None else []
-            up = directions[0].total if directions else 0
+            up = self._consumed + (directions[0].total if directions else 0)
             down = directions[1].total if directions else 0
             kinds = {d.kind for d in directions}
             fields: dict[str, object] = {
