@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import resource
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from bench.report import bar_table, table, write_json
 from bench.stats import summarize
 from bench.subjects import BASELINE, Environment, Subject, select
 from bench.suite import all_metrics, all_scenarios, run_suite
+from pyforward.engine.fdlimit import raise_fd_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,13 +69,6 @@ def choose_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def raise_fd_limit() -> None:
-    """A thousand idle connections need more descriptors than some defaults allow."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = choose_plan(args)
@@ -101,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: nothing was run; install what is missing and run again", file=sys.stderr)
         return 1
 
-    raise_fd_limit()
+    raise_fd_limit()  # a thousand idle connections need more than some defaults allow
     sets = SetFactory()
     meta: dict[str, object] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-import resource
-
 import pytest
 from hypothesis import settings
 
+# Registers the discovery keys of the settings schema, as the CLI does on import.
+import pyforward.discovery.options  # noqa: F401
+from pyforward.engine.fdlimit import raise_fd_limit
 from tests.pyz import Build, build
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _raise_fd_limit() -> None:
     # Tests hold a thousand connections at once; both ends live in this process.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
 
 
 # The machine running the suite may be busy: judge parsers by their answers, not their speed.

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from pyforward.config.settings import Settings
-from pyforward.engine.server import Forwarder, serve
+from pyforward.engine.runtime import serve
+from pyforward.engine.server import Forwarder
 from tests.harness import TIMEOUT
 
 

@@ -62,7 +62,7 @@ def capped_forwarder(first_target: str) -> Iterator[tuple[Forwarder, LogLines, i
 
 
 def set_targets(forwarder: Forwarder, targets: Sequence[ResolvedTarget]) -> None:
-    route = forwarder.listeners[0].route
+    route = forwarder.listeners[0].route_id
     on_loop(forwarder, lambda: forwarder.set_targets(route, targets))
 
 

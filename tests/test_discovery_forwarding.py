@@ -18,9 +18,10 @@ import pytest
 from pyforward.config.settings import build_settings
 from pyforward.discovery.hostinfo import is_local_address
 from pyforward.discovery.model import HostIdentity
-from pyforward.discovery.runtime import DiscoveryStatus, serve_discovered
+from pyforward.discovery.runtime import Discovery, DiscoveryStatus
 from pyforward.discovery.watcher import WatchTiming
-from pyforward.engine.server import Forwarder, serve
+from pyforward.engine.runtime import serve
+from pyforward.engine.server import Forwarder
 from pyforward.systemd.status_text import format_status, parse_status
 from tests.backends import Backend, Client, reached
 from tests.kubeapi import KubeApi, node, service
@@ -105,15 +106,10 @@ async def forwarding(
         statuses.append(status)
         status_changed.set()
 
+    discovery = Discovery(settings, host=host, timing=timing)
+    discovery.status_listeners.append(on_status)
     task = asyncio.create_task(
-        serve_discovered(
-            settings,
-            shutdown_trigger=stop.wait,
-            on_ready=ready.set_result,
-            on_status=on_status,
-            host=host,
-            timing=timing,
-        )
+        serve(settings, targets=discovery, shutdown_trigger=stop.wait, on_ready=ready.set_result)
     )
     done, _ = await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

@@ -162,7 +162,8 @@ def test_stopped_line_counts_connections_by_close_reason() -> None:
 @pytest.mark.asyncio
 async def test_cancelling_serve_closes_listeners_and_connections() -> None:
     from pyforward.config.settings import build_settings  # noqa: PLC0415
-    from pyforward.engine.server import Forwarder, serve  # noqa: PLC0415
+    from pyforward.engine.runtime import serve  # noqa: PLC0415
+    from pyforward.engine.server import Forwarder  # noqa: PLC0415
 
     with Backend(echo) as backend:
         settings = build_settings({"listen": "127.0.0.1:0", "target": [backend.address]}, {})

@@ -15,9 +15,15 @@ from typing import Any
 
 import pytest
 
-from pyforward.discovery.runtime import DiscoveryStatus
-from pyforward.engine.runtime import Supervisor
-from pyforward.systemd.notify import Notifier, message, socket_address, watchdog_interval
+from pyforward.config.settings import build_settings
+from pyforward.engine.runtime import Runtime
+from pyforward.systemd.notify import (
+    Notifier,
+    Reporter,
+    message,
+    socket_address,
+    watchdog_interval,
+)
 
 PYFORWARD = str(Path(sys.prefix) / "bin" / "pyforward")
 
@@ -128,6 +134,35 @@ def test_ready_status_watchdog_reload_stopping(
         stop(proc)
 
 
+def test_pyforward_socat_notifies_and_reloads_as_run_does(
+    notify_path: tuple[str, NotifyListener], backend: socket.socket
+) -> None:
+    path, listener = notify_path
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYFORWARD_", "LISTEN_"))}
+    env["NOTIFY_SOCKET"] = path
+    target = f"TCP:127.0.0.1:{backend.getsockname()[1]}"
+    proc = subprocess.Popen(
+        [PYFORWARD + "-socat", "TCP-LISTEN:0,bind=127.0.0.1,fork", target],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = listener.next()
+        assert ready["READY"] == "1"
+        socket.create_connection(("127.0.0.1", listen_port(ready["STATUS"])), timeout=5).close()
+        backend.accept()[0].close()  # forwarded: it reached the target
+        proc.send_signal(signal.SIGHUP)
+        reload_notes = listener.until("READY")
+        assert any(n.get("RELOADING") == "1" for n in reload_notes)
+        assert "reload" not in reload_notes[-1]["STATUS"]  # it worked: no failure noted
+        proc.send_signal(signal.SIGTERM)
+        assert listener.until("STOPPING")[-1]["STOPPING"] == "1"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        stop(proc)
+
+
 def test_abstract_notify_socket(backend: socket.socket) -> None:
     name = f"pyforward-test-{os.getpid()}"
     listener = NotifyListener(b"\0" + name.encode())
@@ -193,20 +228,23 @@ def test_notifier_without_systemd_sends_nothing() -> None:
 
 def test_degraded_discovery_shows_in_the_status_at_once(tmp_path: Path) -> None:
     listener = NotifyListener(str(tmp_path / "n"))
-    supervisor = Supervisor(Notifier(str(tmp_path / "n")), None, None)
+    settings = build_settings({"listen": "443", "target": ["10.0.0.5:32653"]}, {})
+    runtime = Runtime(settings)
+    runtime.reporter = Reporter(Notifier(str(tmp_path / "n")), runtime.status)
+    runtime.source.name = "discovery"
     target = SimpleNamespace(label="10.0.0.5:32653")
     forwarder: Any = SimpleNamespace(
         listeners=[SimpleNamespace(label="[::]:443", targets=[target])],
         stats=SimpleNamespace(active=0),
-        status_notes={},
     )
-    supervisor.forwarder = forwarder
-    supervisor.discovery_status(DiscoveryStatus(degraded=True, message="API unreachable"))
+    runtime.forwarder = forwarder
+    runtime.reporter._ready = True  # as after READY=1
+    runtime.source_status("degraded: API unreachable")
     assert listener.next()["STATUS"] == (
         "forwarding [::]:443 -> 10.0.0.5:32653; 0 active connections; "
         "discovery degraded: API unreachable"
     )
-    supervisor.discovery_status(DiscoveryStatus(degraded=False, message="following"))
+    runtime.source_status(None)
     assert "discovery" not in listener.next()["STATUS"]
-    supervisor.notifier.close()
+    runtime.reporter.notifier.close()
     listener.sock.close()

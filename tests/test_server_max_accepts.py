@@ -9,7 +9,8 @@ import pytest
 import pytest_asyncio
 
 from pyforward.config.settings import build_settings
-from pyforward.engine.server import Forwarder, serve
+from pyforward.engine.runtime import serve
+from pyforward.engine.server import Forwarder
 from pyforward.obs.reasons import CloseReason
 
 

@@ -4,7 +4,10 @@ Boot: the watchers start; with a state file from an earlier run its targets are 
 at once (degraded); otherwise the first resolution is awaited with a bounded wait, so a
 k3s that answers later than it starts is waited for instead of failing into systemd's
 start limit. Afterwards every change of the Service or the Nodes is resolved again; a
-new target is handed to the Forwarder (new connections only) and saved. While the API
+new target is handed to the forwarder (new connections only) and saved.
+
+`Discovery` is a target source (`pyforward.engine.targets.TargetSource`): the runtime starts
+it, attaches it and stops it, as it does the configuration's own targets. While the API
 cannot be reached or the objects give no usable target, the last target stays in use
 and the state is reported as degraded.
 """
@@ -15,9 +18,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pyforward.config.addresses import Address
@@ -37,7 +39,8 @@ from pyforward.discovery.watcher import (
     Update,
     WatchTiming,
 )
-from pyforward.engine.server import Forwarder, literal_target, serve
+from pyforward.engine.server import literal_target
+from pyforward.engine.targets import TargetSink, route_ids
 from pyforward.errors import ConfigError, StartupError
 from pyforward.obs.logfmt import logfmt
 
@@ -57,7 +60,10 @@ def _targets_text(targets: Sequence[Address]) -> str:
 
 
 class Discovery:
-    """Follows one Service (and the Nodes) for the routes that have no static target."""
+    """Follows one Service (and the Nodes) for the routes that have no static target: the
+    target source of `run --discover`."""
+
+    name = "discovery"  # its note's key in the status line
 
     def __init__(
         self,
@@ -85,7 +91,7 @@ class Discovery:
         self._current: dict[int, tuple[Address, ...]] = {}
         self._resolution: Resolution | None = None
         self._changed = asyncio.Event()
-        self._forwarder: Forwarder | None = None
+        self._sink: TargetSink | None = None
         self._save_task: asyncio.Task[None] | None = None
         self._state_note = ""  # set while serving what the state file said
         self.source: KubeconfigSource | None = None
@@ -101,8 +107,9 @@ class Discovery:
 
     # --- boot
 
-    async def start(self) -> Settings:
-        """Connect and find the first targets; return the settings with them filled in."""
+    async def start(self, settings: Settings) -> Settings:
+        """Connect and find the first targets; return `settings` (those this source was made
+        for) with them filled in."""
         self._loop = loop = asyncio.get_running_loop()
         self.source = find_kubeconfig(self.config.kubeconfig, self._env)
         log.info(logfmt({"event": "kubeconfig", "source": str(self.source)}))
@@ -131,7 +138,7 @@ class Discovery:
             await self._wait_for_first_target()
         for index in self._indexes:
             self.routes[index] = replace(self.routes[index], targets=self._current[index])
-        return replace(self.settings, routes=tuple(self.routes))
+        return replace(settings, routes=tuple(self.routes))
 
     def _load_state(self) -> bool:
         try:
@@ -177,10 +184,10 @@ class Discovery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    def attach(self, forwarder: Forwarder) -> None:
-        """Start handing target changes to the running forwarder (and reloads targets)."""
-        self._forwarder = forwarder
-        forwarder.fill_targets = self.fill
+    def attach(self, sink: TargetSink) -> None:
+        """Start handing target changes, and the state of discovery, to `sink`."""
+        self._sink = sink
+        sink.source_status(self._note())
         for index in self._indexes:
             self._apply(index)
 
@@ -331,16 +338,23 @@ class Discovery:
             log.info(logfmt({"event": "discovery-ok", "msg": message}))
         for listener in self.status_listeners:
             listener(self.status)
+        if self._sink is not None:
+            self._sink.source_status(self._note())
+
+    def _note(self) -> str | None:
+        """What the service's status line says about discovery: only that it is degraded."""
+        return f"degraded: {self.status.message}" if self.status.degraded else None
 
     # --- handing changes on
 
     def _apply(self, index: int) -> None:
         """Hand one route's targets to the forwarder: new connections use them at once."""
-        if self._forwarder is None:
+        if self._sink is None:
             return  # not serving yet: start() fills the routes in
         resolved = [literal_target(address) for address in self._current[index]]
         # Discovered and saved addresses passed check_node_address: literals, never names.
-        self._forwarder.set_targets(self.routes[index], [t for t in resolved if t is not None])
+        route = route_ids(self.routes)[index]
+        self._sink.set_targets(route, [t for t in resolved if t is not None])
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():
@@ -379,39 +393,3 @@ class Discovery:
                     )
                 )
                 return
-
-
-async def serve_discovered(
-    settings: Settings,
-    *,
-    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
-    on_ready: Callable[[Forwarder], None] | None = None,
-    on_status: Callable[[DiscoveryStatus], None] | None = None,
-    loop_name: str = "",
-    host: HostIdentity | None = None,
-    timing: WatchTiming | None = None,
-    passed_sockets: Mapping[int, list[socket.socket]] | None = None,
-) -> Forwarder:
-    """`serve` for settings with discovered routes: boot discovery, forward, follow.
-
-    `passed_sockets`: listening sockets from systemd, by route index (see `serve`)."""
-    discovery = Discovery(settings, host=host, timing=timing)
-    if on_status is not None:
-        discovery.status_listeners.append(on_status)
-    try:
-        filled = await discovery.start()
-
-        def ready(forwarder: Forwarder) -> None:
-            discovery.attach(forwarder)
-            if on_ready is not None:
-                on_ready(forwarder)
-
-        return await serve(
-            filled,
-            shutdown_trigger=shutdown_trigger,
-            on_ready=ready,
-            loop_name=loop_name,
-            passed_sockets=passed_sockets,
-        )
-    finally:
-        await discovery.stop()

@@ -1,1 +1,1 @@
-"""Accepting connections: listeners, the forwarder, target health, the runtime."""
+"""Accepting connections: listeners, the accept gate, target sources and health, the runtime."""

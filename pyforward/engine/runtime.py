@@ -1,16 +1,21 @@
-"""`pyforward run` as a service: signals, systemd notifications, socket activation, reload.
+"""The runtime: one forwarder's life in this process, for `run`, `pyforward-socat` and the
+service alike.
 
-The protocol with systemd (Type=notify), in the order it happens:
-- READY=1 once every listener is bound (or taken over from a .socket unit) and every target
-  resolved: `systemctl start` returns only then, so "started" means "accepting".
-- STATUS= with the listeners, targets and active connections, refreshed while it changes,
-  plus notes the forwarder carries (`Forwarder.status_notes`, e.g. degraded discovery).
-- WATCHDOG=1 every half WatchdogSec, sent by a timer on the event loop: a stuck loop stops
-  the pings and systemd restarts the service.
-- SIGHUP (ExecReload=): RELOADING=1, the configuration reloaded (Forwarder.reload), then
-  READY=1, whether the reload worked or not (a failed reload keeps what was running).
-- SIGTERM or SIGINT: STOPPING=1, then the forwarder's ordered shutdown.
-Outside systemd none of this sends anything; SIGHUP still reloads.
+It owns what is one per process: the signals (installed here and nowhere else), reload,
+what systemd is told (`systemd.notify.Reporter`: READY, STATUS, WATCHDOG, RELOADING,
+STOPPING), the listening sockets systemd passes (socket activation), and the route targets'
+source (`targets.TargetSource`: the configuration's own, or discovery). In order:
+
+1. Signals: SIGTERM and SIGINT stop (a second one during the drain stops at once), SIGHUP
+   reloads, SIGUSR1 logs each route's counts. Only without an injected `shutdown_trigger`:
+   a caller that brings its own trigger (a test, an embedding program) keeps its signals.
+2. The target source starts: every route's targets are known before anything listens.
+3. The forwarder binds (or takes over) every listener and starts accepting.
+4. The source is attached (its changes reach new connections), then READY=1.
+5. Until the trigger (or, with `max_accepts`, the last connection's end): serve.
+6. STOPPING=1, then the forwarder's ordered shutdown: stop accepting, let connections
+   finish for `shutdown_timeout`, reset what remains.
+7. The source stops; the signals are given back.
 """
 
 from __future__ import annotations
@@ -18,46 +23,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
 
+from pyforward import __version__
 from pyforward.config.settings import Settings
-from pyforward.engine.server import Forwarder, apply_reload, serve
+from pyforward.engine.fdlimit import raise_fd_limit
+from pyforward.engine.server import Forwarder, closed_counts, log_listeners
+from pyforward.engine.targets import RouteId, StaticTargets, TargetSource
+from pyforward.errors import PyforwardError
 from pyforward.obs.logfmt import logfmt
+from pyforward.relay.connection import ResolvedTarget
 from pyforward.systemd.activation import take_passed_sockets
-from pyforward.systemd.notify import Notifier, message, watchdog_interval
+from pyforward.systemd.notify import Reporter
 from pyforward.systemd.status_text import format_status
-
-if TYPE_CHECKING:  # discovery loads only when configured
-    from pyforward.discovery.runtime import DiscoveryStatus
 
 log = logging.getLogger("pyforward")
 
-STATUS_REFRESH = 1.0  # seconds between checks whether the status line changed
+Trigger = Callable[[], Awaitable[object]]
 
 
-class Supervisor:
-    """Keeps systemd informed about one running forwarder, and reloads it on SIGHUP."""
+class Runtime:
+    """Runs one forwarder: start, serve, reload, report, stop (see the module docstring)."""
 
     def __init__(
         self,
-        notifier: Notifier,
-        reload_settings: Callable[[], Settings] | None,
-        watchdog: float | None,
+        settings: Settings,
+        *,
+        targets: TargetSource | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+        max_accepts: int | None = None,
+        loop_name: str = "",
+        reporter: Reporter | None = None,
     ) -> None:
-        self.notifier = notifier
+        self.settings = settings
+        self.source: TargetSource = targets if targets is not None else StaticTargets()
         self.reload_settings = reload_settings
-        self.watchdog = watchdog
+        self.max_accepts = max_accepts
+        self.loop_name = loop_name
+        self.reporter = reporter if reporter is not None else Reporter.from_environment(self.status)
         self.forwarder: Forwarder | None = None
+        self.source_note: str | None = None
         self.last_reload_error: str | None = None
-        self.discovery_note: str | None = None  # set while discovery is degraded
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._last_status = ""
+        self._stop = asyncio.Event()
+        self._stopping = False
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
+
+    # --- what systemd's status line says
 
     def status(self) -> str:
         forwarder = self.forwarder
@@ -67,143 +81,234 @@ class Supervisor:
             (listener.label, [target.label for target in listener.targets])
             for listener in forwarder.listeners
         ]
-        notes = dict(forwarder.status_notes)
-        if self.discovery_note:
-            notes["discovery"] = self.discovery_note
+        notes = {}
+        if self.source_note:
+            notes[self.source.name] = self.source_note
         if self.last_reload_error:
             notes["reload"] = f"failed: {self.last_reload_error}"
         return format_status(routes, forwarder.stats.active, notes)
 
-    def discovery_status(self, status: DiscoveryStatus) -> None:
-        """Discovery's state changed: a degraded one shows in the status line at once."""
-        self.discovery_note = f"degraded: {status.message}" if status.degraded else None
-        if self.forwarder is not None and self.notifier.enabled:
-            self._last_status = self.status()
-            self.notifier.send(message(STATUS=self._last_status))
+    # --- the target source's sink
 
-    # --- lifecycle, called by serve()
+    def set_targets(self, route: RouteId, targets: Sequence[ResolvedTarget]) -> None:
+        if self.forwarder is not None:
+            self.forwarder.set_targets(route, targets)
 
-    def ready(self, forwarder: Forwarder) -> None:
-        """Every listener is bound and every target resolved: tell systemd."""
-        self.forwarder = forwarder
-        self._last_status = self.status()
-        self.notifier.send(message(READY="1", STATUS=self._last_status))
-        if self.notifier.enabled:
-            if self.watchdog is not None:
-                self._watchdog_tick()
-            self._schedule("status", STATUS_REFRESH, self._status_tick)
+    def source_status(self, note: str | None) -> None:
+        self.source_note = note
+        self.reporter.status_changed()
 
-    def stopping(self) -> None:
-        active = self.forwarder.stats.active if self.forwarder else 0
-        self.notifier.send(message(STOPPING="1", STATUS=f"stopping; {active} active connections"))
-        # The status refresh stops here; the watchdog pings go on while connections drain.
-        timer = self._timers.pop("status", None)
-        if timer is not None:
-            timer.cancel()
+    # --- what the signals ask for
 
-    def close(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        if self._reloading is not None:
-            self._reloading.cancel()
-
-    # --- timers
-
-    def _schedule(self, name: str, delay: float, callback: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        self._timers[name] = loop.call_later(delay, callback)
-
-    def _watchdog_tick(self) -> None:
-        assert self.watchdog is not None
-        self.notifier.send(message(WATCHDOG="1"))
-        self._schedule("watchdog", self.watchdog, self._watchdog_tick)
-
-    def _status_tick(self) -> None:
-        text = self.status()
-        if text != self._last_status:
-            self._last_status = text
-            self.notifier.send(message(STATUS=text))
-        self._schedule("status", STATUS_REFRESH, self._status_tick)
-
-    # --- reload
+    def request_stop(self) -> None:
+        """SIGTERM or SIGINT: the ordered shutdown; during it, a second one stops at once."""
+        if not self._stop.is_set():
+            self._stop.set()
+            return
+        if self._stopping and self.forwarder is not None:
+            active = len(self.forwarder.connections)
+            log.warning(
+                logfmt(
+                    {
+                        "event": "stop-now",
+                        "active": active,
+                        "msg": "asked again: resetting what is open instead of draining",
+                    }
+                )
+            )
+            self.forwarder.close()
 
     def request_reload(self) -> None:
         """SIGHUP: reload now, or once more after the reload under way."""
         if self.reload_settings is None:
             log.info(logfmt({"event": "reload", "msg": "nothing to reload"}))
             return
-        if self.forwarder is None:
+        if self.forwarder is None or self._stopping:
             # Still starting: READY=1 must not go out before the listeners are bound.
-            log.warning(logfmt({"event": "reload-ignored", "msg": "still starting"}))
+            what = "still starting" if self.forwarder is None else "stopping"
+            log.warning(logfmt({"event": "reload-ignored", "msg": what}))
             return
         if self._reloading is not None and not self._reloading.done():
             self._reload_again = True
             return
         self._reloading = asyncio.get_running_loop().create_task(self._reload())
 
+    def log_counts(self) -> None:
+        """SIGUSR1: one line per route with its live counts; nothing else changes."""
+        forwarder = self.forwarder
+        if forwarder is None:
+            log.info(logfmt({"event": "counts", "msg": "still starting"}))
+            return
+        for fields in forwarder.route_counts():
+            log.info(logfmt({"event": "counts", **fields}))
+
+    # --- reload
+
     async def _reload(self) -> None:
-        assert self.forwarder is not None and self.reload_settings is not None
         while True:
             self._reload_again = False
-            self.notifier.send(message(RELOADING="1", STATUS="reloading"))
-            self.last_reload_error = await apply_reload(self.forwarder, self.reload_settings)
-            self._last_status = self.status()
-            self.notifier.send(message(READY="1", STATUS=self._last_status))
+            self.reporter.reloading()
+            self.last_reload_error = await self._apply_reload()
+            self.reporter.reloaded()
             if not self._reload_again:
                 return
 
+    async def _apply_reload(self) -> str | None:
+        """Load and apply a new configuration, logging the outcome; the error, if it failed."""
+        assert self.forwarder is not None and self.reload_settings is not None
+        log.info(logfmt({"event": "reloading"}))
+        try:
+            await self.forwarder.reload(self.reload_settings(), fill=self.source.fill)
+        except PyforwardError as exc:
+            log.error(
+                logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
+            )
+            return str(exc)
+        log_listeners(self.forwarder)
+        log.info(logfmt({"event": "reloaded", "listeners": len(self.forwarder.listeners)}))
+        return None
 
-async def serve_supervised(
+    # --- the life of the forwarder
+
+    async def run(
+        self,
+        shutdown_trigger: Trigger | None = None,
+        on_ready: Callable[[Forwarder], None] | None = None,
+    ) -> Forwarder:
+        """Serve until `shutdown_trigger` returns (default: SIGTERM or SIGINT), or, with
+        `max_accepts`, until that many connections have come and gone."""
+        loop = asyncio.get_running_loop()
+        signals = _Signals(loop, self) if shutdown_trigger is None else None
+        passed: dict[int, list[socket.socket]] = {}
+        try:
+            passed = take_passed_sockets(self.settings.routes)
+            try:
+                return await self._serve(
+                    loop, shutdown_trigger or self._stop.wait, on_ready, passed
+                )
+            finally:
+                await self.source.stop()
+        finally:
+            self.reporter.close()
+            if self._reloading is not None:
+                self._reloading.cancel()
+            if signals is not None:
+                signals.remove()
+            for socks in passed.values():
+                for sock in socks:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    async def _serve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        trigger: Trigger,
+        on_ready: Callable[[Forwarder], None] | None,
+        passed: dict[int, list[socket.socket]],
+    ) -> Forwarder:
+        fd_limit = raise_fd_limit()
+        settings = await self.source.start(self.settings)
+        forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
+        await forwarder.start()
+        log.info(
+            logfmt(
+                {
+                    "event": "start",
+                    "version": __version__,
+                    "loop": self.loop_name or type(loop).__module__.split(".")[0],
+                    "relay": forwarder.relay,
+                    "max_connections": settings.max_connections or "none",
+                    "fd_limit": fd_limit,
+                }
+            )
+        )
+        log_listeners(forwarder)
+        try:
+            self.forwarder = forwarder
+            self.source.attach(self)
+            if on_ready is not None:
+                on_ready(forwarder)
+            self.reporter.ready()
+            if self.max_accepts is None:
+                await trigger()
+            else:
+                await _first_of(trigger, forwarder.finished.wait)
+            # 1. Tell systemd, and say so in the log.
+            self._stopping = True
+            self.reporter.stopping(forwarder.stats.active)
+            log.info(logfmt({"event": "stopping", "active": len(forwarder.connections)}))
+            # 2. Stop accepting, drain, then reset what is left (`request_stop` may hurry it).
+            await forwarder.shutdown(settings.shutdown_timeout)
+        finally:
+            forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
+        log.info(
+            logfmt(
+                {
+                    "event": "stopped",
+                    "accepted": forwarder.stats.accepted,
+                    "spliced_bytes": forwarder.stats.spliced_bytes,
+                    "copied_bytes": forwarder.stats.copied_bytes,
+                    **closed_counts(forwarder.stats),
+                }
+            )
+        )
+        return forwarder
+
+
+async def serve(
     settings: Settings,
     *,
-    loop_name: str = "",
+    targets: TargetSource | None = None,
     reload_settings: Callable[[], Settings] | None = None,
+    shutdown_trigger: Trigger | None = None,
+    on_ready: Callable[[Forwarder], None] | None = None,
+    max_accepts: int | None = None,
+    loop_name: str = "",
 ) -> Forwarder:
-    """Run the forwarder as a service until SIGTERM or SIGINT; SIGHUP reloads.
+    """Run a forwarder for `settings` until SIGTERM or SIGINT (or `shutdown_trigger`).
 
-    Uses listening sockets passed by systemd when there are any (socket activation)."""
-    loop = asyncio.get_running_loop()
-    notifier = Notifier.from_environment()
-    supervisor = Supervisor(notifier, reload_settings, watchdog_interval(os.environ, os.getpid()))
-    stop = asyncio.Event()
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+    `targets`: where routes forward (default: the configuration's own targets);
+    `reload_settings`: what SIGHUP loads and applies; `max_accepts`: serve that many
+    connections, then return once they have ended (socat without `fork`); `on_ready`:
+    called with the forwarder once it accepts. See `Runtime`.
+    """
+    runtime = Runtime(
+        settings,
+        targets=targets,
+        reload_settings=reload_settings,
+        max_accepts=max_accepts,
+        loop_name=loop_name,
+    )
+    return await runtime.run(shutdown_trigger, on_ready)
 
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-        supervisor.stopping()
 
-    passed: dict[int, list[socket.socket]] = {}
+class _Signals:
+    """The process's signal handlers, all of them; `remove` gives them back."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, runtime: Runtime) -> None:
+        self.loop = loop
+        self.handlers: dict[signal.Signals, Callable[[], None]] = {
+            signal.SIGTERM: runtime.request_stop,
+            signal.SIGINT: runtime.request_stop,
+            signal.SIGHUP: runtime.request_reload,
+            signal.SIGUSR1: runtime.log_counts,
+        }
+        for signum, handler in self.handlers.items():
+            loop.add_signal_handler(signum, handler)
+
+    def remove(self) -> None:
+        for signum in self.handlers:
+            self.loop.remove_signal_handler(signum)
+
+
+async def _first_of(*waits: Trigger) -> None:
+    """Wait until the first of `waits` returns (or raises); cancel the others."""
+    tasks = [asyncio.ensure_future(wait()) for wait in waits]
     try:
-        passed = take_passed_sockets(settings.routes)
-        if settings.discovery is not None:
-            # Imported here: static forwarding never loads discovery or kubernetes.
-            from pyforward.discovery.runtime import serve_discovered  # noqa: PLC0415
-
-            return await serve_discovered(
-                settings,
-                shutdown_trigger=shutdown_trigger,
-                on_ready=supervisor.ready,
-                on_status=supervisor.discovery_status,
-                loop_name=loop_name,
-                passed_sockets=passed,
-            )
-        return await serve(
-            settings,
-            shutdown_trigger=shutdown_trigger,
-            on_ready=supervisor.ready,
-            loop_name=loop_name,
-            passed_sockets=passed,
-        )
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        supervisor.close()
-        for signum in handled:
-            loop.remove_signal_handler(signum)
-        for socks in passed.values():
-            for sock in socks:
-                with contextlib.suppress(OSError):
-                    sock.close()
-        notifier.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # an exception from a trigger is the caller's to see

@@ -1,4 +1,7 @@
-"""The forwarder: listeners, the accept loop, the connection cap, ordered shutdown."""
+"""The forwarder: listeners, the accept loop (its gate in `gate.py`), ordered shutdown.
+
+Signals, reload and systemd are the runtime's (`runtime.py`); where each route forwards is
+its target source's (`targets.py`)."""
 
 from __future__ import annotations
 
@@ -7,26 +10,26 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import resource
-import signal
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pyforward import __version__
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
+from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings
+from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
-from pyforward.errors import PyforwardError, StartupError
+from pyforward.engine.targets import RouteId, route_ids
+from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason
 from pyforward.obs.stats import Stats, reason_counts
-from pyforward.relay.connection import Connection, Policy, ResolvedTarget
+from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
 from pyforward.relay.sockets import reset_on_close
@@ -44,32 +47,11 @@ _FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
 class Listener:
     sock: socket.socket
     label: str
+    route_id: RouteId
     route: Route
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
-
-
-def _policy(route: Route) -> Policy:
-    return Policy(
-        route.connect_timeout,
-        route.idle_timeout,
-        route.keepalive,
-        route.first_byte_timeout,
-        route.log_connections,
-    )
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            return soft
-        return hard
-    return soft
 
 
 def literal_target(address: Address) -> ResolvedTarget | None:
@@ -116,14 +98,15 @@ class Forwarder:
         self.finished = asyncio.Event()
         self._accepts_done = False
         self._served = 0  # connections handed to a Connection (refused ones are not)
+        self._served_by_route: Counter[RouteId] = Counter()
         self.stats = Stats()
         self.pipes: PipePool | None = None
         self.relay = "copy"
         self.listeners: list[Listener] = []
         self.connections: set[Connection] = set()
         self.health = TargetHealth()
-        self._accepting = False
-        self._paused_for_fds = False
+        self.gate = AcceptGate(settings.max_connections)
+        self._accepting = False  # whether the listeners are registered with the loop
         self._drained: asyncio.Event | None = None
         self._closed = False
         self._per_source: Counter[str] = Counter()
@@ -132,16 +115,11 @@ class Forwarder:
         self._fd_log = Every(5.0)
         # One failover line per route and interval: a client facing 100 dead targets
         # would otherwise log 99 (each target going down is logged once, as target-down).
-        self._failover_logs: dict[Address, Every] = {}
+        self._failover_logs: dict[RouteId, Every] = {}
         self.close_summary = CloseSummary()
         self._summary_timer: asyncio.TimerHandle | None = None
         # Listening sockets handed over by systemd, by route index (socket activation).
         self.passed_sockets = dict(passed_sockets or {})
-        # Short notes for the service status line, e.g. {"discovery": "degraded: ..."}.
-        self.status_notes: dict[str, str] = {}
-        # Fills in, on reload, the targets the configuration leaves to discovery; its
-        # PyforwardError fails the reload. Set by Discovery.attach.
-        self.fill_targets: Callable[[Settings], Settings] | None = None
 
     async def start(self) -> None:
         """Resolve every target and bind every listener; accept only once all are ready."""
@@ -153,6 +131,7 @@ class Forwarder:
             elif settings.relay is RelayMode.SPLICE:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
         try:
+            ids = route_ids(settings.routes)
             for index, route in enumerate(settings.routes):
                 targets = await self._resolve(route)
                 passed = self.passed_sockets.pop(index, None)
@@ -161,112 +140,120 @@ class Forwarder:
                         Listener(
                             s,
                             format_peer(s.getsockname()),
+                            ids[index],
                             route,
                             targets,
-                            _policy(route),
+                            route.policy,
                             route.access,
                         )
                         for s in passed
                     ]
                 else:
-                    self.listeners += self._open_route(route, targets)
+                    self.listeners += self._open_route(ids[index], route, targets)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
         self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
-        self._resume_accepting()
+        self._follow_gate()
 
     async def _resolve(self, route: Route) -> list[ResolvedTarget]:
         return [await resolve_target(self.loop, target) for target in route.targets]
 
-    def _open_route(self, route: Route, targets: list[ResolvedTarget]) -> list[Listener]:
+    def _open_route(
+        self, rid: RouteId, route: Route, targets: list[ResolvedTarget]
+    ) -> list[Listener]:
         backlog = self.settings.backlog or system_backlog()
         opened: list[Listener] = []
         try:
             for family, sockaddr in bind_addresses(route.listen):
                 sock = open_listener(route.listen, family, sockaddr, backlog)
                 label = format_peer(sock.getsockname())
-                opened.append(Listener(sock, label, route, targets, _policy(route), route.access))
+                opened.append(
+                    Listener(sock, label, rid, route, targets, route.policy, route.access)
+                )
         except BaseException:
             close_all([listener.sock for listener in opened])
             raise
         return opened
 
-    async def reload(self, settings: Settings) -> None:
+    async def reload(
+        self, settings: Settings, fill: Callable[[Settings], Settings] | None = None
+    ) -> None:
         """Apply a new configuration without dropping a connection.
 
         New listeners open, removed ones stop accepting (their connections finish on their
         own), and changed targets and per-route settings apply to new connections. Everything
         that can fail (name lookups, binding) happens before anything changes, so on an
-        error the old configuration stays in force whole.
+        error the old configuration stays in force whole. `fill` puts in the targets a
+        source other than the configuration gives (see `TargetSource.fill`).
         """
-        resolved = {route.listen: await self._resolve(route) for route in settings.routes}
-        if self.fill_targets is not None:
-            # After the last await: the discovered targets filled in are the current ones.
-            settings = self.fill_targets(settings)
-            for route in settings.routes:
-                if route.targets and not resolved[route.listen]:
-                    # Discovered targets are IP literals: resolved without a lookup.
+        ids = route_ids(settings.routes)
+        resolved = {
+            rid: await self._resolve(route) for rid, route in zip(ids, settings.routes, strict=True)
+        }
+        if fill is not None:
+            # After the last await: the targets filled in are the current ones.
+            settings = fill(settings)
+            for rid, route in zip(ids, settings.routes, strict=True):
+                if route.targets and not resolved[rid]:
+                    # Filled-in targets are IP literals: resolved without a lookup.
                     literals = (literal_target(address) for address in route.targets)
-                    resolved[route.listen] = [t for t in literals if t is not None]
-        new_routes = {route.listen: route for route in settings.routes}
-        current = {listener.route.listen for listener in self.listeners}
+                    resolved[rid] = [t for t in literals if t is not None]
+        new_routes = dict(zip(ids, settings.routes, strict=True))
+        current = {listener.route_id for listener in self.listeners}
         opened: list[Listener] = []
         try:
-            for route in settings.routes:
-                if route.listen not in current:
-                    opened += self._open_route(route, resolved[route.listen])
+            for rid, route in new_routes.items():
+                if rid not in current:
+                    opened += self._open_route(rid, route, resolved[rid])
         except BaseException:
             close_all([listener.sock for listener in opened])
             raise
         kept: list[Listener] = []
         for listener in self.listeners:
-            new_route = new_routes.get(listener.route.listen)
+            new_route = new_routes.get(listener.route_id)
             if new_route is None:
                 if self._accepting:
                     self.loop.remove_reader(listener.sock.fileno())
                 listener.sock.close()
                 continue
-            listener.route, listener.targets = new_route, resolved[new_route.listen]
-            listener.policy, listener.access = _policy(new_route), new_route.access
+            listener.route, listener.targets = new_route, resolved[listener.route_id]
+            listener.policy, listener.access = new_route.policy, new_route.access
             kept.append(listener)
         for name in ("relay", "loop", "backlog"):
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
         self.listeners = kept + opened
         self.settings = settings
-        for listen in self._failover_logs.keys() - new_routes.keys():
-            del self._failover_logs[listen]
+        self.gate.cap = settings.max_connections
+        for rid in self._failover_logs.keys() - new_routes.keys():
+            del self._failover_logs[rid]
         if self._accepting:
             for listener in opened:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
-        elif self._drained is None and not self._paused_for_fds:
-            cap = settings.max_connections
-            if cap is None or self.stats.active < cap:
-                self._resume_accepting()
+        self._follow_gate()
 
     # --- accepting
 
-    def _resume_accepting(self) -> None:
-        if not self._accepting and not self._accepts_done:
-            self._accepting = True
-            for listener in self.listeners:
-                self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
-
-    def _pause_accepting(self) -> None:
-        if self._accepting:
+    def _follow_gate(self) -> None:
+        """Register the listeners with the loop, or take them off, as the gate says."""
+        if self.gate.admits(self.stats.active):
+            if not self._accepting:
+                self._accepting = True
+                for listener in self.listeners:
+                    self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
+        elif self._accepting:
             self._accepting = False
             for listener in self.listeners:
                 self.loop.remove_reader(listener.sock.fileno())
 
     def _accept(self, listener: Listener) -> None:
-        cap = self.settings.max_connections
         for _ in range(_ACCEPT_BATCH):
-            if cap is not None and self.stats.active >= cap:
+            if not self.gate.admits(self.stats.active):
                 # At the cap, connections wait in the kernel's backlog (as with socat's
                 # max-children) until a slot frees.
-                self._pause_accepting()
+                self._follow_gate()
                 return
             try:
                 client, peer = listener.sock.accept()
@@ -293,6 +280,7 @@ class Forwarder:
             if len(targets) > 1:
                 targets = self.health.order(targets, self.loop.time())
             self._served += 1
+            self._served_by_route[listener.route_id] += 1
             last = self.max_accepts is not None and self._served >= self.max_accepts
             if last:
                 # Before the connection starts, which may end it at once.
@@ -304,7 +292,7 @@ class Forwarder:
                 listen_label=listener.label,
                 targets=targets,
                 policy=listener.policy,
-                failover_log=self._failover_log(listener.route),
+                failover_log=self._failover_log(listener.route_id),
                 source=source,
             )
             self.connections.add(connection)
@@ -315,10 +303,10 @@ class Forwarder:
             if last:
                 return
 
-    def _failover_log(self, route: Route) -> Every:
-        limiter = self._failover_logs.get(route.listen)
+    def _failover_log(self, route: RouteId) -> Every:
+        limiter = self._failover_logs.get(route)
         if limiter is None:
-            limiter = self._failover_logs[route.listen] = Every(_FAILOVER_LOG_INTERVAL)
+            limiter = self._failover_logs[route] = Every(_FAILOVER_LOG_INTERVAL)
         return limiter
 
     def connection_crashed(self, connection: Connection, exc: Exception) -> None:
@@ -344,7 +332,8 @@ class Forwarder:
             self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
 
     def _close_listeners_for_good(self, label: str) -> None:
-        self._pause_accepting()
+        self.gate.close()
+        self._follow_gate()
         self._accepts_done = True
         close_all([listener.sock for listener in self.listeners])
         log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
@@ -373,14 +362,13 @@ class Forwarder:
                     }
                 )
             )
-        self._pause_accepting()
-        self._paused_for_fds = True
+        self.gate.out_of_descriptors()
+        self._follow_gate()
         self.loop.call_later(_FD_BACKOFF, self._fd_backoff_over)
 
     def _fd_backoff_over(self) -> None:
-        self._paused_for_fds = False
-        if self.listeners and self._drained is None:
-            self._resume_accepting()
+        self.gate.descriptors_back()
+        self._follow_gate()
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
@@ -395,19 +383,35 @@ class Forwarder:
         elif self._accepts_done:
             if not self.connections:
                 self.finished.set()
-        elif not self._accepting and not self._paused_for_fds:
-            cap = self.settings.max_connections
-            if cap is None or self.stats.active < cap:
-                self._resume_accepting()
+        else:
+            self._follow_gate()
+
+    def route_counts(self) -> list[dict[str, object]]:
+        """Each route's live counts: its listen addresses, the connections open now and
+        served since start (reloads included), and where new ones go."""
+        routes: dict[RouteId, list[Listener]] = {}
+        for listener in self.listeners:
+            routes.setdefault(listener.route_id, []).append(listener)
+        route_of = {listener.label: listener.route_id for listener in self.listeners}
+        active = Counter(route_of.get(c.listen_label) for c in self.connections)
+        return [
+            {
+                "route": rid,
+                "listen": ",".join(listener.label for listener in listeners),
+                "active": active[rid],
+                "served": self._served_by_route[rid],
+                "target": ",".join(target.label for target in listeners[0].targets),
+            }
+            for rid, listeners in routes.items()
+        ]
 
     # --- targets and their health
 
-    def set_targets(self, route: Route, targets: Sequence[ResolvedTarget]) -> None:
+    def set_targets(self, route: RouteId, targets: Sequence[ResolvedTarget]) -> None:
         """Send the route's new connections to `targets` from now on; connections already
         made, or still connecting, keep the targets they started with."""
         for listener in self.listeners:
-            # By listen address: a reload may have given the route new settings.
-            if listener.route.listen == route.listen:
+            if listener.route_id == route:
                 # A new list, never an in-place change: connections hold the old one.
                 listener.targets = list(targets)
         self.health.retain(t for listener in self.listeners for t in listener.targets)
@@ -436,7 +440,8 @@ class Forwarder:
         """Close the listeners, so new clients are refused at once."""
         if self._drained is None:
             self._drained = asyncio.Event()
-        self._pause_accepting()
+        self.gate.close()
+        self._follow_gate()
         close_all([listener.sock for listener in self.listeners])
 
     async def shutdown(self, timeout: float) -> None:
@@ -470,143 +475,13 @@ class Forwarder:
             self.poller.close()
 
 
-def _log_listeners(forwarder: Forwarder) -> None:
+def log_listeners(forwarder: Forwarder) -> None:
+    """One `event=listen` line per listener, with the targets it forwards to."""
     for listener in forwarder.listeners:
         targets = ",".join(target.label for target in listener.targets)
         log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
 
 
-async def apply_reload(forwarder: Forwarder, load: Callable[[], Settings]) -> str | None:
-    """Load and apply a new configuration, logging the outcome; the error, if it failed."""
-    log.info(logfmt({"event": "reloading"}))
-    try:
-        await forwarder.reload(load())
-    except PyforwardError as exc:
-        log.error(
-            logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
-        )
-        return str(exc)
-    for listener in forwarder.listeners:
-        log.info(
-            logfmt(
-                {
-                    "event": "listen",
-                    "address": listener.label,
-                    "target": ",".join(t.label for t in listener.targets),
-                }
-            )
-        )
-    log.info(logfmt({"event": "reloaded", "listeners": len(forwarder.listeners)}))
-    return None
-
-
-def install_signal_handlers(
-    loop: asyncio.AbstractEventLoop, stop: asyncio.Event
-) -> Callable[[], None]:
-    """SIGTERM and SIGINT start a graceful shutdown; returns a function removing them."""
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
-
-    def remove() -> None:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-
-    return remove
-
-
-async def serve(
-    settings: Settings,
-    *,
-    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
-    on_ready: Callable[[Forwarder], None] | None = None,
-    loop_name: str = "",
-    reload_settings: Callable[[], Settings] | None = None,
-    max_accepts: int | None = None,
-    passed_sockets: Mapping[int, list[socket.socket]] | None = None,
-) -> Forwarder:
-    """Run the forwarder until `shutdown_trigger` returns (default: SIGTERM or SIGINT),
-    or, with `max_accepts`, until that many connections have come and gone.
-
-    With `reload_settings`, SIGHUP calls it and applies what it returns (see `reload`);
-    a configuration that fails to load or apply is logged and the old one stays.
-    `passed_sockets` are listening sockets by route index (socket activation); routes
-    without one are bound here.
-    """
-    loop = asyncio.get_running_loop()
-    fd_limit = raise_fd_limit()
-    forwarder = Forwarder(settings, loop, max_accepts=max_accepts, passed_sockets=passed_sockets)
-    await forwarder.start()
-    log.info(
-        logfmt(
-            {
-                "event": "start",
-                "version": __version__,
-                "loop": loop_name or type(loop).__module__.split(".")[0],
-                "relay": forwarder.relay,
-                "max_connections": settings.max_connections or "none",
-                "fd_limit": fd_limit,
-            }
-        )
-    )
-    _log_listeners(forwarder)
-    remove_handlers: Callable[[], None] | None = None
-    if shutdown_trigger is None:
-        stop = asyncio.Event()
-        remove_handlers = install_signal_handlers(loop, stop)
-        shutdown_trigger = stop.wait
-    reloads: set[asyncio.Task[str | None]] = set()
-    if reload_settings is not None:
-        load = reload_settings
-
-        def on_sighup() -> None:
-            task = loop.create_task(apply_reload(forwarder, load))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    if on_ready is not None:
-        on_ready(forwarder)
-    try:
-        if max_accepts is None:
-            await shutdown_trigger()
-        else:
-            await _first_of(shutdown_trigger, forwarder.finished.wait)
-        log.info(logfmt({"event": "stopping", "active": len(forwarder.connections)}))
-        await forwarder.shutdown(settings.shutdown_timeout)
-    finally:
-        forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
-        if remove_handlers is not None:
-            remove_handlers()
-        if reload_settings is not None:
-            loop.remove_signal_handler(signal.SIGHUP)
-    log.info(
-        logfmt(
-            {
-                "event": "stopped",
-                "accepted": forwarder.stats.accepted,
-                "spliced_bytes": forwarder.stats.spliced_bytes,
-                "copied_bytes": forwarder.stats.copied_bytes,
-                **closed_counts(forwarder.stats),
-            }
-        )
-    )
-    return forwarder
-
-
 def closed_counts(stats: Stats) -> dict[str, int]:
     """`closed_REASON: count` for every reason connections closed with, in REASONS order."""
     return reason_counts(stats.closed)
-
-
-async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Wait until the first of `waits` returns (or raises); cancel the others."""
-    tasks = [asyncio.ensure_future(wait()) for wait in waits]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        task.result()  # an exception from a trigger is the caller's to see

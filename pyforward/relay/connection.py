@@ -23,10 +23,10 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from pyforward.obs.closelog import CloseSummary, LogConnections, logs_close
+from pyforward.config.policy import Policy
+from pyforward.obs.closelog import CloseSummary, logs_close
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
@@ -65,15 +65,6 @@ class Owner(Protocol):
     def target_failed(self, target: ResolvedTarget, reason: CloseReason) -> None: ...
 
     def target_connected(self, target: ResolvedTarget) -> None: ...
-
-
-@dataclass(frozen=True)
-class Policy:
-    connect_timeout: float
-    idle_timeout: float | None
-    keepalive: bool
-    first_byte_timeout: float | None = None
-    log_connections: LogConnections = LogConnections.ALL
 
 
 def stages_for(policy: Policy, failover_log: Every) -> list[Stage]:

@@ -1,5 +1,7 @@
 """sd_notify(3): telling systemd about readiness, status, liveness and shutdown.
 
+`Notifier` sends one datagram; `Reporter` says when, for a running forwarder.
+
 A few lines of AF_UNIX datagrams, so no dependency. The protocol: each datagram is
 newline-separated `KEY=VALUE` assignments sent to the socket named in $NOTIFY_SOCKET
 (a path, or an abstract name written with a leading `@`). Outside systemd the variable
@@ -8,17 +10,20 @@ is unset and every call here does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyforward.obs.logfmt import logfmt
 
 log = logging.getLogger("pyforward.systemd.notify")
+
+STATUS_REFRESH = 1.0  # seconds between checks whether the status line changed
 
 
 def socket_address(value: str) -> str | bytes | None:
@@ -100,3 +105,87 @@ class Notifier:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
+
+
+class Reporter:
+    """Tells systemd what a running forwarder is doing (Type=notify), in this order:
+
+    - READY=1 with STATUS= once every listener accepts (`ready`): `systemctl start` returns
+      only then, so "started" means "accepting";
+    - STATUS= again whenever the text `status()` gives changes (checked every
+      STATUS_REFRESH seconds, and at once on `status_changed`);
+    - WATCHDOG=1 every `watchdog` seconds from a timer on the event loop: a stuck loop
+      stops the pings and systemd restarts the service;
+    - RELOADING=1 on reload (`reloading`), READY=1 after it (`reloaded`), whether it
+      worked or not (a failed reload keeps what was running);
+    - STOPPING=1 when the ordered shutdown begins (`stopping`); the watchdog goes on while
+      connections drain.
+    Without a notify socket (not run by systemd) nothing is sent and no timer runs.
+    """
+
+    def __init__(
+        self, notifier: Notifier, status: Callable[[], str], watchdog: float | None = None
+    ) -> None:
+        self.notifier = notifier
+        self.status = status
+        self.watchdog = watchdog
+        self._ready = False
+        self._last_status = ""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    @classmethod
+    def from_environment(cls, status: Callable[[], str]) -> Reporter:
+        """The reporter for this process: $NOTIFY_SOCKET, $WATCHDOG_USEC, $WATCHDOG_PID."""
+        return cls(Notifier.from_environment(), status, watchdog_interval(os.environ, os.getpid()))
+
+    def ready(self) -> None:
+        """Every listener accepts: READY=1, then the status refresh and watchdog pings."""
+        self._ready = True
+        self._last_status = self.status()
+        self.notifier.send(message(READY="1", STATUS=self._last_status))
+        if self.notifier.enabled:
+            if self.watchdog is not None:
+                self._watchdog_tick()
+            self._schedule("status", STATUS_REFRESH, self._status_tick)
+
+    def status_changed(self) -> None:
+        """Something the status line shows changed: send it now, not at the next refresh."""
+        if self._ready and self.notifier.enabled:
+            self._last_status = self.status()
+            self.notifier.send(message(STATUS=self._last_status))
+
+    def reloading(self) -> None:
+        self.notifier.send(message(RELOADING="1", STATUS="reloading"))
+
+    def reloaded(self) -> None:
+        self._last_status = self.status()
+        self.notifier.send(message(READY="1", STATUS=self._last_status))
+
+    def stopping(self, active: int) -> None:
+        self.notifier.send(message(STOPPING="1", STATUS=f"stopping; {active} active connections"))
+        # The status refresh stops here; the watchdog pings go on while connections drain.
+        self._ready = False
+        timer = self._timers.pop("status", None)
+        if timer is not None:
+            timer.cancel()
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self.notifier.close()
+
+    def _schedule(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _watchdog_tick(self) -> None:
+        assert self.watchdog is not None
+        self.notifier.send(message(WATCHDOG="1"))
+        self._schedule("watchdog", self.watchdog, self._watchdog_tick)
+
+    def _status_tick(self) -> None:
+        text = self.status()
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.send(message(STATUS=text))
+        self._schedule("status", STATUS_REFRESH, self._status_tick)

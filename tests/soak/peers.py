@@ -27,7 +27,6 @@ import contextlib
 import errno
 import json
 import os
-import resource
 import signal
 import socket
 import struct
@@ -39,6 +38,7 @@ from typing import Any, cast
 
 import uvloop
 
+from pyforward.engine.fdlimit import raise_fd_limit
 from tests.soak.pattern import (
     HEADER,
     chunk,
@@ -834,8 +834,7 @@ JOBS: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # Bursts and holds keep thousands of sockets open in this one process.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     if args.command == "serve":
         job: Awaitable[None] = serve(args.mode, args.port)
     else:
