@@ -82,10 +82,13 @@ class Stage:
     host: StageHost
 
     def start(self, host: StageHost) -> None:
+        """Begin; call `host.advance()` once finished (now or from a callback), or
+        `host.close(...)` when the connection cannot go on."""
         raise NotImplementedError
 
     def stop(self) -> None:
-        """The connection closes while the stage runs: release what it holds."""
+        """The connection closes while the stage runs: release what it holds (the
+        connection itself removes every reader and writer of its sockets)."""
 
 
 S = TypeVar("S", bound=Stage)
