@@ -11,7 +11,6 @@ import errno
 import ipaddress
 import logging
 import socket
-import struct
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,12 @@ from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
+from pyforward.obs.reasons import CloseReason
 from pyforward.obs.stats import Stats, reason_counts
 from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
+from pyforward.relay.sockets import reset_on_close
 
 log = logging.getLogger("pyforward")
 
@@ -40,7 +41,6 @@ _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
 _REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
 _FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
-_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -267,12 +267,12 @@ class Forwarder:
             self.stats.accepted += 1
             source = client_host(peer[0])
             if listener.access and not listener.access.permits(source):
-                self._refuse(client, "denied", source)
+                self._refuse(client, CloseReason.DENIED, source)
                 continue
             per_source_cap = self.settings.max_connections_per_source
             if per_source_cap is not None:
                 if self._per_source[source] >= per_source_cap:
-                    self._refuse(client, "source-limit", source)
+                    self._refuse(client, CloseReason.SOURCE_LIMIT, source)
                     continue
                 self._per_source[source] += 1
             self.stats.active += 1
@@ -338,11 +338,10 @@ class Forwarder:
         close_all([listener.sock for listener in self.listeners])
         log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
-    def _refuse(self, client: socket.socket, reason: str, source: str) -> None:
+    def _refuse(self, client: socket.socket, reason: CloseReason, source: str) -> None:
         """Close a refused client at once, with a reset; log at most one line per interval,
         so a flood cannot fill the disk."""
-        with contextlib.suppress(OSError):
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        reset_on_close(client)
         client.close()
         self.stats.closed[reason] += 1
         self._refusals[reason] += 1
@@ -417,7 +416,7 @@ class Forwarder:
                 listener.targets = list(targets)
         self.health.retain(t for listener in self.listeners for t in listener.targets)
 
-    def target_failed(self, target: ResolvedTarget, reason: str) -> None:
+    def target_failed(self, target: ResolvedTarget, reason: CloseReason) -> None:
         if self.health.failed(target, self.loop.time()):
             log.warning(
                 logfmt(
@@ -464,7 +463,7 @@ class Forwarder:
         """Close everything now; a reset tells each remaining peer it was cut short."""
         self.stop_accepting()
         for connection in list(self.connections):
-            connection.close("shutdown", reset=True)
+            connection.close(CloseReason.SHUTDOWN, reset=True)
         if self._summary_timer is not None:
             self._summary_timer.cancel()
             self._summary_timer = None
