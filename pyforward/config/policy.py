@@ -1,4 +1,5 @@
-"""What one connection of a route needs to know: its timeouts, keepalive, close logging.
+"""What one connection of a route needs to know: its timeouts, keepalive, close logging,
+the PROXY header it sends its target.
 
 Built by the settings from the route's per-route options (one field per option of the
 schema marked `policy`, of the same name), carried by the `Route`, and handed as it is to
@@ -8,8 +9,17 @@ each connection the route's listener accepts. Pure.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pyforward.obs.closelog import LogConnections
+
+
+class ProxyProtocol(StrEnum):
+    """Which PROXY protocol header a route's connections send their target first."""
+
+    OFF = "off"
+    V1 = "v1"  # the text line
+    V2 = "v2"  # the binary form
 
 
 @dataclass(frozen=True)
@@ -19,3 +29,4 @@ class Policy:
     keepalive: bool
     first_byte_timeout: float | None = None
     log_connections: LogConnections = LogConnections.ALL
+    proxy_protocol: ProxyProtocol = ProxyProtocol.OFF

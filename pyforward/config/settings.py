@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pyforward.config.access import AccessList, parse_network
 from pyforward.config.addresses import Address, parse_listen, parse_target
 from pyforward.config.overlap import overlapping_listens
-from pyforward.config.policy import Policy
+from pyforward.config.policy import Policy, ProxyProtocol
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import LogConnections
 
@@ -422,6 +422,17 @@ OPTIONS: dict[str, Option] = {
         zero_is_off=True,
         shown="0 (off)",
         flag=Flag(float, "Close a client that sends nothing for this long; 0 = never [0]."),
+    ),
+    "proxy_protocol": Option(
+        _choice(ProxyProtocol),
+        ProxyProtocol.OFF,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(
+            ProxyProtocol,
+            "Send the target a PROXY protocol header (v1 text, v2 binary) with the "
+            "client's address before its bytes [off].",
+        ),
     ),
     "log_level": Option(
         _choice(LogLevel),

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from pyforward.config.policy import Policy
+from pyforward.config.policy import Policy, ProxyProtocol
 from pyforward.obs.closelog import CloseSummary, logs_close
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
@@ -34,6 +34,7 @@ from pyforward.obs.stats import Stats
 from pyforward.relay.dial import Dial, ResolvedTarget
 from pyforward.relay.pipes import PipePool
 from pyforward.relay.poller import Poller
+from pyforward.relay.proxy_header import SendProxyHeader
 from pyforward.relay.pump import Pump
 from pyforward.relay.sockets import prepare, reset_on_close
 from pyforward.relay.stages import FirstByteGate, SendToTarget, Stage
@@ -76,6 +77,8 @@ def stages_for(policy: Policy, failover_log: Every) -> list[Stage]:
         client_side.append(FirstByteGate(policy.first_byte_timeout))
     dial = Dial(policy.connect_timeout, keepalive=policy.keepalive, failover_log=failover_log)
     target_side: list[Stage] = []
+    if policy.proxy_protocol is not ProxyProtocol.OFF:
+        target_side.append(SendProxyHeader(policy.proxy_protocol))
     return [*client_side, dial, *target_side]
 
 
