@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import logging
 import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from pyforward.relay.proxy_header import SendProxyHeader
 from tests.harness import TIMEOUT, Backend, fields, forwarder
 from tests.kubeapi import KubeApi, node, service
 from tests.peers_edge import HOST, HOST6, has_ipv6, nginx_proxy_protocol
+from tests.test_pipeline import HandOver, Owner, close_line, connect, read_to_eof, tcp_pair
 
 CLIENT = "127.0.0.9"  # a loopback address of this host that the target can tell apart
 VERSIONS = ["v1", "v2"]
@@ -122,6 +125,30 @@ def test_the_header_is_the_first_target_side_stage() -> None:
     assert isinstance(stages[-1], SendProxyHeader)
 
 
+@pytest.mark.asyncio
+async def test_a_client_gone_before_the_header_is_a_client_reset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "pyforward.relay.connection")
+    loop = asyncio.get_running_loop()
+    owner = Owner(loop, splice=False)
+    client_peer, client = tcp_pair()
+    target, target_peer = tcp_pair()
+    client_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client_peer.close()  # a reset: the accepted socket has no peer any more
+    try:
+        connect(owner, client, [HandOver(target, []), SendProxyHeader(ProxyProtocol.V2)])
+        await asyncio.wait_for(owner.closed.wait(), TIMEOUT)
+        close = close_line(caplog)
+        assert (close["reason"], close["reset_by"]) == ("reset", "client")
+        # The target got no header with a made-up address, only a reset.
+        with pytest.raises(ConnectionResetError):
+            await read_to_eof(loop, target_peer)
+    finally:
+        target_peer.close()
+        owner.close()
+
+
 # --- nginx reading the header
 
 
@@ -143,6 +170,20 @@ def test_nginx_sees_the_client_not_pyforward(tmp_path: Path, version: str, relay
         "eof",
         relay,
     )
+
+
+def test_the_header_still_leads_behind_the_first_byte_gate(tmp_path: Path) -> None:
+    """The gate waits for the client's first byte before the dial: that byte, already in
+    the socket, must still reach nginx after the header, not before it."""
+    with (
+        nginx_proxy_protocol(tmp_path) as nginx,
+        forwarder(
+            "--listen", "127.0.0.1:0", "--target", f"{HOST}:{nginx.port}",
+            "--proxy-protocol", "v2", "--first-byte-timeout", "5",
+        ) as fwd,
+    ):  # fmt: skip
+        body, client_port = get_from(HOST, fwd.port, CLIENT)
+        assert body == f"{CLIENT}:{client_port}"
 
 
 @needs_ipv6
