@@ -43,6 +43,9 @@ class Owner:
     def connection_closed(self, connection: Connection) -> None:
         self.closed.set()
 
+    def admit(self, connection: Connection) -> CloseReason | None:
+        return None
+
     def connection_crashed(self, connection: Connection, exc: Exception) -> None:
         self.crashes.append(exc)
         connection.fail(exc)

@@ -41,6 +41,7 @@ def test_the_values_are_the_ones_the_logs_have_always_used() -> None:
         "denied",
         "source-limit",
         "first-byte-timeout",
+        "bad-proxy-header",
         "error",
     ]
     assert f"reason={CloseReason.IDLE_TIMEOUT}" == "reason=idle-timeout"

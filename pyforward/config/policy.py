@@ -8,9 +8,10 @@ each connection the route's listener accepts. Pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pyforward.config.access import AccessList
 from pyforward.obs.closelog import LogConnections
 
 
@@ -30,3 +31,11 @@ class Policy:
     first_byte_timeout: float | None = None
     log_connections: LogConnections = LogConnections.ALL
     proxy_protocol: ProxyProtocol = ProxyProtocol.OFF
+    # Peers whose PROXY header is believed (the load balancers in front); others are
+    # served as themselves. Only with accept_proxy_protocol, which requires some.
+    accept_proxy_protocol: bool = False
+    proxy_protocol_from: AccessList = field(default_factory=AccessList)
+
+    def reads_proxy_header(self, peer: str) -> bool:
+        """Whether a connection from `peer` must start with a PROXY header."""
+        return self.accept_proxy_protocol and self.proxy_protocol_from.permits(peer)

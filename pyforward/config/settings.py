@@ -254,6 +254,11 @@ def _network_list(value: object) -> list[str]:
     return networks
 
 
+def _trusted_networks(value: object) -> AccessList:
+    """The peers whose PROXY header is believed: addresses or CIDR networks, checked."""
+    return AccessList(allow=tuple(parse_network(text) for text in _network_list(value)))
+
+
 # The converters a feature's options may use as well (registered from outside config).
 boolean, string, duration, choice = _boolean, _string, _duration, _choice
 
@@ -433,6 +438,25 @@ OPTIONS: dict[str, Option] = {
             "Send the target a PROXY protocol header (v1 text, v2 binary) with the "
             "client's address before its bytes [off].",
         ),
+    ),
+    "accept_proxy_protocol": Option(
+        _boolean,
+        False,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(
+            bool,
+            "Clients from --proxy-protocol-from start with a PROXY header (v1 or v2) "
+            "naming the real client.",
+        ),
+    ),
+    "proxy_protocol_from": Option(
+        _trusted_networks,
+        AccessList(),
+        per_route=True,
+        route_field=RouteField.POLICY,
+        shown="(no one)",
+        flag=Flag(list[str], "Peers (CIDR) whose PROXY header is believed; repeatable."),
     ),
     "log_level": Option(
         _choice(LogLevel),
@@ -790,6 +814,11 @@ def _route(
     for key, raw in table.items():
         if key not in overriding:
             values[key] = _convert_file(key, raw, f"{where}: {key}")
+    if values["accept_proxy_protocol"] and not values["proxy_protocol_from"]:
+        raise ConfigError(
+            f"{where}: accept_proxy_protocol needs proxy_protocol_from, the load balancers "
+            "whose PROXY header to believe (a header from anyone else is never honoured)"
+        )
     return Route(
         listen=parse_listen(listen_text),
         targets=tuple(parse_target(text) for text in target_texts),

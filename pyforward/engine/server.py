@@ -110,6 +110,9 @@ class Forwarder:
         self._drained: asyncio.Event | None = None
         self._closed = False
         self._per_source: Counter[str] = Counter()
+        # Connections of trusted load balancers, until their PROXY header names the client:
+        # the access list of the route that accepted each.
+        self._awaiting_admission: dict[Connection, AccessList] = {}
         self._refusals: Counter[str] = Counter()  # since the last refusal log line
         self._refusal_log = Every(_REFUSAL_LOG_INTERVAL)
         self._fd_log = Every(5.0)
@@ -266,15 +269,14 @@ class Forwarder:
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             self.stats.accepted += 1
             source = client_host(peer[0])
-            if listener.access and not listener.access.permits(source):
-                self._refuse(client, CloseReason.DENIED, source)
-                continue
-            per_source_cap = self.settings.max_connections_per_source
-            if per_source_cap is not None:
-                if self._per_source[source] >= per_source_cap:
-                    self._refuse(client, CloseReason.SOURCE_LIMIT, source)
+            # A trusted load balancer's connection is admitted once its PROXY header
+            # names the client (`admit`); every other one here, by its own address.
+            proxied = listener.policy.reads_proxy_header(source)
+            if not proxied:
+                refused = self._admission(listener.access, source)
+                if refused is not None:
+                    self._refuse(client, refused, source)
                     continue
-                self._per_source[source] += 1
             self.stats.active += 1
             targets: Sequence[ResolvedTarget] = listener.targets
             if len(targets) > 1:
@@ -294,7 +296,11 @@ class Forwarder:
                 policy=listener.policy,
                 failover_log=self._failover_log(listener.route_id),
                 source=source,
+                proxied=proxied,
             )
+            connection.source_counted = not proxied and self._counts_sources
+            if proxied:
+                self._awaiting_admission[connection] = listener.access
             self.connections.add(connection)
             try:
                 connection.start()
@@ -302,6 +308,33 @@ class Forwarder:
                 self.connection_crashed(connection, exc)
             if last:
                 return
+
+    @property
+    def _counts_sources(self) -> bool:
+        return self.settings.max_connections_per_source is not None
+
+    def _admission(self, access: AccessList, source: str) -> CloseReason | None:
+        """Allow/deny, then the per-source limit, for a client at `source`; None: admitted
+        (and counted against its source, when there is a limit)."""
+        if access and not access.permits(source):
+            return CloseReason.DENIED
+        cap = self.settings.max_connections_per_source
+        if cap is not None:
+            if self._per_source[source] >= cap:
+                return CloseReason.SOURCE_LIMIT
+            self._per_source[source] += 1
+        return None
+
+    def admit(self, connection: Connection) -> CloseReason | None:
+        """Admission of a connection whose client a PROXY header named: as at accept, for
+        that client, with a refusal counted and logged as at accept."""
+        access = self._awaiting_admission.pop(connection, AccessList())
+        refused = self._admission(access, connection.source)
+        if refused is None:
+            connection.source_counted = self._counts_sources
+            return None
+        self._note_refusal(refused, connection.source)
+        return refused
 
     def _failover_log(self, route: RouteId) -> Every:
         limiter = self._failover_logs.get(route)
@@ -344,6 +377,9 @@ class Forwarder:
         reset_on_close(client)
         client.close()
         self.stats.closed[reason] += 1
+        self._note_refusal(reason, source)
+
+    def _note_refusal(self, reason: CloseReason, source: str) -> None:
         self._refusals[reason] += 1
         if self._refusal_log.due(self.loop.time()):
             counts = dict(self._refusals)
@@ -372,8 +408,9 @@ class Forwarder:
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
+        self._awaiting_admission.pop(connection, None)
         self.stats.active -= 1
-        if self.settings.max_connections_per_source is not None:
+        if connection.source_counted:
             self._per_source[connection.source] -= 1
             if not self._per_source[connection.source]:
                 del self._per_source[connection.source]

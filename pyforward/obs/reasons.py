@@ -21,6 +21,7 @@ class CloseReason(StrEnum):
     DENIED = "denied"  # the client's address is not allowed (allow/deny lists)
     SOURCE_LIMIT = "source-limit"  # the client's address already has its connections open
     FIRST_BYTE_TIMEOUT = "first-byte-timeout"  # the client sent nothing in first_byte_timeout
+    BAD_PROXY_HEADER = "bad-proxy-header"  # a trusted peer's PROXY header missing or invalid
     ERROR = "error"  # any other failure; the close line's `error=` names it
 
 

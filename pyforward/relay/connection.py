@@ -34,7 +34,7 @@ from pyforward.obs.stats import Stats
 from pyforward.relay.dial import Dial, ResolvedTarget
 from pyforward.relay.pipes import PipePool
 from pyforward.relay.poller import Poller
-from pyforward.relay.proxy_header import SendProxyHeader
+from pyforward.relay.proxy_header import ReadProxyHeader, SendProxyHeader
 from pyforward.relay.pump import Pump
 from pyforward.relay.sockets import prepare, reset_on_close
 from pyforward.relay.stages import FirstByteGate, SendToTarget, Stage
@@ -58,6 +58,10 @@ class Owner(Protocol):
 
     def connection_closed(self, connection: Connection) -> None: ...
 
+    # Admission deferred to a client-side stage (the client named by a PROXY header):
+    # allow/deny and the per-source limit for `connection.source`; None: admitted.
+    def admit(self, connection: Connection) -> CloseReason | None: ...
+
     # An error no part of the connection expected (a bug): it must cost this connection
     # alone, never the server, the connection's slot or its descriptors.
     def connection_crashed(self, connection: Connection, exc: Exception) -> None: ...
@@ -68,11 +72,14 @@ class Owner(Protocol):
     def target_connected(self, target: ResolvedTarget) -> None: ...
 
 
-def stages_for(policy: Policy, failover_log: Every) -> list[Stage]:
+def stages_for(policy: Policy, failover_log: Every, *, proxied: bool = False) -> list[Stage]:
     """The stages a connection runs before the pump, in order: client-side ones, the dial,
     target-side ones. A new stage is a class in `stages.py` (or a module of its own) and
-    one line here."""
+    one line here. `proxied`: the peer is a load balancer the route trusts, which starts
+    with a PROXY header."""
     client_side: list[Stage] = []
+    if proxied:
+        client_side.append(ReadProxyHeader())
     if policy.first_byte_timeout:
         client_side.append(FirstByteGate(policy.first_byte_timeout))
     dial = Dial(policy.connect_timeout, keepalive=policy.keepalive, failover_log=failover_log)
@@ -95,6 +102,7 @@ class Connection:
         failover_log: Every,
         source: str = "",
         stages: Sequence[Stage] | None = None,
+        proxied: bool = False,
     ) -> None:
         self.owner = owner
         self.loop = owner.loop
@@ -103,6 +111,10 @@ class Connection:
         self.client = client
         self.client_label = client_label
         self.source = source  # the client's address, for per-source limits
+        self.client_address: tuple[str, int] | None = None  # from a PROXY header
+        self.destination_address: tuple[str, int] | None = None
+        # Whether the owner counts this connection against `source` (its per-source limit).
+        self.source_counted = False
         self.listen_label = listen_label
         self.targets = targets
         self.policy = policy
@@ -112,7 +124,9 @@ class Connection:
         self.error_detail = ""  # what went wrong, when the failure is not an errno
         self.closed = False
         self._started = time.monotonic()
-        self._stages = stages_for(policy, failover_log) if stages is None else stages
+        if stages is None:
+            stages = stages_for(policy, failover_log, proxied=proxied)
+        self._stages = stages
         self._next_stage = 0
         self._stage: Stage | None = None  # the one running, until the pump starts
         self._early = b""  # consumed from the client by its stages, for the target first
@@ -153,6 +167,16 @@ class Connection:
         self._early += data
         self._consumed += len(data)
         self.owner.stats.copied_bytes += len(data)  # through user space, as copying does
+
+    def has_consumed(self) -> bool:
+        return self._consumed > 0
+
+    def admit(self) -> bool:
+        refused = self.owner.admit(self)
+        if refused is None:
+            return True
+        self.close(refused, reset=True)
+        return False
 
     def crashed(self, exc: Exception) -> None:
         self.owner.connection_crashed(self, exc)

@@ -50,6 +50,11 @@ class StageHost(Protocol):
     poller: Poller
     client: socket.socket
     client_label: str
+    source: str  # the client's address, for allow/deny and per-source limits
+    # The client's address and the one it connected to, when a PROXY header read from a
+    # load balancer gave them (None: the client socket's own).
+    client_address: tuple[str, int] | None
+    destination_address: tuple[str, int] | None
     target: socket.socket | None  # set by the dial
     target_label: str
     targets: Sequence[ResolvedTarget]  # a client-side stage may replace them
@@ -61,6 +66,13 @@ class StageHost(Protocol):
 
     def consumed(self, data: bytes) -> None:
         """Bytes a client-side stage took from the client: the target receives them first."""
+
+    def has_consumed(self) -> bool:
+        """Whether client-side stages took bytes from the client (it has spoken)."""
+
+    def admit(self) -> bool:
+        """Check allow/deny and the per-source limit for `source` now (deferred at accept
+        for a connection whose client a PROXY header names); False: refused and closed."""
 
     def close(
         self, reason: CloseReason, *, reset: bool = False, reset_by: Side | None = None
@@ -121,6 +133,11 @@ class FirstByteGate(Stage):
 
     def start(self, host: StageHost) -> None:
         self.host = host
+        if host.has_consumed():
+            # A stage before this one read what the client sent first (the bytes after a
+            # PROXY header): it has spoken, and those bytes are no longer in the socket.
+            host.advance()
+            return
         host.poller.add_reader(host.client.fileno(), self._on_readable)
         self._timer = host.loop.call_later(self.timeout, self._on_timeout)
 
