@@ -15,7 +15,7 @@ import pytest
 
 from pyforward.config.settings import build_settings
 from pyforward.errors import ConfigError
-from pyforward.protocols.proxy import ProxyHeader
+from pyforward.protocols.proxy import ProxyHeader, build_local
 from tests.harness import TIMEOUT, Backend, fields, forwarder
 from tests.peers_edge import HOST, haproxy_sender, nginx_proxy_protocol
 from tests.test_proxy_stage import endpoint, get_from, read_header
@@ -217,3 +217,26 @@ def test_the_first_byte_gate_counts_the_bytes_that_came_with_the_header() -> Non
         [close] = fwd.closes(1)
     assert sent.source == endpoint("203.0.113.7", 40000)
     assert (close["client"], close["up"]) == ("203.0.113.7:40000", "5")
+
+
+def test_a_local_header_leaves_the_connection_the_balancers_own() -> None:
+    sink = HeaderSink()
+    with (
+        sink.backend,
+        forwarder(
+            "--listen", "127.0.0.1:0", "--target", sink.backend.address, *TRUST_HAPROXY,
+            "--proxy-protocol", "v2",
+        ) as fwd,
+        client_from(HOST, fwd.port) as peer,
+    ):  # fmt: skip
+        peer.sendall(build_local() + b"hi")
+        echoed = b""
+        while len(echoed) < 2:
+            echoed += peer.recv(2)
+        [(sent, _)] = sink.wait(1)
+        balancer_port = peer.getsockname()[1]
+        peer.close()
+        [close] = fwd.closes(1)
+    assert echoed == b"hi"
+    assert sent.source == endpoint(HOST, balancer_port)
+    assert close["client"] == f"{HOST}:{balancer_port}"

@@ -1,6 +1,7 @@
 """Who may connect: allow and deny lists of networks. Pure: strings in, decisions out.
 
-The rule, checked at accept before any connection to a target is made: a client in a
+The rule, checked at accept before any connection to a target is made (for a trusted load
+balancer's connection, once its PROXY header has named the client): a client in a
 `deny` network is refused; otherwise, when an `allow` list is given, a client outside
 every allowed network is refused; everyone else is let in.
 """
