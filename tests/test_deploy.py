@@ -137,7 +137,7 @@ def test_the_container_runs_as_non_root_with_net_bind_service_alone(
     assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
     assert ctx["readOnlyRootFilesystem"] is True
     assert ctx["privileged"] is False
-    # True only for the image's file capability (see daemonset.yaml and the image test).
+    # True for the image's file capability alone (daemonset.yaml says why).
     assert ctx["allowPrivilegeEscalation"] is True
 
 
