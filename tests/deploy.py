@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tomllib
 from collections.abc import Sequence
@@ -74,6 +75,23 @@ def with_ports(text: str, ports: dict[str, int]) -> str:
         text, count = re.subn(rf'^listen = "{old}"$', f'listen = "{new}"', text, flags=re.M)
         assert count == 1, f"no route listens on {old}"
     return text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ask(port: int, text: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(text)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    return reply
 
 
 # --- RBAC: the rules of the manifests, and the requests pyforward made

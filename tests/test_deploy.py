@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,10 @@ from tests.deploy import (
     Access,
     access_of,
     allows,
+    ask,
     config_text,
     container,
+    free_port,
     granted,
     kustomization,
     manifest_files,
@@ -183,23 +184,6 @@ def kube(tmp_path: Path) -> Iterator[KubeApi]:
     api.start()
     yield api
     api.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def ask(port: int, text: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(text)
-        sock.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
-    return reply
 
 
 def test_the_daemonset_config_runs_in_cluster_and_forwards(

@@ -23,8 +23,10 @@ import pytest
 from tests.deploy import (
     ROOT,
     SERVICE_ACCOUNT_DIR,
+    ask,
     config_text,
     container,
+    free_port,
     objects,
     service_account_files,
     skip_or_fail,
@@ -33,7 +35,6 @@ from tests.deploy import (
 from tests.echo import NamedEcho
 from tests.harness import ForwarderProcess, fields
 from tests.kubeapi import KubeApi, node, service
-from tests.test_deploy import ask, free_port
 
 IMAGE = "localhost/pyforward-tcp:test"
 
