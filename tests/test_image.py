@@ -37,6 +37,9 @@ from tests.harness import ForwarderProcess, fields
 from tests.kubeapi import KubeApi, node, service
 
 IMAGE = "localhost/pyforward-tcp:test"
+# Containers this module started, by name: removed at its end, even those whose podman
+# client was killed (the container itself would go on running).
+STARTED: list[str] = []
 
 
 def podman_command() -> list[str]:
@@ -81,11 +84,25 @@ def image() -> Iterator[str]:
     assert built.returncode == 0, built.stderr[-3000:]
     assert built.stdout.strip() == IMAGE
     yield IMAGE
+    for name in STARTED:
+        subprocess.run([*podman_command(), "rm", "--force", name], capture_output=True, check=False)
     subprocess.run([*podman_command(), "rmi", "--force", IMAGE], capture_output=True, check=False)
 
 
 def run(image: str, *options: str, args: tuple[str, ...] = ()) -> list[str]:
-    return [*podman_command(), "run", "--rm", *limits(), *options, image, *args]
+    """The podman command line that runs `image ARGS` in a container named for cleanup."""
+    STARTED.append(f"pyforward-test-{os.getpid()}-{len(STARTED)}")
+    return [
+        *podman_command(),
+        "run",
+        "--rm",
+        "--name",
+        STARTED[-1],
+        *limits(),
+        *options,
+        image,
+        *args,
+    ]
 
 
 def as_kubernetes_runs_it(image: str, *args: str) -> list[str]:
