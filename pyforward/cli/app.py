@@ -248,6 +248,9 @@ def run(
     node_ip: NodeIpOpt = None,
     state_dir: StateDirOpt = None,
     discover_timeout: DiscoverTimeoutOpt = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="Serve Prometheus metrics on HOST:PORT at /metrics [off].")
+    ] = None,
 ) -> None:
     """Listen and forward every connection to its target."""
     flags = {
@@ -277,6 +280,7 @@ def run(
         "node_ip": node_ip,
         "state_dir": state_dir,
         "discover_timeout": discover_timeout,
+        "metrics": metrics,
     }
     settings = load_settings(flags, config)
     setup_logging(settings.log_level)

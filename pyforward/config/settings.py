@@ -89,6 +89,7 @@ class Settings:
     shutdown_timeout: float
     max_connections_per_source: int | None = None
     discovery: DiscoverySettings | None = None
+    metrics: Address | None = None  # where /metrics is served; None: nowhere
 
 
 # --- value converters: each takes a raw value (str from the environment, or a TOML value)
@@ -218,6 +219,17 @@ def _listen_text(value: object) -> str:
     return text
 
 
+def _metrics_text(value: object) -> str:
+    """The metrics listener's address: a host is required, so it is reachable only where
+    the user says (a bare port would be every interface)."""
+    text = _listen_text(value)
+    if parse_listen(text).host is None:
+        raise ValueError(
+            f"{text!r} is every interface; give HOST:PORT, e.g. 127.0.0.1:{text.strip()}"
+        )
+    return text
+
+
 def _target_list(value: object) -> list[str]:
     """One target or several, checked; an empty list forwards nowhere."""
     targets = _string_list(value)
@@ -266,6 +278,7 @@ OPTIONS: dict[str, Option] = {
     "allow": Option(_network_list, [], per_route=True),
     "deny": Option(_network_list, [], per_route=True),
     "max_connections_per_source": Option(_positive_int, None),
+    "metrics": Option(_metrics_text, None),
     # Kubernetes discovery (pyforward/discovery/).
     "discover": Option(_boolean, False),
     "kubeconfig": Option(_string, None),
@@ -436,7 +449,12 @@ def build_settings(
         max_connections=max_connections,
         shutdown_timeout=pick("shutdown_timeout"),
         discovery=discovery,
+        metrics=_metrics_address(pick("metrics")),
     )
+
+
+def _metrics_address(text: str | None) -> Address | None:
+    return None if text is None else parse_listen(text)
 
 
 SourceOf = Callable[[str], "tuple[int, str] | None"]

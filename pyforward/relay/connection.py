@@ -181,6 +181,10 @@ class Connection:
         self._error = ""  # errno name of the failure, for the close line
         self._error_detail = ""  # what went wrong, when the failure is not an errno
         self.closed = False
+        # Read by the metrics at scrape time and at close (obs/metrics.py).
+        self.reason: str | None = None  # why it closed, once it has
+        self._connect_began = 0.0
+        self.connect_seconds: float | None = None  # time for the target to accept
 
     # --- connecting
 
@@ -223,6 +227,7 @@ class Connection:
         self.close("first-byte-timeout", reset=True)
 
     def _begin_connecting(self) -> None:
+        self._connect_began = time.monotonic()  # finer than uvloop's millisecond clock
         self._deadline = self._loop.time() + self._policy.connect_timeout
         self._connect_next()
 
@@ -323,6 +328,7 @@ class Connection:
 
     def _start_relay(self, target: socket.socket) -> None:
         owner = self._owner
+        self.connect_seconds = time.monotonic() - self._connect_began
         owner.target_connected(self._targets[self._attempt])
         pipes = owner.pipes
         if pipes is not None:
@@ -463,12 +469,19 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.reason = reason
         try:
             self._release(reset=reset)
             self._log_close(reason)
         finally:
             # Whatever failed above, the slot is given back.
             self._owner.connection_closed(self)
+
+    def byte_counts(self) -> tuple[int, int]:
+        """Bytes relayed so far: client to target (up), target to client (down)."""
+        if not self._directions:
+            return 0, 0
+        return self._directions[0].total, self._directions[1].total
 
     def _release(self, *, reset: bool) -> None:
         poller = self._poller
