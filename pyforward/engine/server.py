@@ -233,7 +233,7 @@ class Forwarder:
             listener.route, listener.targets = new_route, resolved[listener.route_id]
             listener.policy, listener.access = _policy(new_route), new_route.access
             kept.append(listener)
-        for name in ("relay", "loop", "backlog"):
+        for name in ("relay", "loop", "backlog", "metrics"):
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
         self.listeners = kept + opened
