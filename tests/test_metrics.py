@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
+from pyforward.obs.metrics import DiscoveryState, make_registry
 from tests.harness import (
     TIMEOUT,
     Backend,
@@ -384,3 +386,33 @@ def test_prometheus_scrapes_exact_counts_and_target_health(tmp_path: Path) -> No
         wait_value(query, f'sum(pyforward_connections_total{{listen="{listen}"}})', 8)
         wait_value(query, 'up{job="pyforward"}', 1)
         assert value_of(query, "process_open_fds") is not None
+
+
+def test_refused_clients_are_counted_by_reason() -> None:
+    with forwarder(
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "127.0.0.1:9",
+        "--deny",
+        "127.0.0.1",
+        "--metrics",
+        "127.0.0.1:0",
+    ) as fwd:
+        port = metrics_port(fwd)
+        listen = f"127.0.0.1:{fwd.port}"
+        for _ in range(3):
+            connect_and_read(fwd.port, b"let me in")
+        wanted = f'pyforward_refused_total{{listen="{listen}",reason="denied"}}'
+        wait_until(lambda: samples(scrape(port)).get(wanted) == 3, "3 denied clients")
+        found = samples(scrape(port))
+        assert sum(v for k, v in found.items() if k.startswith("pyforward_connections_total")) == 0
+
+
+def test_discovery_families_come_from_the_discovery_state() -> None:
+    registry = make_registry(lambda: None, lambda: DiscoveryState(True, 1_700_000_000.0))
+    found = samples(generate_latest(registry).decode())
+    assert found["pyforward_discovery_degraded"] == 1
+    assert found["pyforward_discovery_last_change_timestamp_seconds"] == 1.7e9
+    static = samples(generate_latest(make_registry(lambda: None)).decode())
+    assert "pyforward_discovery_degraded" not in static
