@@ -416,3 +416,14 @@ def test_discovery_families_come_from_the_discovery_state() -> None:
     assert found["pyforward_discovery_last_change_timestamp_seconds"] == 1.7e9
     static = samples(generate_latest(make_registry(lambda: None)).decode())
     assert "pyforward_discovery_degraded" not in static
+
+
+def test_check_tries_the_metrics_address() -> None:
+    result = run_cli(
+        "check", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--metrics", "192.0.2.1:9464"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        "error: metrics 192.0.2.1:9464: cannot listen on 192.0.2.1:9464: "
+        "192.0.2.1 is not an address of this host"
+    ) in result.stdout.splitlines()
