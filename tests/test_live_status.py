@@ -6,8 +6,11 @@ import socket
 
 import pytest
 
+from pyforward.config.addresses import parse_listen
 from pyforward.obs.live import ScrapeError, parse_scrape
-from tests.harness import Backend, connect, echo, forwarder, recv_all, run_cli
+from pyforward.obs.live_status import add_live_checks
+from pyforward.systemd.status import Level, StatusReport
+from tests.harness import Backend, connect, connect_and_read, echo, forwarder, recv_all, run_cli
 from tests.test_metrics import free_port, metrics_port
 
 SCRAPE = """\
@@ -85,3 +88,24 @@ def test_status_when_nothing_runs() -> None:
         f"(is one running with --metrics {address}?)",
         "down: forwarding does not work",
     ]
+
+
+def test_a_service_status_adds_the_forwarders_own_account() -> None:
+    target = f"127.0.0.1:{free_port()}"
+    with forwarder(
+        "--listen", "127.0.0.1:0", "--target", target, "--metrics", "127.0.0.1:0"
+    ) as fwd:
+        address = parse_listen(f"127.0.0.1:{metrics_port(fwd)}")
+        connect_and_read(fwd.port, b"anyone?")
+        fwd.closes(1)
+        report = StatusReport("pyforward")
+        add_live_checks(report, address, of_service=True)
+        assert [(c.subject, c.level) for c in report.checks] == [
+            (f"metrics {address}", Level.OK),
+            (f"listen 127.0.0.1:{fwd.port}", Level.OK),
+            (f"target {target}", Level.WARN),
+        ]
+    # A service whose endpoint is silent still forwards, as far as this says: a warning.
+    report = StatusReport("pyforward")
+    assert add_live_checks(report, address, of_service=True) is None
+    assert [c.level for c in report.checks] == [Level.WARN]

@@ -26,15 +26,20 @@ def live_status(address: Address) -> StatusReport:
     return report
 
 
-def add_live_checks(report: StatusReport, address: Address) -> LiveState | None:
-    """Add what the forwarder at `address` says to `report`; None when nothing answers."""
+def add_live_checks(
+    report: StatusReport, address: Address, *, of_service: bool = False
+) -> LiveState | None:
+    """Add what the forwarder at `address` says to `report`; None when nothing answers.
+
+    `of_service`: the service's status has checked its listeners and targets already; add
+    only the forwarder's own account, and a silent endpoint is a warning, not an outage."""
     subject = f"metrics {address}"
     try:
         state = read_live(address)
     except ScrapeError as exc:
         report.add(
             subject,
-            Level.DOWN,
+            Level.WARN if of_service else Level.DOWN,
             f"{exc}: no pyforward answers here (is one running with --metrics {address}?)",
         )
         return None
@@ -55,6 +60,15 @@ def add_live_checks(report: StatusReport, address: Address) -> LiveState | None:
             f"{_plural(counts.active, 'active connection')}, {counts.ended} ended{badly}"
             f"{refused}; up {_bytes(counts.up)}, down {_bytes(counts.down)}",
         )
+        if of_service:
+            for target, up in counts.targets.items():
+                if not up:
+                    report.add(
+                        f"target {target}",
+                        Level.WARN,
+                        "pyforward has it down after a failed connect",
+                    )
+            continue
         results = {target: _try(target) for target in counts.targets}
         reachable = [target for target, problem in results.items() if problem is None]
         down = Level.DOWN if not reachable else Level.WARN
