@@ -209,6 +209,9 @@ class Runtime:
         on_ready: Callable[[Forwarder], None] | None,
         passed: dict[int, list[socket.socket]],
     ) -> Forwarder:
+        if self.settings.metrics is not None:
+            # Imported here: forwarding without --metrics never loads prometheus_client.
+            from pyforward.obs.serve_metrics import start_metrics  # noqa: PLC0415
         fd_limit = raise_fd_limit()
         settings = await self.source.start(self.settings)
         forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
@@ -229,9 +232,6 @@ class Runtime:
         metrics = None
         try:
             if settings.metrics is not None:
-                # Imported here: forwarding without --metrics never loads prometheus_client.
-                from pyforward.obs.serve_metrics import start_metrics  # noqa: PLC0415
-
                 metrics = await start_metrics(settings.metrics, self)
             self.forwarder = forwarder
             self.source.attach(self)
