@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
+# Registers the discovery keys of the settings schema, as the CLI does on import.
+import pyforward.discovery.options  # noqa: F401
 from pyforward.engine.fdlimit import raise_fd_limit
 from tests.pyz import Build, build
 

@@ -37,24 +37,34 @@ class ForwarderProcess:
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
         program: Sequence[str] = (sys.executable, "-m", "pyforward"),
+        journal: bool = False,
     ) -> None:
+        """`journal`: stderr is a pipe that `JOURNAL_STREAM` names, as systemd sets up the
+        journal stream of a service (systemd.exec(5))."""
         self.args = list(args)
         self.lines: list[str] = []
         self.close_lines: list[dict[str, str]] = []
         self._changed = threading.Condition()
-        self.proc = subprocess.Popen(
-            [*prefix, *program, *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
+        env = {**os.environ, **(env or {})}
+        read_end, write_end = os.pipe()
+        if journal:
+            stat = os.fstat(write_end)
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        try:
+            self.proc = subprocess.Popen(
+                [*prefix, *program, *self.args],
+                stdout=subprocess.DEVNULL,
+                stderr=write_end,
+                env=env,
+            )
+        finally:
+            os.close(write_end)
+        self.stderr = open(read_end, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        for line in self.stderr:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
                 if "event=close " in line:
@@ -130,8 +140,7 @@ class ForwarderProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(timeout)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        self.stderr.close()
         return code
 
     def fd_count(self) -> int:
@@ -143,10 +152,13 @@ class ForwarderProcess:
 
 @contextlib.contextmanager
 def forwarder(
-    *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    journal: bool = False,
 ) -> Iterator[ForwarderProcess]:
     """`pyforward run ARGS`, listening once the block starts; `prefix` wraps the command."""
-    process = ForwarderProcess(["run", *args], env=env, prefix=prefix)
+    process = ForwarderProcess(["run", *args], env=env, prefix=prefix, journal=journal)
     try:
         process.wait_line(_LISTEN.pattern)
         yield process

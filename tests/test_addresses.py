@@ -49,7 +49,7 @@ def test_target_forms(text: str, expected: Address) -> None:
         ("host:0", "port must be 1-65535"),
         ("host:65536", "port must be 1-65535"),
         ("host:http", "is not a number"),
-        ("host:", "is not a number"),
+        ("host:", "the port is empty"),
         ("::1:443", "[ADDRESS]:PORT"),
         ("[::1]443", "expected [IPV6]:PORT"),
         ("[nothex]:443", "is not an IPv6 address"),

@@ -12,6 +12,7 @@ from pyforward.config.settings import build_settings
 from pyforward.engine import server
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import CloseSummary, LogConnections, logs_close
+from pyforward.obs.reasons import CloseReason
 from tests.harness import (
     Backend,
     ForwarderProcess,
@@ -24,7 +25,7 @@ from tests.inprocess import running
 
 
 def test_which_reasons_get_a_line_in_each_mode() -> None:
-    reasons = ["eof", "reset", "refused", "idle-timeout", "error"]
+    reasons = [CloseReason(r) for r in ("eof", "reset", "refused", "idle-timeout", "error")]
     assert [logs_close(LogConnections.ALL, r) for r in reasons] == [True] * 5
     assert [logs_close(LogConnections.ERRORS, r) for r in reasons] == [False] + [True] * 4
     assert [logs_close(LogConnections.NONE, r) for r in reasons] == [False] * 5
@@ -33,8 +34,8 @@ def test_which_reasons_get_a_line_in_each_mode() -> None:
 def test_the_summary_counts_per_listener_in_reason_order_and_starts_afresh() -> None:
     summary = CloseSummary()
     for reason in ("reset", "eof", "eof", "refused"):
-        summary.count("127.0.0.1:443", reason)
-    summary.count("[::1]:80", "eof")
+        summary.count("127.0.0.1:443", CloseReason(reason))
+    summary.count("[::1]:80", CloseReason.EOF)
     assert summary.take() == [
         {
             "event": "closed-summary",
@@ -112,7 +113,9 @@ def test_errors_mode_logs_only_failed_connections_and_counts_the_clean_ones(
     assert len(process.close_lines) == 5
     # The clean closes left out are counted, once the forwarder stops at the latest.
     [summary] = [fields(line) for line in process.lines if "event=closed-summary" in line]
+    del summary["ts"]
     assert summary == {
+        "level": "info",
         "event": "closed-summary",
         "listen": f"127.0.0.1:{quiet}",
         "closed_eof": "20",

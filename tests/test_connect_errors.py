@@ -18,7 +18,7 @@ import pytest
 
 from pyforward.config.settings import build_settings
 from pyforward.engine.server import Forwarder
-from pyforward.relay import connection
+from pyforward.relay import connection, dial
 from pyforward.relay.connection import ResolvedTarget
 from tests.harness import Backend, connect, connect_and_read, echo, fields
 from tests.inprocess import LogLines, on_loop, running
@@ -152,16 +152,16 @@ def test_a_target_connect_cannot_take_is_passed_over_for_the_next() -> None:
 
 
 @pytest.mark.parametrize(
-    "broken_step",
+    ("broken_class", "broken_step"),
     # Called from the accept path; called from the event loop once the target accepted.
-    ["_begin_connecting", "_start_relay"],
+    [(dial.Dial, "start"), (connection.Connection, "_start_pump")],
 )
 def test_an_error_nothing_expected_still_frees_the_slot_and_the_descriptors(
-    monkeypatch: pytest.MonkeyPatch, broken_step: str
+    monkeypatch: pytest.MonkeyPatch, broken_class: type, broken_step: str
 ) -> None:
     """The safety net: whatever escapes a connection closes that connection alone."""
 
-    def broken(self: connection.Connection, *args: object) -> None:
+    def broken(self: object, *args: object) -> None:
         raise RuntimeError("injected fault")
 
     # A target that completes handshakes in its backlog and never accepts: unlike a
@@ -171,7 +171,7 @@ def test_an_error_nothing_expected_still_frees_the_slot_and_the_descriptors(
         Backend(echo) as backend,
         capped_forwarder(f"127.0.0.1:{never_accepts.getsockname()[1]}") as (forwarder, logs, port),
     ):
-        monkeypatch.setattr(connection.Connection, broken_step, broken)
+        monkeypatch.setattr(broken_class, broken_step, broken)
         baseline = fd_count()
         for count in (1, 2):
             close = assert_reset_with(port, logs, count)

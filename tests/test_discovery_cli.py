@@ -504,12 +504,13 @@ async def test_run_discover_follows_a_nodeport_change(kube: KubeApi, tmp_path: P
 def test_static_forwarding_does_not_import_kubernetes(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
-        import asyncio, sys
-        from pyforward.cli import app as cli
+        import asyncio, os, sys
+        import pyforward.cli.app
+        from pyforward.config.load import load_settings
         from pyforward.engine.runtime import serve
 
-        settings = cli.load_settings(
-            {"listen": "127.0.0.1:0", "target": ["127.0.0.1:9"]}, None
+        settings = load_settings(
+            {"listen": "127.0.0.1:0", "target": ["127.0.0.1:9"]}, None, dict(os.environ)
         )
         async def main():
             stop = asyncio.Event()

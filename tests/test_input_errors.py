@@ -15,6 +15,7 @@ import pytest
 from pyforward.cli.app import main
 from pyforward.config.settings import LogLevel, build_settings
 from pyforward.systemd import systemctl
+from pyforward.systemd.install import InstallPaths
 from tests.harness import run_cli
 from tests.kubeapi import KubeApi
 
@@ -28,18 +29,25 @@ def no_pyforward_variables(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], paths: InstallPaths | None = None
+) -> tuple[int, str, str]:
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main(args)
+        main(args, paths=paths)
     captured = capsys.readouterr()
     code = info.value.code
     return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
-def error_line(args: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:
+def error_line(
+    args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    code: int = 2,
+    paths: InstallPaths | None = None,
+) -> str:
     """The one line a refused invocation prints, checked for its form and exit status."""
-    got, out, err = cli(args, capsys)
+    got, out, err = cli(args, capsys, paths)
     assert (got, out) == (code, ""), err
     lines = err.splitlines()
     assert len(lines) == 1, err
@@ -267,8 +275,11 @@ def test_no_arguments_prints_the_usual_help(capsys: pytest.CaptureFixture[str]) 
 def test_install_named_unit_that_does_not_exist_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
-    line = error_line(["install", "--dry-run", "--name", "k3s-ingress-forward"], capsys)
+    line = error_line(
+        ["install", "--dry-run", "--name", "k3s-ingress-forward"],
+        capsys,
+        paths=InstallPaths(unit_dir=tmp_path),
+    )
     assert line.startswith(
         f"no route given, and there is no unit {tmp_path}/k3s-ingress-forward.service "
         "to take routes from"

@@ -231,12 +231,13 @@ def test_a_metrics_port_in_use_is_a_listen_error() -> None:
 def test_static_forwarding_without_metrics_does_not_import_prometheus_client() -> None:
     script = textwrap.dedent(
         """
-        import asyncio, sys
-        from pyforward.cli import app as cli
+        import asyncio, os, sys
+        import pyforward.cli.app
+        from pyforward.config.load import load_settings
         from pyforward.engine.runtime import serve
 
-        settings = cli.load_settings(
-            {"listen": "127.0.0.1:0", "target": ["127.0.0.1:9"]}, None
+        settings = load_settings(
+            {"listen": "127.0.0.1:0", "target": ["127.0.0.1:9"]}, None, dict(os.environ)
         )
         async def main():
             stop = asyncio.Event()

@@ -11,6 +11,7 @@ import pytest_asyncio
 from pyforward.config.settings import build_settings
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
+from pyforward.obs.reasons import CloseReason
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -75,7 +76,7 @@ async def test_one_connection_then_the_listener_closes_and_serve_returns(echo_po
     writer.close()
     forwarder = await asyncio.wait_for(task, 10)
     assert forwarder.stats.accepted == 1
-    assert forwarder.stats.closed["eof"] == 1
+    assert forwarder.stats.closed[CloseReason.EOF] == 1
 
 
 @pytest.mark.asyncio
@@ -90,7 +91,7 @@ async def test_a_connection_the_target_refuses_also_ends_the_run(echo_port: int)
         await reader.read()
     writer.close()
     forwarder = await asyncio.wait_for(task, 10)
-    assert forwarder.stats.closed["refused"] == 1
+    assert forwarder.stats.closed[CloseReason.REFUSED] == 1
 
 
 @pytest.mark.asyncio

@@ -19,6 +19,7 @@ from pyforward.systemd import install as service
 from pyforward.systemd import procnet as ports
 from pyforward.systemd import status as service_status
 from pyforward.systemd import systemctl
+from pyforward.systemd.install import InstallPaths
 from pyforward.systemd.installation import Installation
 from pyforward.systemd.status import (
     Check,
@@ -41,9 +42,11 @@ def installed_in_opt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "ports_taken", lambda plan: [])
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], paths: InstallPaths | None = None
+) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as info:
-        main(args)
+        main(args, paths=paths)
     captured = capsys.readouterr()
     code = info.value.code
     return (code if isinstance(code, int) else 1), captured.out, captured.err
@@ -122,8 +125,7 @@ def test_a_port_another_program_holds_is_refused_by_install_and_its_dry_run(
 ) -> None:
     monkeypatch.setattr(service, "ports_taken", PORTS_TAKEN)
     monkeypatch.setattr(service, "_pids_of", lambda unit: set())  # no such service yet
-    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
-    monkeypatch.setattr(service, "CONFIG_DIR", tmp_path / "etc")
+    paths = InstallPaths(config_dir=tmp_path / "etc", unit_dir=tmp_path)
     with socket.create_server(("127.0.0.1", 0)) as other:  # "another program": this one
         port = other.getsockname()[1]
         args = ["--listen", f"127.0.0.1:{port}", "--target", "10.0.0.5:32653"]
@@ -132,18 +134,18 @@ def test_a_port_another_program_holds_is_refused_by_install_and_its_dry_run(
             f"pid {os.getpid()} ({ports.process_name(os.getpid())}); stop it or choose "
             f"another port (see: ss -ltnp 'sport = :{port}')"
         )
-        code, out, err = run_cli(["install", "--dry-run", *args], capsys)
+        code, out, err = run_cli(["install", "--dry-run", *args], capsys, paths)
         assert code == 1
         assert f"==> {tmp_path}/pyforward.service <==" in out
         assert err == f"pyforward: error: install (without --dry-run) would refuse: {held}\n"
 
         monkeypatch.setattr(systemctl, "is_root", lambda: True)
         monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
-        code, out, err = run_cli(["install", *args], capsys)
+        code, out, err = run_cli(["install", *args], capsys, paths)
         assert (code, out, err) == (1, "", f"pyforward: error: {held}\n")
         assert list(tmp_path.iterdir()) == []  # refused before writing anything
     # Free again: the dry run has nothing to say.
-    code, out, err = run_cli(["install", "--dry-run", *args], capsys)
+    code, out, err = run_cli(["install", "--dry-run", *args], capsys, paths)
     assert (code, err) == (0, "")
 
 
@@ -242,10 +244,11 @@ WantedBy=multi-user.target
 def test_dry_run_carries_routes_over_from_the_socat_unit_it_replaces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
     (tmp_path / "k3s-ingress-forward.service").write_text(SOCAT_UNIT)
     code, out, err = run_cli(
-        ["install", "--dry-run", "--name", "k3s-ingress-forward", "--idle-timeout", "30"], capsys
+        ["install", "--dry-run", "--name", "k3s-ingress-forward", "--idle-timeout", "30"],
+        capsys,
+        InstallPaths(unit_dir=tmp_path),
     )
     assert code == 0, err
     assert "from k3s-ingress-forward.service: listen *:443 (from TCP-LISTEN:443)" in err
@@ -261,9 +264,10 @@ def test_dry_run_carries_routes_over_from_the_socat_unit_it_replaces(
 def test_no_route_and_a_unit_that_is_not_socat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path)
     (tmp_path / "web.service").write_text("[Service]\nExecStart=/usr/sbin/nginx\n")
-    code, out, err = run_cli(["install", "--dry-run", "--name", "web"], capsys)
+    code, out, err = run_cli(
+        ["install", "--dry-run", "--name", "web"], capsys, InstallPaths(unit_dir=tmp_path)
+    )
     assert (code, out) == (2, "")
     assert "cannot be carried over: ExecStart= runs '/usr/sbin/nginx', not socat" in err
 
@@ -441,37 +445,37 @@ def test_systemctl_never_reads_a_unit_name_as_an_option() -> None:
 
 
 @pytest.fixture
-def system_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InstallPaths:
     """Root and systemd as far as the checks go, with /etc/pyforward and the unit
     directory under tmp_path."""
     monkeypatch.setattr(systemctl, "is_root", lambda: True)
     monkeypatch.setattr(systemctl, "systemd_running", lambda: True)
-    monkeypatch.setattr(systemctl, "UNIT_DIR", tmp_path / "systemd")
-    monkeypatch.setattr(service, "CONFIG_DIR", tmp_path / "pyforward")
-    monkeypatch.setattr(service, "BACKUP_DIR", tmp_path / "pyforward" / "backup")
-    (tmp_path / "systemd").mkdir()
-    (tmp_path / "pyforward").mkdir()
-    return tmp_path
+    paths = InstallPaths(config_dir=tmp_path / "pyforward", unit_dir=tmp_path / "systemd")
+    paths.unit_dir.mkdir()
+    paths.config_dir.mkdir()
+    return paths
 
 
-def config_install_writes(name: str, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
-    code, out, err = run_cli(["install", "--dry-run", f"--name={name}", *ROUTE], capsys)
+def config_install_writes(
+    name: str, capsys: pytest.CaptureFixture[str], paths: InstallPaths
+) -> tuple[Path, str]:
+    code, out, err = run_cli(["install", "--dry-run", f"--name={name}", *ROUTE], capsys, paths)
     assert code == 0, err
-    path = service.config_path(name)
+    path = service.config_path(name, paths)
     return path, out.split(f"==> {path} <==\n")[1].split("==> ")[0]
 
 
 def test_uninstall_leaves_a_config_file_install_did_not_write(
-    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+    paths: InstallPaths, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    own = system_dirs / "pyforward" / "edge.toml"
+    own = paths.config_dir / "edge.toml"
     own.write_text('# my own routes\nlisten = "443"\ntarget = ["10.0.0.5:1"]\n')
     # One install wrote for another name is not edge's either.
-    other_path, other_text = config_install_writes("other", capsys)
-    (system_dirs / "pyforward" / "edge2.toml").write_text(other_text)
-    for name, path in (("edge", own), ("edge2", system_dirs / "pyforward" / "edge2.toml")):
+    other_path, other_text = config_install_writes("other", capsys, paths)
+    (paths.config_dir / "edge2.toml").write_text(other_text)
+    for name, path in (("edge", own), ("edge2", paths.config_dir / "edge2.toml")):
         before = path.read_text()
-        code, out, err = run_cli(["uninstall", f"--name={name}"], capsys)
+        code, out, err = run_cli(["uninstall", f"--name={name}"], capsys, paths)
         assert code == 0, err
         assert path.read_text() == before
         assert f"{path} was not written by `pyforward install --name {name}`" in out
@@ -480,34 +484,36 @@ def test_uninstall_leaves_a_config_file_install_did_not_write(
 
 
 def test_uninstall_removes_the_config_file_install_wrote(
-    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+    paths: InstallPaths, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path, text = config_install_writes("edge", capsys)
+    path, text = config_install_writes("edge", capsys, paths)
     path.write_text(text)
-    code, out, err = run_cli(["uninstall", "--name=edge"], capsys)
+    code, out, err = run_cli(["uninstall", "--name=edge"], capsys, paths)
     assert code == 0, err
     assert not path.exists()
     assert f"removed {path}" in out
 
 
 def test_install_keeps_a_config_file_it_did_not_write_and_uninstall_restores_it(
-    system_dirs: Path, capsys: pytest.CaptureFixture[str]
+    paths: InstallPaths, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    own = service.config_path("edge")
+    own = service.config_path("edge", paths)
     own.write_text('# my own routes, with my comments\nlisten = "443"\ntarget = ["10.0.0.5:1"]\n')
     before = own.read_text()
-    code, _, err = run_cli(["install", "--dry-run", "--name=edge", "--config", str(own)], capsys)
+    code, _, err = run_cli(
+        ["install", "--dry-run", "--name=edge", "--config", str(own)], capsys, paths
+    )
     assert code == 0, err
     assert f"would keep {own} (not written by pyforward install)" in err
     assert own.read_text() == before  # a dry run changes nothing
     # What install does before it writes: the file moves aside, its own takes the place.
-    path, text = config_install_writes("edge", capsys)
-    service.keep_foreign_config("edge", print)
+    path, text = config_install_writes("edge", capsys, paths)
+    service.keep_foreign_config("edge", print, paths)
     assert not own.exists()
     path.write_text(text)
-    service.keep_foreign_config("edge", print)  # its own file stays
+    service.keep_foreign_config("edge", print, paths)  # its own file stays
     assert path.read_text() == text
-    code, out, err = run_cli(["uninstall", "--name=edge"], capsys)
+    code, out, err = run_cli(["uninstall", "--name=edge"], capsys, paths)
     assert code == 0, err
     assert own.read_text() == before
     assert f"restored {own}" in out

@@ -387,8 +387,7 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         ),
         (
             "TCP-LISTEN:-1 TCP:10.0.0.5:80",
-            "address 'TCP-LISTEN:-1': port '-1' is not a number "
-            "(pyforward takes port numbers, not service names)",
+            "address 'TCP-LISTEN:-1': port must be 0-65535, got -1",
         ),
         # bad hosts and families
         (

@@ -96,6 +96,12 @@ def status_json(box: SystemdBox, name: str) -> tuple[int, dict[str, object]]:
     return code, json.loads(out)
 
 
+def journal(box: SystemdBox, priority: str, unit: str = "pyforward.service") -> str:
+    """The unit's journal at `priority` and above, messages only."""
+    args = ["journalctl", "-u", unit, "-p", priority, "-o", "cat", "--no-pager"]
+    return box.run(args).stdout
+
+
 def levels(report: dict[str, object]) -> dict[str, str]:
     checks = report["checks"]
     assert isinstance(checks, list)
@@ -187,6 +193,12 @@ def test_install_serves_survives_sigkill_reports_status_and_uninstalls(
         assert code == 2, report
         assert levels(report).get(f"target {target}") == "down", report
         assert levels(report).get("listen *:443") == "ok", report
+        # The journal took each line's priority: the target's warning is shown by
+        # `journalctl -p warning`, the info lines (start, listen, close) are not.
+        down = f"level=warning event=target-down target={target} "
+        box.wait_for("the warning in the journal", lambda: down in journal(box, "warning"))
+        assert "level=info" not in journal(box, "warning")
+        assert "level=info event=start " in journal(box, "info")
         backend.start()
         assert status_json(box, "pyforward")[0] == 0
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from pyforward.cli.help import TakesRunOptions
+from pyforward.cli.options import run_flags
+from pyforward.config.load import load_layers
 from pyforward.errors import ConfigError
 from pyforward.systemd import install as service
 from pyforward.systemd import installation
@@ -29,6 +32,12 @@ NameOpt = Annotated[
 ]
 
 
+def install_paths(ctx: typer.Context) -> service.InstallPaths:
+    """Where install writes: the system's directories, unless the caller of the CLI gave
+    others as the context object (`main(argv, paths=...)`)."""
+    return ctx.obj if isinstance(ctx.obj, service.InstallPaths) else service.SYSTEM
+
+
 def find_installation() -> installation.Installation:
     """This installation, checked for what the hardened service can reach."""
     return installation.this_installation()
@@ -36,13 +45,6 @@ def find_installation() -> installation.Installation:
 
 def _echo_err(line: str) -> None:
     typer.echo(line, err=True)
-
-
-def _run_flags(ctx: typer.Context) -> tuple[dict[str, Any], Path | None]:
-    """Parse the arguments install did not know with `run`'s own options."""
-    from pyforward.cli.app import run_flags  # noqa: PLC0415  (cli imports this module)
-
-    return run_flags(ctx, "pyforward install")
 
 
 def install(
@@ -88,20 +90,19 @@ def install(
     k3s-ingress-forward's socat) is stopped and kept; `pyforward uninstall` restores it.
     Given no route, install takes the routes from that socat unit's ExecStart=.
     """
-    from pyforward.cli.app import load_config  # noqa: PLC0415  (cli imports this module)
-
-    flags, config = _run_flags(ctx)
+    flags, config = run_flags(ctx, "pyforward install")
     env = dict(os.environ)
     if not dry_run:
         service.require_systemd("install")
-    file_data, file_source = load_config(config, env)
+    paths = install_paths(ctx)
+    layers = load_layers(flags, config, env)
     found, source = None, ""
     if from_unit is not None:
         found, source = service.carry_over_unit(Path(from_unit)), from_unit
-    elif not service.routes_given(flags, env, file_data):
+    elif not service.routes_given(flags, env, layers.file_data):
         # Replacing a socat unit: its ExecStart= says where to listen and forward.
-        found, source = service.carry_over_replaced_unit(name), f"{name}.service"
-        unit_file = service.unit_path(f"{name}.service")
+        found, source = service.carry_over_replaced_unit(name, paths), f"{name}.service"
+        unit_file = service.unit_path(f"{name}.service", paths)
         if found is None and name != NAME_DEFAULT and not unit_file.exists():
             raise ConfigError(
                 f"no route given, and there is no unit {unit_file} to take routes from; "
@@ -109,19 +110,17 @@ def install(
             )
     if found is not None:
         given = {k: v for k, v in flags.items() if v not in (None, [], ())}
-        flags = {**flags, **found.flags, **given}
+        layers = replace(layers, flags={**flags, **found.flags, **given})
         for item in found.carried:
             _echo_err(f"from {source}: {item}")
         for item in found.dropped:
             _echo_err(f"from {source}, not carried over: {item}")
     request = service.InstallRequest(
         name=name,
-        flags=flags,
-        env=env,
-        file_data=file_data,
-        file_source=file_source,
+        layers=layers,
         socket_activation=socket_activation,
         kubeconfig=kubeconfig,
+        paths=paths,
     )
     plan = service.plan_install(request, find_installation)
     if plan.kubeconfig_note:
@@ -130,13 +129,13 @@ def install(
         for unit_file in service.foreign_units(plan):
             _echo_err(
                 f"would stop {unit_file.name} (not written by pyforward) and keep it as "
-                f"{service.BACKUP_DIR / unit_file.name} for uninstall to restore"
+                f"{paths.backup_dir / unit_file.name} for uninstall to restore"
             )
-        config = service.foreign_config(plan.name)
+        config = service.foreign_config(plan.name, paths)
         if config is not None:
             _echo_err(
                 f"would keep {config} (not written by pyforward install) as "
-                f"{service.BACKUP_DIR / config.name} for uninstall to restore"
+                f"{paths.backup_dir / config.name} for uninstall to restore"
             )
         typer.echo(service.render_plan(plan), nl=False)
         sys.stdout.flush()
@@ -152,6 +151,7 @@ def install(
 
 
 def status(
+    ctx: typer.Context,
     name: NameOpt = "pyforward",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     metrics: Annotated[
@@ -177,15 +177,15 @@ def status(
             raise typer.Exit(2) from None
         report = live_status(address)
     else:
-        report = service_status.status(name)
+        report = service_status.status(name, install_paths(ctx))
     typer.echo(report.to_json() if as_json else report.to_text())
     sys.stdout.flush()
     raise typer.Exit(report.exit_code)
 
 
-def uninstall(name: NameOpt = "pyforward") -> None:
+def uninstall(ctx: typer.Context, name: NameOpt = "pyforward") -> None:
     """Stop, disable and remove the service, its config, and restore a replaced unit."""
-    service.uninstall(name, typer.echo)
+    service.uninstall(name, typer.echo, install_paths(ctx))
 
 
 def register_service_commands(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from pyforward.errors import ConfigError
 
@@ -38,9 +39,7 @@ class Address:
     def __str__(self) -> str:
         if self.host is None:
             return f"*:{self.port}"
-        if self.is_ipv6_literal:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def parse_listen(text: str) -> Address:
@@ -128,16 +127,36 @@ def _check_zone(zone: str, text: str, what: str) -> None:
 
 
 def _parse_port(port_text: str, text: str, what: str, min_port: int) -> int:
-    if port_text.startswith("-") and port_text[1:].isascii() and port_text[1:].isdigit():
-        raise ConfigError(
-            f"invalid {what} {text!r}: port must be {min_port}-65535, got {port_text}"
-        )
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ConfigError(f"invalid {what} {text!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if not min_port <= port <= 65535:
-        raise ConfigError(f"invalid {what} {text!r}: port must be {min_port}-65535, got {port}")
+    try:
+        return port_number(port_text, min_port)
+    except PortError as exc:
+        raise ConfigError(f"invalid {what} {text!r}: {exc}") from None
+
+
+class PortError(ValueError):
+    """Text that is no port; the message says why, for the caller to place in its own."""
+
+    def __init__(self, problem: str, *, not_a_number: bool = False) -> None:
+        super().__init__(problem)
+        self.not_a_number = not_a_number
+
+
+def port_number(text: str, minimum: int = 1) -> int:
+    """The port `text` names (a decimal number, `minimum`-65535), or a PortError."""
+    if not text:
+        raise PortError("the port is empty")
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isascii() or not digits.isdigit():
+        raise PortError(f"port {text!r} is not a number", not_a_number=True)
+    port = int(text)
+    if not minimum <= port <= 65535:
+        raise PortError(f"port must be {minimum}-65535, got {port}")
     return port
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def client_host(host: str) -> str:
@@ -152,5 +171,4 @@ def format_peer(sockaddr: tuple[object, ...] | str) -> str:
     if isinstance(sockaddr, str):
         return sockaddr
     host = client_host(str(sockaddr[0]))
-    port = sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, cast(int, sockaddr[1]))

@@ -7,6 +7,13 @@ that route; a flag or environment variable overrides both. Routes themselves com
 from the first layer that defines any (`--listen`/`--target`/`--route`, then
 `PYFORWARD_LISTEN`/`PYFORWARD_TARGET`/`PYFORWARD_ROUTE`, then the file).
 
+The schema (`OPTIONS`) is the one place a setting is defined: its converter, default,
+flag (the CLI's options are made from it, cli/options.py) and, for a per-route one, where
+its value goes in the `Route` (most into the connection `Policy` the route carries). A
+feature outside the core registers its keys and its part of the building (`register`,
+`Feature`): Kubernetes discovery does so from pyforward/discovery/options.py, so nothing
+here imports discovery.
+
 Everything here is pure: values in, a frozen `Settings` or a `ConfigError` out.
 """
 
@@ -16,27 +23,19 @@ import difflib
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyforward.config.access import AccessList, parse_network
 from pyforward.config.addresses import Address, parse_listen, parse_target
 from pyforward.config.overlap import overlapping_listens
-from pyforward.discovery.options import (
-    DEFAULT_BOOT_TIMEOUT,
-    DEFAULT_SERVICE,
-    DEFAULT_SERVICE_PORT,
-    PRESETS,
-    DiscoverySettings,
-    PresetName,
-    default_state_dir,
-    parse_node_ip,
-    parse_port_ref,
-    parse_service_ref,
-)
+from pyforward.config.policy import Policy
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import LogConnections
+
+if TYPE_CHECKING:  # a type only: the core loads nothing of discovery
+    from pyforward.discovery.options import DiscoverySettings
 
 ENV_PREFIX = "PYFORWARD_"
 # The kernel caps a backlog at net.core.somaxconn anyway; anything larger is a typo.
@@ -64,18 +63,34 @@ class LogLevel(StrEnum):
 
 @dataclass(frozen=True)
 class Route:
-    """One listener and where its connections go."""
+    """One listener, where its connections go, and what each connection needs to know."""
 
     listen: Address
     targets: tuple[Address, ...]
-    connect_timeout: float
-    idle_timeout: float | None
-    keepalive: bool
+    policy: Policy
     access: AccessList = field(default_factory=AccessList)
-    first_byte_timeout: float | None = None
     # Discovered routes: no static targets; the Service port (name or number) to follow.
     service_port: str | None = None
-    log_connections: LogConnections = LogConnections.ALL
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.policy.connect_timeout
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.policy.idle_timeout
+
+    @property
+    def keepalive(self) -> bool:
+        return self.policy.keepalive
+
+    @property
+    def first_byte_timeout(self) -> float | None:
+        return self.policy.first_byte_timeout
+
+    @property
+    def log_connections(self) -> LogConnections:
+        return self.policy.log_connections
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class Settings:
     max_connections: int | None
     shutdown_timeout: float
     max_connections_per_source: int | None = None
-    discovery: DiscoverySettings | None = None
+    discovery: DiscoverySettings | None = None  # set by the discovery feature when on
     metrics: Address | None = None  # where /metrics is served; None: nowhere
 
 
@@ -251,56 +266,204 @@ def _network_list(value: object) -> list[str]:
     return networks
 
 
+# The converters a feature's options may use as well (registered from outside config).
+boolean, string, duration, choice = _boolean, _string, _duration, _choice
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an option is given on the command line (`run` and the commands taking its options).
+
+    The flag is the key with `-` for `_` (`flag_name`); `kind` is what the CLI parses its
+    text into before the option's converter checks it, as for every other layer.
+    """
+
+    kind: Any
+    help: str
+    short: str | None = None
+    negatable: bool = False  # a boolean with its --no- form
+
+    def decls(self, key: str) -> tuple[str, ...]:
+        """The names the CLI takes, as typer (click) declares them."""
+        name = flag_name(key)
+        first = f"{name}/--no-{name[2:]}" if self.negatable else name
+        return (first, self.short) if self.short else (first,)
+
+
+class RouteField(StrEnum):
+    """Where a per-route option's value goes in its `Route`."""
+
+    POLICY = "policy"  # the connection policy: `Policy` has a field of the option's name
+    ACCESS = "access"  # allow/deny, read together into the route's AccessList
+    ROUTE = "route"  # a field of the Route itself, of the option's name
+
+
 @dataclass(frozen=True)
 class Option:
+    """One setting: its converter and default, and how it is given in each layer.
+
+    Its name (the key in `OPTIONS`) is its config-file key; its variable is `env_name`,
+    its flag `flag_name` (with `flag`, how the CLI parses it; None: not a flag).
+    """
+
     convert: Callable[[object], Any]
     default: object
     per_route: bool = False
+    flag: Flag | None = None
+    # The default as help and the README show it, when not the value itself ("0 (off)").
+    shown: str | None = None
+    route_field: RouteField | None = None  # per-route options only
+    # A timeout that 0 turns off is None in the Route ("no timeout").
+    zero_is_off: bool = False
+
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        value = self.default
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, StrEnum):
+            return f"`{value.value}`"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
 
 
-# The schema. Later features add their keys here; the README's reference mirrors it.
+# The schema: every setting, in the order `run --help` lists them. A feature outside the
+# core (Kubernetes discovery) adds its keys with `register`. The README's configuration
+# reference mirrors it, and a test holds the two (and the CLI) together.
 OPTIONS: dict[str, Option] = {
-    "listen": Option(_listen_text, None),
-    "target": Option(_target_list, None),
-    "route": Option(_route_list, None),
-    "relay": Option(_choice(RelayMode), RelayMode.AUTO),
-    "loop": Option(_choice(LoopName), LoopName.AUTO),
-    "log_level": Option(_choice(LogLevel), LogLevel.INFO),
-    "quiet": Option(_boolean, False),
-    "log_connections": Option(_choice(LogConnections), LogConnections.ALL, per_route=True),
-    "backlog": Option(_positive_int, None),
-    "max_connections": Option(_positive_int, None),
-    "shutdown_timeout": Option(_duration, 20.0),
-    "connect_timeout": Option(_positive_duration, 10.0, per_route=True),
-    "idle_timeout": Option(_duration, 0.0, per_route=True),
-    "keepalive": Option(_boolean, False, per_route=True),
-    "first_byte_timeout": Option(_duration, 0.0, per_route=True),
-    "allow": Option(_network_list, [], per_route=True),
-    "deny": Option(_network_list, [], per_route=True),
-    "max_connections_per_source": Option(_positive_int, None),
-    "metrics": Option(_metrics_text, None),
-    # Kubernetes discovery (pyforward/discovery/).
-    "discover": Option(_boolean, False),
-    "kubeconfig": Option(_string, None),
-    "service": Option(parse_service_ref, None),
-    "service_port": Option(parse_port_ref, None, per_route=True),
-    "preset": Option(_choice(PresetName), None),
-    "node_ip": Option(parse_node_ip, None),
-    "state_dir": Option(_string, None),
-    "discover_timeout": Option(_duration, DEFAULT_BOOT_TIMEOUT),
+    "listen": Option(
+        _listen_text,
+        None,
+        flag=Flag(
+            list[str],
+            "[HOST:]PORT to listen on (bare PORT: every interface); once (several: --route).",
+            short="-l",
+        ),
+    ),
+    "target": Option(
+        _target_list,
+        None,
+        flag=Flag(list[str], "HOST:PORT to forward to; repeat for failover.", short="-t"),
+    ),
+    "route": Option(
+        _route_list,
+        None,
+        flag=Flag(list[str], "[HOST:]PORT=HOST:PORT[,HOST:PORT]; repeatable.", short="-r"),
+    ),
+    "relay": Option(
+        _choice(RelayMode),
+        RelayMode.AUTO,
+        flag=Flag(RelayMode, "Relay path: auto (splice where it works), splice, copy."),
+    ),
+    "loop": Option(
+        _choice(LoopName),
+        LoopName.AUTO,
+        flag=Flag(LoopName, "Event loop: auto, uvloop, asyncio."),
+    ),
+    "connect_timeout": Option(
+        _positive_duration,
+        10.0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(float, "Seconds to wait for the target to accept [10]."),
+    ),
+    "idle_timeout": Option(
+        _duration,
+        0.0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        zero_is_off=True,
+        shown="0 (off)",
+        flag=Flag(float, "Close after this many idle seconds; 0 = never [0]."),
+    ),
+    "keepalive": Option(
+        _boolean,
+        False,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(bool, "TCP keepalive on both legs.", negatable=True),
+    ),
+    "max_connections": Option(
+        _positive_int,
+        None,
+        shown="0 (none)",
+        flag=Flag(int, "Connection cap; at the cap, stop accepting [0 = none]."),
+    ),
+    "backlog": Option(
+        _positive_int,
+        None,
+        shown="system maximum",
+        flag=Flag(int, "Listen backlog [the system maximum]."),
+    ),
+    "shutdown_timeout": Option(
+        _duration,
+        20.0,
+        flag=Flag(float, "Seconds connections get to finish on SIGTERM [20]."),
+    ),
+    "allow": Option(
+        _network_list,
+        [],
+        per_route=True,
+        route_field=RouteField.ACCESS,
+        shown="(everyone)",
+        flag=Flag(list[str], "Only clients in this network (CIDR) may connect; repeatable."),
+    ),
+    "deny": Option(
+        _network_list,
+        [],
+        per_route=True,
+        route_field=RouteField.ACCESS,
+        shown="(no one)",
+        flag=Flag(list[str], "Clients in this network (CIDR) are refused; repeatable."),
+    ),
+    "max_connections_per_source": Option(
+        _positive_int,
+        None,
+        shown="0 (none)",
+        flag=Flag(int, "Connections one client address may hold [0 = no cap]."),
+    ),
+    "first_byte_timeout": Option(
+        _duration,
+        0.0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        zero_is_off=True,
+        shown="0 (off)",
+        flag=Flag(float, "Close a client that sends nothing for this long; 0 = never [0]."),
+    ),
+    "log_level": Option(
+        _choice(LogLevel),
+        LogLevel.INFO,
+        flag=Flag(LogLevel, "debug, info, warning, error."),
+    ),
+    "quiet": Option(
+        _boolean,
+        False,
+        flag=Flag(bool, "Log warnings and errors only.", short="-q"),
+    ),
+    "log_connections": Option(
+        _choice(LogConnections),
+        LogConnections.ALL,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(
+            LogConnections,
+            "Close lines for all connections, for errors only (not eof), or none; "
+            "the rest are counted in an event=closed-summary line every 10 s [all].",
+        ),
+    ),
+    "metrics": Option(
+        _metrics_text,
+        None,
+        shown="(off)",
+        flag=Flag(str, "Serve Prometheus metrics on HOST:PORT at /metrics [off]."),
+    ),
 }
-ROUTE_KEYS = {"listen", "target"} | {key for key, opt in OPTIONS.items() if opt.per_route}
 FILE_ONLY_KEYS = {"config"}
-# Keys that mean something only with `discover`: without it they would be silently ignored.
-DISCOVERY_KEYS = (
-    "kubeconfig",
-    "service",
-    "service_port",
-    "preset",
-    "node_ip",
-    "state_dir",
-    "discover_timeout",
-)
 # A file's values have TOML types; only the environment spells numbers and booleans as text.
 _TYPED_IN_FILES: dict[Callable[[object], Any], str] = {
     _duration: "a number of seconds",
@@ -308,6 +471,43 @@ _TYPED_IN_FILES: dict[Callable[[object], Any], str] = {
     _positive_int: "a whole number",
     _boolean: "true or false",
 }
+
+
+def route_keys() -> set[str]:
+    """The keys a `[[route]]` table may hold."""
+    return {"listen", "target"} | {key for key, option in OPTIONS.items() if option.per_route}
+
+
+class Feature(Protocol):
+    """A part of pyforward outside the core with settings of its own (Kubernetes
+    discovery): its keys are in `OPTIONS`, registered with it; it says which routes it
+    completes and what settings of its own it builds from the picked values."""
+
+    switch: str  # the boolean key turning it on ("discover")
+    title: str  # what it is called in messages ("Kubernetes discovery")
+    keys: tuple[str, ...]  # keys meaning something only when it is on
+
+    def complete(
+        self,
+        routes: list[Route],
+        pick: Callable[[str], Any],
+        make_route: Callable[[str, str], Route],
+        env: Mapping[str, str],
+    ) -> tuple[list[Route], Any]: ...
+
+
+_FEATURES: list[Feature] = []
+
+
+def register(options: Mapping[str, Option], feature: Feature) -> None:
+    """Add a feature's keys to the schema (once; importing its module twice is harmless)."""
+    if any(known.switch == feature.switch for known in _FEATURES):
+        return
+    for key in options:
+        if key in OPTIONS:
+            raise ValueError(f"option {key!r} is in the schema already")
+    OPTIONS.update(options)
+    _FEATURES.append(feature)
 
 
 def env_name(key: str) -> str:
@@ -331,11 +531,12 @@ def parse_config_text(text: str, source: str) -> dict[str, Any]:
     if routes is not None:
         if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
             raise ConfigError(f"{source}: 'route' must be [[route]] tables")
+        known = route_keys()
         for index, table in enumerate(routes, 1):
             for key in table:
-                if key not in ROUTE_KEYS:
+                if key not in known:
                     raise ConfigError(
-                        f"{source}: route {index}: unknown key {key!r}{_suggest(key, ROUTE_KEYS)}"
+                        f"{source}: route {index}: unknown key {key!r}{_suggest(key, known)}"
                     )
     return data
 
@@ -414,13 +615,18 @@ def build_settings(
         return _convert_file(key, file_data[key], name)
 
     route_defaults = {key: pick(key) for key in OPTIONS if OPTIONS[key].per_route}
-    discover: bool = pick("discover")
-    if not discover:
-        _refuse_discovery_keys(source_of, file_data, file_source)
+    feature = _feature_on(pick)
+    _refuse_keys_of_features_off(feature, source_of, file_data, file_source)
+    discover = feature is not None
     routes = _build_routes(layers, file_data, file_source, route_defaults, discover=discover)
-    discovery = None
-    if discover:
-        routes, discovery = _discovered_routes(routes, pick, route_defaults, env)
+    extension = None
+    if feature is not None:
+
+        def make_route(listen_text: str, service_port: str) -> Route:
+            table = {"service_port": service_port}
+            return _route((listen_text, []), table, route_defaults, set(), "--preset")
+
+        routes, extension = feature.complete(routes, pick, make_route, env)
     if not routes:
         raise ConfigError(
             "no route to forward: give --listen PORT --target HOST:PORT, --route, or --config FILE"
@@ -448,35 +654,41 @@ def build_settings(
         backlog=backlog,
         max_connections=max_connections,
         shutdown_timeout=pick("shutdown_timeout"),
-        discovery=discovery,
-        metrics=_metrics_address(pick("metrics")),
+        discovery=extension,
+        metrics=None if pick("metrics") is None else parse_listen(pick("metrics")),
     )
-
-
-def _metrics_address(text: str | None) -> Address | None:
-    return None if text is None else parse_listen(text)
 
 
 SourceOf = Callable[[str], "tuple[int, str] | None"]
 
 
-def _refuse_discovery_keys(
-    source_of: SourceOf, file_data: Mapping[str, Any], file_source: str
+def _feature_on(pick: Callable[[str], Any]) -> Feature | None:
+    """The registered feature switched on, if any."""
+    return next((feature for feature in _FEATURES if pick(feature.switch)), None)
+
+
+def _refuse_keys_of_features_off(
+    on: Feature | None, source_of: SourceOf, file_data: Mapping[str, Any], file_source: str
 ) -> None:
-    """A discovery setting without `discover` would be ignored: say so instead."""
-    for key in DISCOVERY_KEYS:
-        found = source_of(key)
-        if found is not None:
-            raise ConfigError(
-                f"{found[1]}: {key} is for Kubernetes discovery, which is off; "
-                f"add {flag_name('discover')} (discover = true in a file) or drop it"
-            )
-    for index, table in enumerate(file_data.get("route") or [], 1):
-        if isinstance(table, Mapping) and "service_port" in table:
-            raise ConfigError(
-                f"{file_source}: route {index}: service_port is for Kubernetes discovery, "
-                "which is off; add discover = true or drop it"
-            )
+    """A feature's setting without its switch would be ignored: say so instead."""
+    for feature in _FEATURES:
+        if feature is on:
+            continue
+        switch = feature.switch
+        for key in feature.keys:
+            found = source_of(key)
+            if found is not None:
+                raise ConfigError(
+                    f"{found[1]}: {key} is for {feature.title}, which is off; "
+                    f"add {flag_name(switch)} ({switch} = true in a file) or drop it"
+                )
+        for index, table in enumerate(file_data.get("route") or [], 1):
+            given = [k for k in feature.keys if isinstance(table, Mapping) and k in table]
+            if given:
+                raise ConfigError(
+                    f"{file_source}: route {index}: {given[0]} is for {feature.title}, "
+                    f"which is off; add {switch} = true or drop it"
+                )
 
 
 def _log_level(pick: Callable[[str], Any], source_of: SourceOf) -> LogLevel:
@@ -589,47 +801,16 @@ def _route(
     return Route(
         listen=parse_listen(listen_text),
         targets=tuple(parse_target(text) for text in target_texts),
-        connect_timeout=values["connect_timeout"],
-        idle_timeout=values["idle_timeout"] or None,
-        keepalive=values["keepalive"],
+        policy=Policy(**_route_values(RouteField.POLICY, values)),
         access=AccessList.parse(values["allow"], values["deny"]),
-        first_byte_timeout=values["first_byte_timeout"] or None,
-        service_port=values["service_port"],
-        log_connections=values["log_connections"],
+        **_route_values(RouteField.ROUTE, values),
     )
 
 
-def _discovered_routes(
-    routes: list[Route],
-    pick: Callable[[str], Any],
-    route_defaults: Mapping[str, Any],
-    env: Mapping[str, str],
-) -> tuple[list[Route], DiscoverySettings]:
-    """Routes without a target follow the Service; with no route at all, the preset's ports."""
-    preset = PRESETS[pick("preset")] if pick("preset") is not None else None
-    service = pick("service") or (preset.service if preset else DEFAULT_SERVICE)
-    main_port = preset.ports[0][1] if preset else DEFAULT_SERVICE_PORT
-    if not routes:
-        ports = (
-            preset.ports
-            if preset and route_defaults["service_port"] is None
-            else ((443, route_defaults["service_port"] or main_port),)
-        )
-        routes = [
-            _route((str(port), []), {"service_port": name}, route_defaults, set(), "--preset")
-            for port, name in ports
-        ]
-    elif all(route.targets for route in routes):
-        raise ConfigError("--discover: every route already has a target; nothing to discover")
-    routes = [
-        route if route.targets or route.service_port else replace(route, service_port=main_port)
-        for route in routes
-    ]
-    discovery = DiscoverySettings(
-        service=service,
-        kubeconfig=pick("kubeconfig"),
-        node_ip=pick("node_ip"),
-        state_dir=pick("state_dir") or default_state_dir(env),
-        boot_timeout=pick("discover_timeout"),
-    )
-    return routes, discovery
+def _route_values(where: RouteField, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of the per-route options that go `where`, by key (0 off: None)."""
+    return {
+        key: (values[key] or None) if option.zero_is_off else values[key]
+        for key, option in OPTIONS.items()
+        if option.route_field is where
+    }

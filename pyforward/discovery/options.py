@@ -1,4 +1,5 @@
-"""Discovery options: Service references, port references, presets. Pure.
+"""Discovery options: Service references, port references, presets, and the discovery
+keys of the settings schema (registered on import). Pure.
 
 A preset names a gateway's Service and the host ports it is usually exposed on, so
 `--preset istio --discover` forwards 443 and 80 with one flag.
@@ -9,11 +10,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
+from pyforward.config import settings as schema
+from pyforward.config.settings import Flag, Option, Route, RouteField
 from pyforward.discovery.nodeaddress import check_node_address
+from pyforward.errors import ConfigError
 
 # RFC 1123 labels: what Kubernetes accepts for namespaces and Service names.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -127,3 +132,104 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     given = env.get("STATE_DIRECTORY", "")
     return given.split(":", 1)[0] or DEFAULT_STATE_DIR
+
+
+# The discovery keys of the settings schema; each means something only with `discover`.
+OPTIONS: Mapping[str, Option] = {
+    "discover": Option(
+        schema.boolean,
+        False,
+        flag=Flag(bool, "Find the target from the cluster and follow it."),
+    ),
+    "kubeconfig": Option(
+        schema.string,
+        None,
+        shown="(the order above)",  # the README lists where discovery looks
+        flag=Flag(str, "Kubeconfig file [$KUBECONFIG, ~/.kube/config, k3s's, in-cluster]."),
+    ),
+    "service": Option(
+        parse_service_ref,
+        None,
+        shown="`istio-system/istio-ingressgateway`",
+        flag=Flag(
+            str, "NAMESPACE/NAME of the gateway Service [istio-system/istio-ingressgateway]."
+        ),
+    ),
+    "service_port": Option(
+        parse_port_ref,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="`https` (or the preset's)",
+        flag=Flag(str, "The Service's port, by name or number [https]."),
+    ),
+    "preset": Option(
+        schema.choice(PresetName),
+        None,
+        flag=Flag(
+            PresetName, "istio (443->https, 80->http2) or traefik (443->websecure, 80->web)."
+        ),
+    ),
+    "node_ip": Option(
+        parse_node_ip,
+        None,
+        flag=Flag(str, "Forward to this node address instead of the Ready nodes."),
+    ),
+    "state_dir": Option(
+        schema.string,
+        None,
+        shown="`$STATE_DIRECTORY` or `/var/lib/pyforward`",
+        flag=Flag(str, "Where the last target is kept [$STATE_DIRECTORY or /var/lib/pyforward]."),
+    ),
+    "discover_timeout": Option(
+        schema.duration,
+        DEFAULT_BOOT_TIMEOUT,
+        flag=Flag(float, "At start, seconds to wait for the API when nothing is saved [60]."),
+    ),
+}
+
+
+class Discovery:
+    """Discovery as the settings see it: routes without a target follow the Service."""
+
+    switch = "discover"
+    title = "Kubernetes discovery"
+    keys = tuple(key for key in OPTIONS if key != "discover")
+
+    def complete(
+        self,
+        routes: list[Route],
+        pick: Callable[[str], Any],
+        make_route: Callable[[str, str], Route],
+        env: Mapping[str, str],
+    ) -> tuple[list[Route], DiscoverySettings]:
+        """Routes without a target follow the Service; with no route at all, the preset's
+        ports."""
+        preset = PRESETS[pick("preset")] if pick("preset") is not None else None
+        service = pick("service") or (preset.service if preset else DEFAULT_SERVICE)
+        main_port = preset.ports[0][1] if preset else DEFAULT_SERVICE_PORT
+        service_port = pick("service_port")
+        if not routes:
+            ports = (
+                preset.ports
+                if preset and service_port is None
+                else ((443, service_port or main_port),)
+            )
+            routes = [make_route(str(port), name) for port, name in ports]
+        elif all(route.targets for route in routes):
+            raise ConfigError("--discover: every route already has a target; nothing to discover")
+        routes = [
+            route if route.targets or route.service_port else replace(route, service_port=main_port)
+            for route in routes
+        ]
+        discovery = DiscoverySettings(
+            service=service,
+            kubeconfig=pick("kubeconfig"),
+            node_ip=pick("node_ip"),
+            state_dir=pick("state_dir") or default_state_dir(env),
+            boot_timeout=pick("discover_timeout"),
+        )
+        return routes, discovery
+
+
+schema.register(OPTIONS, Discovery())

@@ -11,13 +11,13 @@ import errno
 import ipaddress
 import logging
 import socket
-import struct
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
+from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
@@ -27,11 +27,13 @@ from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
+from pyforward.obs.reasons import CloseReason
 from pyforward.obs.stats import Stats, reason_counts
 from pyforward.obs.traffic import ListenerTraffic
-from pyforward.relay.connection import Connection, Policy, ResolvedTarget
+from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
+from pyforward.relay.sockets import reset_on_close
 
 log = logging.getLogger("pyforward")
 
@@ -40,7 +42,6 @@ _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
 _REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
 _FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
-_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -52,16 +53,6 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
-
-
-def _policy(route: Route) -> Policy:
-    return Policy(
-        route.connect_timeout,
-        route.idle_timeout,
-        route.keepalive,
-        route.first_byte_timeout,
-        route.log_connections,
-    )
 
 
 def literal_target(address: Address) -> ResolvedTarget | None:
@@ -155,7 +146,7 @@ class Forwarder:
                             ids[index],
                             route,
                             targets,
-                            _policy(route),
+                            route.policy,
                             route.access,
                         )
                         for s in passed
@@ -182,7 +173,7 @@ class Forwarder:
                 sock = open_listener(route.listen, family, sockaddr, backlog)
                 label = format_peer(sock.getsockname())
                 opened.append(
-                    Listener(sock, label, rid, route, targets, _policy(route), route.access)
+                    Listener(sock, label, rid, route, targets, route.policy, route.access)
                 )
         except BaseException:
             close_all([listener.sock for listener in opened])
@@ -231,7 +222,7 @@ class Forwarder:
                 listener.sock.close()
                 continue
             listener.route, listener.targets = new_route, resolved[listener.route_id]
-            listener.policy, listener.access = _policy(new_route), new_route.access
+            listener.policy, listener.access = new_route.policy, new_route.access
             kept.append(listener)
         for name in ("relay", "loop", "backlog", "metrics"):
             if getattr(settings, name) != getattr(self.settings, name):
@@ -279,12 +270,12 @@ class Forwarder:
             self.stats.accepted += 1
             source = client_host(peer[0])
             if listener.access and not listener.access.permits(source):
-                self._refuse(client, "denied", source, listener.label)
+                self._refuse(client, CloseReason.DENIED, source, listener.label)
                 continue
             per_source_cap = self.settings.max_connections_per_source
             if per_source_cap is not None:
                 if self._per_source[source] >= per_source_cap:
-                    self._refuse(client, "source-limit", source, listener.label)
+                    self._refuse(client, CloseReason.SOURCE_LIMIT, source, listener.label)
                     continue
                 self._per_source[source] += 1
             self.stats.active += 1
@@ -350,11 +341,10 @@ class Forwarder:
         close_all([listener.sock for listener in self.listeners])
         log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
-    def _refuse(self, client: socket.socket, reason: str, source: str, listen: str) -> None:
+    def _refuse(self, client: socket.socket, reason: CloseReason, source: str, listen: str) -> None:
         """Close a refused client at once, with a reset; log at most one line per interval,
         so a flood cannot fill the disk."""
-        with contextlib.suppress(OSError):
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        reset_on_close(client)
         client.close()
         self.stats.closed[reason] += 1
         self._traffic(listen).refused[reason] += 1
@@ -396,7 +386,7 @@ class Forwarder:
         self.stats.active -= 1
         up, down = connection.byte_counts()
         self._traffic(connection.listen_label).closed_one(
-            connection.reason or "error", up, down, connection.connect_seconds
+            connection.reason or CloseReason.ERROR, up, down, connection.connect_seconds
         )
         if self.settings.max_connections_per_source is not None:
             self._per_source[connection.source] -= 1
@@ -441,7 +431,7 @@ class Forwarder:
                 listener.targets = list(targets)
         self.health.retain(t for listener in self.listeners for t in listener.targets)
 
-    def target_failed(self, target: ResolvedTarget, reason: str) -> None:
+    def target_failed(self, target: ResolvedTarget, reason: CloseReason) -> None:
         if self.health.failed(target, self.loop.time()):
             log.warning(
                 logfmt(
@@ -488,7 +478,7 @@ class Forwarder:
         """Close everything now; a reset tells each remaining peer it was cut short."""
         self.stop_accepting()
         for connection in list(self.connections):
-            connection.close("shutdown", reset=True)
+            connection.close(CloseReason.SHUTDOWN, reset=True)
         if self._summary_timer is not None:
             self._summary_timer.cancel()
             self._summary_timer = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import StrEnum
 
+from pyforward.obs.reasons import CloseReason
 from pyforward.obs.stats import reason_counts
 
 SUMMARY_INTERVAL = 10.0  # seconds between summary lines of the closes left unlogged
@@ -25,10 +26,10 @@ class LogConnections(StrEnum):
 
 
 # The one reason that is not an error: both sides finished and every byte was delivered.
-CLEAN = "eof"
+CLEAN = CloseReason.EOF
 
 
-def logs_close(mode: LogConnections, reason: str) -> bool:
+def logs_close(mode: LogConnections, reason: CloseReason) -> bool:
     """Whether a connection that closed with `reason` gets its own close line."""
     if mode is LogConnections.ALL:
         return True
@@ -41,9 +42,9 @@ class CloseSummary:
     """Counts of the closes left unlogged, per listener, since the last `take`."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, Counter[str]] = {}
+        self._counts: dict[str, Counter[CloseReason]] = {}
 
-    def count(self, listen: str, reason: str) -> None:
+    def count(self, listen: str, reason: CloseReason) -> None:
         counts = self._counts.get(listen)
         if counts is None:
             counts = self._counts[listen] = Counter()

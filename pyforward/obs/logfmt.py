@@ -1,8 +1,44 @@
-"""logfmt lines: `key=value` pairs, values quoted only when they must be."""
+"""logfmt lines: `key=value` pairs, values quoted only when they must be.
+
+A value can come from outside (a client's address, a Kubernetes object's name, an error
+message): whatever it holds, it stays inside its line. Every character that is not printable
+(newline, carriage return, escape, U+2028, ...) is written as a backslash escape inside
+quotes, so one record is always one line, on a terminal and in the journal, and
+`parse_logfmt` gives back the exact value.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+
+_NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNNAMED = {"n": "\n", "r": "\r", "t": "\t"}
+# A pair: the key, then a quoted value (escapes inside) or a bare one (no space, no quote).
+_PAIR = re.compile(r'([\w.-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s"]*))')
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
+
+
+def _escape_char(char: str) -> str:
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """`text` with backslash, quote and every non-printable character escaped: printable,
+    so never more than one line."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(_escape_char(char) for char in text)
 
 
 def _value(value: object) -> str:
@@ -13,11 +49,27 @@ def _value(value: object) -> str:
     else:
         text = str(value)
     if text == "" or any(c in text for c in ' ="\\') or not text.isprintable():
-        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
+        return f'"{escape(text)}"'
     return text
 
 
 def logfmt(fields: Mapping[str, object]) -> str:
     """Render fields as one logfmt line, in the order given."""
     return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) > 1:  # \xNN, \uNNNN, \UNNNNNNNN
+        return chr(int(code[1:], 16))
+    return _UNNAMED.get(code, code)
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """The fields of a line `logfmt` wrote, values unescaped (`key=` gives ""). Text that is
+    not a pair (a syslog prefix, stray words) is skipped."""
+    fields: dict[str, str] = {}
+    for match in _PAIR.finditer(line):
+        key, quoted, bare = match.groups()
+        fields[key] = _ESCAPE.sub(_unescape, quoted) if quoted is not None else bare
+    return fields

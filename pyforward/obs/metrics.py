@@ -27,12 +27,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pyforward.engine.server import Forwarder
-from pyforward.obs.stats import REASONS
+from pyforward.obs.reasons import CloseReason
 from pyforward.obs.traffic import CONNECT_BUCKETS, ConnectTimes, ListenerTraffic
 
 # Refused at accept, never a connection: counted by pyforward_refused_total alone.
-REFUSAL_REASONS = ("denied", "source-limit")
-CONNECTION_REASONS = tuple(reason for reason in REASONS if reason not in REFUSAL_REASONS)
+REFUSAL_REASONS = (CloseReason.DENIED, CloseReason.SOURCE_LIMIT)
+CONNECTION_REASONS = tuple(reason for reason in CloseReason if reason not in REFUSAL_REASONS)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pyforward.obs.reasons import CloseReason
+
 # Upper bounds, in seconds, of the time-for-the-target-to-accept histogram: a target on the
 # same host accepts in well under a millisecond, one across a network in a few, and the
 # default connect_timeout is 10.
@@ -53,13 +55,15 @@ class ConnectTimes:
 class ListenerTraffic:
     """One listener's finished connections and refused clients, since start."""
 
-    closed: Counter[str] = field(default_factory=Counter)  # by close reason
-    refused: Counter[str] = field(default_factory=Counter)  # by reason: denied, source-limit
+    closed: Counter[CloseReason] = field(default_factory=Counter)  # by close reason
+    refused: Counter[CloseReason] = field(default_factory=Counter)  # denied, source-limit
     up: int = 0  # bytes from clients to targets
     down: int = 0  # bytes from targets to clients
     connect: ConnectTimes = field(default_factory=ConnectTimes)
 
-    def closed_one(self, reason: str, up: int, down: int, connect_seconds: float | None) -> None:
+    def closed_one(
+        self, reason: CloseReason, up: int, down: int, connect_seconds: float | None
+    ) -> None:
         self.closed[reason] += 1
         self.up += up
         self.down += down

@@ -30,7 +30,7 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import PurePosixPath
 
-from pyforward.config.addresses import parse_listen, parse_target
+from pyforward.config.addresses import PortError, host_port, parse_listen, parse_target, port_number
 from pyforward.config.settings import MAX_BACKLOG
 from pyforward.errors import ConfigError
 
@@ -287,17 +287,12 @@ def _refuse_type(raw: _RawAddress) -> ConfigError:
 
 
 def _port(text: str, where: str, *, minimum: int) -> int:
-    if not text:
-        raise ConfigError(f"{where}: the port is empty")
-    if not (text.isascii() and text.isdigit()):
-        raise ConfigError(
-            f"{where}: port {text!r} is not a number (pyforward takes port numbers, "
-            "not service names)"
-        )
-    port = int(text)
-    if not minimum <= port <= 65535:
-        raise ConfigError(f"{where}: port must be {minimum}-65535, got {port}")
-    return port
+    try:
+        return port_number(text, minimum)
+    except PortError as exc:
+        # socat itself would look a name up in /etc/services.
+        names = " (pyforward takes port numbers, not service names)" if exc.not_a_number else ""
+        raise ConfigError(f"{where}: {exc}{names}") from None
 
 
 _SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -335,10 +330,6 @@ def _check_family(host: str, family: Family, where: str, keyword: str) -> None:
     if family is not Family.ANY and found is not None and found is not family:
         version = "IPv4" if family is Family.IPV4 else "IPv6"
         raise ConfigError(f"{where}: {keyword.upper()} takes an {version} address, got {host!r}")
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- options
@@ -454,7 +445,7 @@ def _parse_listen(raw: _RawAddress, family: Family) -> ListenAddress:
     if address.bind is not None:
         _check_family(address.bind, family, where, raw.keyword)
         try:
-            parse_listen(_host_port(address.bind, address.port))
+            parse_listen(host_port(address.bind, address.port))
         except ConfigError as exc:
             raise ConfigError(f"{where}: bind={address.bind}: {_reason(exc)}") from None
     return address
@@ -469,7 +460,7 @@ def _parse_connect(raw: _RawAddress, family: Family) -> ConnectAddress:
     port = _port(raw.params[1], where, minimum=1)
     _check_family(host, family, where, raw.keyword)
     try:
-        parse_target(_host_port(host, port))
+        parse_target(host_port(host, port))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {_reason(exc)}") from None
     address = ConnectAddress(family=family, host=host, port=port)
@@ -684,7 +675,7 @@ def format_socat_args(command: SocatCommand) -> list[str]:
 def listen_text(listen: ListenAddress) -> str:
     """The listen address in pyforward's form: `PORT`, `0.0.0.0:PORT` or `HOST:PORT`."""
     if listen.bind is not None:
-        return _host_port(listen.bind, listen.port)
+        return host_port(listen.bind, listen.port)
     if listen.family is Family.IPV4:
         return f"0.0.0.0:{listen.port}"
     # TCP6-LISTEN without ipv6only accepts IPv4-mapped clients on Linux, like
@@ -697,7 +688,7 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
     listen, connect = command.listen, command.connect
     flags: dict[str, object] = {
         "listen": listen_text(listen),
-        "target": [_host_port(connect.host, connect.port)],
+        "target": [host_port(connect.host, connect.port)],
     }
     if command.idle_timeout is not None:
         flags["idle_timeout"] = command.idle_timeout
@@ -733,7 +724,7 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
     carried = [
         f"listen {_listen_display(listen)} (from {_listen_keyword(listen.family)}:{listen.port}"
         + (f",bind={listen.bind})" if listen.bind else ")"),
-        f"target {_host_port(connect.host, connect.port)}",
+        f"target {host_port(connect.host, connect.port)}",
     ]
     dropped: list[str] = []
     if listen.fork:

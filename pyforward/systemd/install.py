@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyforward.discovery.options  # noqa: F401  (registers the discovery keys of the settings)
 from pyforward.config import file as configfile
+from pyforward.config.load import Layers
 from pyforward.config.settings import Settings, build_settings, env_name
 from pyforward.errors import ConfigError, StartupError
 from pyforward.socat.unit import settings_from_socat_unit
@@ -38,8 +40,6 @@ from pyforward.systemd.units import (
     render_units,
 )
 
-CONFIG_DIR = Path("/etc/pyforward")
-BACKUP_DIR = CONFIG_DIR / "backup"
 SERVING_TIMEOUT = 15.0  # seconds install waits, after start, for every listener to accept
 PROBE_TIMEOUT = 2.0  # seconds for one TCP connection attempt
 # First line of the config file install writes (after "# "); uninstall looks for it.
@@ -48,12 +48,28 @@ CONFIG_MARKER = "Written by `pyforward install --name {name}`"
 Echo = Callable[[str], None]
 
 
-def config_path(name: str) -> Path:
-    return CONFIG_DIR / f"{name}.toml"
+@dataclass(frozen=True)
+class InstallPaths:
+    """Where install writes: the config files, and the unit files systemd reads."""
+
+    config_dir: Path = Path("/etc/pyforward")
+    unit_dir: Path = Path("/etc/systemd/system")
+
+    @property
+    def backup_dir(self) -> Path:
+        """Where a replaced unit, or a config file install did not write, is kept."""
+        return self.config_dir / "backup"
 
 
-def unit_path(unit: str) -> Path:
-    return systemctl.UNIT_DIR / unit
+SYSTEM = InstallPaths()
+
+
+def config_path(name: str, paths: InstallPaths = SYSTEM) -> Path:
+    return paths.config_dir / f"{name}.toml"
+
+
+def unit_path(unit: str, paths: InstallPaths = SYSTEM) -> Path:
+    return paths.unit_dir / unit
 
 
 def _first_line(path: Path) -> str:
@@ -69,10 +85,10 @@ def written_by_pyforward(path: Path) -> bool:
     return _first_line(path).startswith((MARKER, SOCKET_MARKER))
 
 
-def config_written_by_install(name: str) -> bool:
+def config_written_by_install(name: str, paths: InstallPaths = SYSTEM) -> bool:
     """Whether /etc/pyforward/NAME.toml is the one `install --name NAME` wrote (its first
     line says so): uninstall removes nothing else."""
-    return _first_line(config_path(name)).startswith(f"# {CONFIG_MARKER.format(name=name)};")
+    return _first_line(config_path(name, paths)).startswith(f"# {CONFIG_MARKER.format(name=name)};")
 
 
 def require_systemd(command: str) -> None:
@@ -103,12 +119,10 @@ def require_systemd(command: str) -> None:
 @dataclass(frozen=True)
 class InstallRequest:
     name: str
-    flags: Mapping[str, object]  # the `run` flags given, as build_settings takes them
-    env: Mapping[str, str]
-    file_data: Mapping[str, Any] | None  # the --config file's data
-    file_source: str
+    layers: Layers  # the `run` flags given, the environment, the --config file's data
     socket_activation: bool = False
     kubeconfig: str | None = None
+    paths: InstallPaths = SYSTEM
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,7 @@ class InstallPlan:
     units: tuple[str, ...]  # unit names, socket first
     kubeconfig_note: str = ""  # which kubeconfig the service is handed, and why that one
     refusals: tuple[str, ...] = ()  # why the installation cannot be run as a service
+    paths: InstallPaths = SYSTEM
 
     @property
     def service(self) -> str:
@@ -146,9 +161,9 @@ class CarriedOver:
     dropped: list[str]
 
 
-def carry_over_replaced_unit(name: str) -> CarriedOver | None:
+def carry_over_replaced_unit(name: str, paths: InstallPaths = SYSTEM) -> CarriedOver | None:
     """Routes from the socat unit install would replace, when the user gave none."""
-    path = unit_path(f"{check_name(name)}.service")
+    path = unit_path(f"{check_name(name)}.service", paths)
     if not path.exists() or written_by_pyforward(path):
         return None
     try:
@@ -207,13 +222,14 @@ def plan_install(
 ) -> InstallPlan:
     """Everything install will write, checked; writes nothing."""
     name = check_name(request.name)
-    settings = build_settings(request.flags, request.env, request.file_data, request.file_source)
+    layers = request.layers
+    settings = layers.settings()
     for route in settings.routes:
         if route.listen.port == 0:
             raise ConfigError(
                 f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
             )
-    merged = configfile.merge(request.flags, request.env, request.file_data)
+    merged = configfile.merge(layers.flags, layers.env, layers.file_data)
     if build_settings({}, {}, merged) != settings:
         raise StartupError(
             "cannot write these settings as one config file; give them in a --config file"
@@ -227,7 +243,7 @@ def plan_install(
         if kubeconfig is None and settings.discovery.kubeconfig:
             kubeconfig, kubeconfig_source = settings.discovery.kubeconfig, "kubeconfig"
             origin, why = "kubeconfig setting", "the kubeconfig of these settings"
-        if kubeconfig is None and (first := kubeconfig_to_hand_over(request.env)) is not None:
+        if kubeconfig is None and (first := kubeconfig_to_hand_over(layers.env)) is not None:
             # Often root's own (~/.kube/config): said aloud, since the service acts with it.
             kubeconfig, origin = first
             kubeconfig_source = "the kubeconfig discovery would use"
@@ -245,7 +261,8 @@ def plan_install(
                 f"the service is handed kubeconfig {kubeconfig} ({why}), as its credential "
                 "'kubeconfig' (LoadCredential=, read by systemd as root)"
             )
-    config = config_path(name)
+    paths = request.paths
+    config = config_path(name, paths)
     header = (
         f"{CONFIG_MARKER.format(name=name)}; {name}.service runs with it.\n"
         f"After editing: `systemctl reload {name}` applies new targets and timeouts,\n"
@@ -271,9 +288,9 @@ def plan_install(
     )
     units = render_units(spec)
     files = {config: configfile.to_toml(merged, header)}
-    files.update({unit_path(unit): text for unit, text in units.items()})
+    files.update({unit_path(unit, paths): text for unit, text in units.items()})
     order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
-    return InstallPlan(name, settings, files, tuple(order), note, found.refusals)
+    return InstallPlan(name, settings, files, tuple(order), note, found.refusals, paths)
 
 
 def render_plan(plan: InstallPlan) -> str:
@@ -283,28 +300,26 @@ def render_plan(plan: InstallPlan) -> str:
 
 def foreign_units(plan: InstallPlan) -> list[Path]:
     """Unit files install would replace that pyforward did not write."""
-    return [
-        unit_path(unit)
-        for unit in plan.units
-        if unit_path(unit).exists() and not written_by_pyforward(unit_path(unit))
-    ]
+    files = [unit_path(unit, plan.paths) for unit in plan.units]
+    return [path for path in files if path.exists() and not written_by_pyforward(path)]
 
 
-def foreign_config(name: str) -> Path | None:
+def foreign_config(name: str, paths: InstallPaths = SYSTEM) -> Path | None:
     """/etc/pyforward/NAME.toml when it exists and install did not write it."""
-    config = config_path(name)
-    return config if config.exists() and not config_written_by_install(name) else None
+    config = config_path(name, paths)
+    return config if config.exists() and not config_written_by_install(name, paths) else None
 
 
-def keep_foreign_config(name: str, echo: Echo) -> None:
+def keep_foreign_config(name: str, echo: Echo, paths: InstallPaths = SYSTEM) -> None:
     """Move a config file install did not write out of the way, for uninstall to restore:
     install writes an equivalent one, without the comments its writer may have kept."""
-    config = foreign_config(name)
+    config = foreign_config(name, paths)
     if config is None:
         return
-    BACKUP_DIR.mkdir(parents=True, exist_ok=True)
-    config.replace(BACKUP_DIR / config.name)
-    echo(f"{config} was not written by pyforward install: kept it as {BACKUP_DIR / config.name}")
+    kept = paths.backup_dir / config.name
+    paths.backup_dir.mkdir(parents=True, exist_ok=True)
+    config.replace(kept)
+    echo(f"{config} was not written by pyforward install: kept it as {kept}")
 
 
 def _pids_of(unit: str) -> set[int]:
@@ -344,7 +359,7 @@ def refusals(plan: InstallPlan) -> list[str]:
     return [*plan.refusals, *ports_taken(plan)]
 
 
-def _backup(unit_file: Path, echo: Echo) -> None:
+def _backup(unit_file: Path, echo: Echo, backup_dir: Path) -> None:
     unit = unit_file.name
     state = {
         "enabled": systemctl.run("is-enabled", unit).output == "enabled",
@@ -352,10 +367,10 @@ def _backup(unit_file: Path, echo: Echo) -> None:
     }
     systemctl.run("stop", unit)
     systemctl.run("disable", unit)
-    BACKUP_DIR.mkdir(parents=True, exist_ok=True)
-    (BACKUP_DIR / f"{unit}.state.json").write_text(json.dumps(state) + "\n")
-    unit_file.replace(BACKUP_DIR / unit)
-    echo(f"{unit} was not written by pyforward: stopped it, kept it as {BACKUP_DIR / unit}")
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    (backup_dir / f"{unit}.state.json").write_text(json.dumps(state) + "\n")
+    unit_file.replace(backup_dir / unit)
+    echo(f"{unit} was not written by pyforward: stopped it, kept it as {backup_dir / unit}")
 
 
 def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> None:
@@ -367,10 +382,14 @@ def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> 
         raise StartupError(found[0])
     # Stop what runs under these names: their ports are about to change hands.
     for unit_file in foreign_units(plan):
-        _backup(unit_file, echo)
-    keep_foreign_config(plan.name, echo)
-    stale_socket = unit_path(f"{plan.name}.socket")
-    owned = [u for u in (f"{plan.name}.socket", plan.service) if written_by_pyforward(unit_path(u))]
+        _backup(unit_file, echo, plan.paths.backup_dir)
+    keep_foreign_config(plan.name, echo, plan.paths)
+    stale_socket = unit_path(f"{plan.name}.socket", plan.paths)
+    owned = [
+        u
+        for u in (f"{plan.name}.socket", plan.service)
+        if written_by_pyforward(unit_path(u, plan.paths))
+    ]
     if owned:
         systemctl.run("stop", *owned)
     if stale_socket.name not in plan.units and written_by_pyforward(stale_socket):
@@ -420,20 +439,21 @@ def _not_serving(plan: InstallPlan, echo: Echo, why: str) -> StartupError:
 # --- uninstall
 
 
-def uninstall(name: str, echo: Echo) -> None:
+def uninstall(name: str, echo: Echo, paths: InstallPaths = SYSTEM) -> None:
     """Stop, disable and remove what install wrote; put a backed-up unit back."""
     name = check_name(name)
     require_systemd("uninstall")
     units = [f"{name}.socket", f"{name}.service"]
-    files = [unit_path(unit) for unit in units]
+    files = [unit_path(unit, paths) for unit in units]
     foreign = [path for path in files if path.exists() and not written_by_pyforward(path)]
     if foreign:
         raise StartupError(f"{foreign[0]} was not written by pyforward; leaving it alone")
     ours = [path for path in files if path.exists()]
-    backups = [BACKUP_DIR / unit for unit in units if (BACKUP_DIR / unit).exists()]
-    config = config_path(name)
-    config_ours = config_written_by_install(name)
-    config_backup = BACKUP_DIR / config.name
+    backup_dir = paths.backup_dir
+    backups = [backup_dir / unit for unit in units if (backup_dir / unit).exists()]
+    config = config_path(name, paths)
+    config_ours = config_written_by_install(name, paths)
+    config_backup = backup_dir / config.name
     if config.exists() and not config_ours:
         echo(f"{config} was not written by `pyforward install --name {name}`; leaving it alone")
     if not ours and not backups and not config_ours:
@@ -453,26 +473,26 @@ def uninstall(name: str, echo: Echo) -> None:
         for unit in units:
             systemctl.run("reset-failed", unit)
     for backup in backups:
-        _restore(backup, echo)
+        _restore(backup, echo, paths)
     if config_backup.exists() and not config.exists():
         config_backup.replace(config)
         echo(f"restored {config}")
-    for directory in (BACKUP_DIR, CONFIG_DIR):
+    for directory in (backup_dir, paths.config_dir):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 
 
-def _restore(backup: Path, echo: Echo) -> None:
+def _restore(backup: Path, echo: Echo, paths: InstallPaths) -> None:
     unit = backup.name
-    state_file = BACKUP_DIR / f"{unit}.state.json"
+    state_file = paths.backup_dir / f"{unit}.state.json"
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         state = {}
-    backup.replace(unit_path(unit))
+    backup.replace(unit_path(unit, paths))
     state_file.unlink(missing_ok=True)
     systemctl.must("daemon-reload")
-    echo(f"restored {unit_path(unit)}")
+    echo(f"restored {unit_path(unit, paths)}")
     if state.get("enabled"):
         systemctl.run("enable", unit)
     if state.get("active"):

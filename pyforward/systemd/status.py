@@ -15,11 +15,18 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
-from pyforward.config.settings import Route, Settings, build_settings, parse_config_text
+from pyforward.config.load import load_config_only
+from pyforward.config.settings import Route, Settings
 from pyforward.errors import ConfigError
 from pyforward.systemd import procnet as ports
 from pyforward.systemd import systemctl
-from pyforward.systemd.install import PROBE_TIMEOUT, config_path, written_by_pyforward
+from pyforward.systemd.install import (
+    PROBE_TIMEOUT,
+    SYSTEM,
+    InstallPaths,
+    config_path,
+    written_by_pyforward,
+)
 from pyforward.systemd.status_text import parse_status
 from pyforward.systemd.systemctl import unit_state
 from pyforward.systemd.units import check_name
@@ -84,16 +91,9 @@ class StatusReport:
         return "\n".join(lines)
 
 
-def read_installed_settings(name: str) -> Settings:
+def read_installed_settings(name: str, paths: InstallPaths = SYSTEM) -> Settings:
     """The settings the installed service runs with (its config file, no environment)."""
-    path = config_path(name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    return build_settings({}, {}, parse_config_text(text, str(path)), str(path))
+    return load_config_only(config_path(name, paths))
 
 
 def through_listener(host: str, port: int, wait: float = THROUGH_WAIT) -> str | None:
@@ -116,7 +116,7 @@ def through_listener(host: str, port: int, wait: float = THROUGH_WAIT) -> str | 
     return None  # the target spoke first
 
 
-def status(name: str) -> StatusReport:
+def status(name: str, paths: InstallPaths = SYSTEM) -> StatusReport:
     """Check the installed service, its listeners and its targets."""
     report = StatusReport(check_name(name))
     service, socket_unit = f"{name}.service", f"{name}.socket"
@@ -153,7 +153,7 @@ def status(name: str) -> StatusReport:
         report.add(service, Level.DOWN, unit_state(unit))
         report.journal = systemctl.journal_tail(service, 10)
     try:
-        settings = read_installed_settings(name)
+        settings = read_installed_settings(name, paths)
     except ConfigError as exc:
         report.add("config", Level.DOWN, str(exc))
         return report

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from pyforward.errors import StartupError
 
-UNIT_DIR = Path("/etc/systemd/system")
 UNIT_PROPERTIES = (
     "LoadState",
     "ActiveState",

@@ -1,0 +1,187 @@
+"""The dial: connect to one of a connection's targets, in failover order, within one
+shared connect budget, telling passive health of each result.
+
+The targets come in the order to try them (healthy ones first, see engine/health.py).
+The route's `connect_timeout` is the budget of the whole dial, not of each attempt: each
+attempt gets an equal share of what is left, so a dead first target cannot use it all,
+and a target that fails at once gives its share to the ones after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+
+from pyforward.obs.logfmt import logfmt
+from pyforward.obs.ratelimit import Every
+from pyforward.obs.reasons import CloseReason
+from pyforward.relay.sockets import prepare
+from pyforward.relay.stages import Stage, StageHost, contained
+
+log = logging.getLogger("pyforward.relay.connection")
+
+_UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+# getaddrinfo's error codes by value, for a gaierror's name in the close line.
+_GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    family: int
+    sockaddr: tuple[object, ...]
+    label: str
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why one target was not connected to."""
+
+    reason: CloseReason  # refused, connect-timeout, unreachable or error
+    error: str  # the close line's `error=`: an errno name, or what else went wrong
+    detail: str = ""  # the close line's `msg=`, where the name alone says too little
+
+    @classmethod
+    def of_errno(cls, code: int) -> ConnectFailure:
+        if code == errno.ECONNREFUSED:
+            reason = CloseReason.REFUSED
+        elif code == errno.ETIMEDOUT:
+            reason = CloseReason.CONNECT_TIMEOUT
+        elif code in _UNREACHABLE_ERRNOS:
+            reason = CloseReason.UNREACHABLE
+        else:
+            reason = CloseReason.ERROR
+        return cls(reason, errno.errorcode.get(code, str(code)))
+
+    @classmethod
+    def of_exception(cls, exc: Exception) -> ConnectFailure:
+        if isinstance(exc, socket.gaierror):
+            name = _GAI_NAMES.get(exc.errno, "gaierror")
+            return cls(CloseReason.ERROR, name, exc.strerror or str(exc))
+        if isinstance(exc, OSError) and exc.errno:
+            return cls.of_errno(exc.errno)
+        return cls(CloseReason.ERROR, type(exc).__name__, str(exc))
+
+
+class Dial(Stage):
+    """Connect to the first of the host's `targets` that accepts; set `host.target`."""
+
+    side = "dial"
+
+    def __init__(self, connect_timeout: float, *, keepalive: bool, failover_log: Every) -> None:
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self._failover_log = failover_log  # shared by the route's connections
+        self._attempt = 0
+        self._deadline = 0.0
+        self._attempt_deadline = 0.0
+        self._attempt_timer: asyncio.TimerHandle | None = None
+        self._last_failure = CloseReason.REFUSED
+
+    def start(self, host: StageHost) -> None:
+        self.host = host
+        self._deadline = host.loop.time() + self.connect_timeout
+        self._connect_next()
+
+    def stop(self) -> None:
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+
+    def _connect_next(self) -> None:
+        """Start a connect to the next target that takes one; reset the client when none
+        is left. A loop, not recursion: hundreds of targets may fail within this call."""
+        host = self.host
+        targets = host.targets
+        loop = host.loop
+        while self._attempt < len(targets):
+            target = targets[self._attempt]
+            host.target_label = target.label
+            remaining_targets = len(targets) - self._attempt
+            budget = max(self._deadline - loop.time(), 0.0) / remaining_targets
+            failure = self._begin(target)
+            if failure is None:
+                self._attempt_deadline = loop.time() + budget
+                self._attempt_timer = loop.call_at(self._attempt_deadline, self._on_timeout)
+                return
+            self._failed(failure)
+        host.close(self._last_failure, reset=True)
+
+    def _begin(self, target: ResolvedTarget) -> ConnectFailure | None:
+        """Begin a non-blocking connect to `target`; the failure, if it failed at once."""
+        try:
+            sock = socket.socket(target.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            return ConnectFailure.of_exception(exc)
+        self.host.target = sock
+        try:
+            prepare(sock, keepalive=self.keepalive)
+            # Besides OSError, a target the checks upstream let through may be one the
+            # socket module refuses to take: a port above 65535 (OverflowError), a
+            # zone no interface has (gaierror), an address of the wrong shape.
+            code = sock.connect_ex(target.sockaddr)
+        except (OSError, OverflowError, ValueError, TypeError) as exc:
+            return ConnectFailure.of_exception(exc)
+        if code not in (0, errno.EINPROGRESS):
+            return ConnectFailure.of_errno(code)
+        self.host.poller.add_writer(sock.fileno(), self._on_ready)
+        return None
+
+    @contained
+    def _on_ready(self) -> None:
+        host = self.host
+        sock = host.target
+        assert sock is not None
+        host.poller.remove_writer(sock.fileno())
+        self.stop()
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._failed(ConnectFailure.of_errno(code))
+            self._connect_next()
+            return
+        try:
+            sock.getpeername()
+        except OSError:
+            # A spurious wakeup: still connecting. Wait on, within the same budget.
+            host.poller.add_writer(sock.fileno(), self._on_ready)
+            self._attempt_timer = host.loop.call_at(self._attempt_deadline, self._on_timeout)
+            return
+        host.target_connected(host.targets[self._attempt])
+        host.error = host.error_detail = ""  # a failover that succeeded is no error
+        host.advance()
+
+    @contained
+    def _on_timeout(self) -> None:
+        self._attempt_timer = None
+        self._failed(ConnectFailure.of_errno(errno.ETIMEDOUT))
+        self._connect_next()
+
+    def _failed(self, failure: ConnectFailure) -> None:
+        """Give up on the current target: close its socket, note why, move to the next."""
+        host = self.host
+        sock = host.target
+        if sock is not None:
+            host.poller.remove_writer(sock.fileno())
+            sock.close()
+            host.target = None
+        targets = host.targets
+        self._last_failure = failure.reason
+        host.error, host.error_detail = failure.error, failure.detail
+        if failure.reason is not CloseReason.ERROR:
+            host.target_failed(targets[self._attempt], failure.reason)
+        if self._attempt + 1 < len(targets) and self._failover_log.due(host.loop.time()):
+            fields: dict[str, object] = {
+                "event": "failover",
+                "client": host.client_label,
+                "target": host.target_label,
+                "reason": failure.reason,
+                "next": targets[self._attempt + 1].label,
+            }
+            if failure.reason is CloseReason.ERROR:
+                fields["error"] = failure.error
+            if suppressed := self._failover_log.take_suppressed():
+                fields["more"] = suppressed
+            log.warning(logfmt(fields))
+        self._attempt += 1
