@@ -313,7 +313,10 @@ class _Handler(BaseHTTPRequestHandler):
         with api.cond:
             api.requests.append(request)
             api.cond.notify_all()
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+        # The scheme is case-insensitive (RFC 9110): the client's in-cluster configuration
+        # sends "bearer", its kubeconfig loader "Bearer".
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token != TOKEN:
             self._send(401, status(401, "Unauthorized", "Unauthorized"))
             return
         parts = url.path.strip("/").split("/")

@@ -14,7 +14,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
@@ -250,6 +250,9 @@ def check(load: Callable[[], Settings], invocation: Invocation) -> list[Finding]
     if settings is None:
         return findings
     findings += [check_listen(route.listen, invocation) for route in settings.routes]
+    if settings.metrics is not None:
+        metrics = check_listen(settings.metrics, invocation)
+        findings.append(replace(metrics, subject=f"metrics {settings.metrics}"))
     seen: set[Address] = set()
     for route in settings.routes:
         for target in route.targets:

@@ -154,12 +154,30 @@ def status(
     ctx: typer.Context,
     name: NameOpt = "pyforward",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask the pyforward serving metrics at HOST:PORT (any `run --metrics`, "
+            "in the foreground too) instead of the service."
+        ),
+    ] = None,
 ) -> None:
     """Check the service: unit state, listeners, targets, a connection end to end.
 
     Exit status 0: all is well; 1: forwarding works, with warnings; 2: forwarding is down.
     """
-    report = service_status.status(name, install_paths(ctx))
+    if metrics is not None:
+        from pyforward.config.addresses import parse_listen  # noqa: PLC0415
+        from pyforward.obs.live_status import live_status  # noqa: PLC0415 (prometheus_client)
+
+        try:
+            address = parse_listen(metrics)
+        except ConfigError as exc:
+            typer.echo(f"pyforward: error: --metrics: {exc}", err=True)
+            raise typer.Exit(2) from None
+        report = live_status(address)
+    else:
+        report = service_status.status(name, install_paths(ctx))
     typer.echo(report.to_json() if as_json else report.to_text())
     sys.stdout.flush()
     raise typer.Exit(report.exit_code)

@@ -104,6 +104,7 @@ class Settings:
     shutdown_timeout: float
     max_connections_per_source: int | None = None
     discovery: DiscoverySettings | None = None  # set by the discovery feature when on
+    metrics: Address | None = None  # where /metrics is served; None: nowhere
 
 
 # --- value converters: each takes a raw value (str from the environment, or a TOML value)
@@ -230,6 +231,17 @@ def _listen_text(value: object) -> str:
     """A listen address, checked; kept as written (a config file is written from it)."""
     text = _string(value)
     _checked(parse_listen, text)
+    return text
+
+
+def _metrics_text(value: object) -> str:
+    """The metrics listener's address: a host is required, so it is reachable only where
+    the user says (a bare port would be every interface)."""
+    text = _listen_text(value)
+    if parse_listen(text).host is None:
+        raise ValueError(
+            f"{text!r} is every interface; give HOST:PORT, e.g. 127.0.0.1:{text.strip()}"
+        )
     return text
 
 
@@ -479,6 +491,12 @@ OPTIONS: dict[str, Option] = {
             "the rest are counted in an event=closed-summary line every 10 s [all].",
         ),
     ),
+    "metrics": Option(
+        _metrics_text,
+        None,
+        shown="(off)",
+        flag=Flag(str, "Serve Prometheus metrics on HOST:PORT at /metrics [off]."),
+    ),
 }
 FILE_ONLY_KEYS = {"config"}
 # A file's values have TOML types; only the environment spells numbers and booleans as text.
@@ -672,6 +690,7 @@ def build_settings(
         max_connections=max_connections,
         shutdown_timeout=pick("shutdown_timeout"),
         discovery=extension,
+        metrics=None if pick("metrics") is None else parse_listen(pick("metrics")),
     )
 
 

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from pyforward import __version__
@@ -70,6 +71,7 @@ class Runtime:
         self._stopping = False
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
+        self.targets_changed_at = time.time()  # Unix time; the metrics show it for discovery
 
     # --- what systemd's status line says
 
@@ -91,6 +93,7 @@ class Runtime:
     # --- the target source's sink
 
     def set_targets(self, route: RouteId, targets: Sequence[ResolvedTarget]) -> None:
+        self.targets_changed_at = time.time()
         if self.forwarder is not None:
             self.forwarder.set_targets(route, targets)
 
@@ -206,6 +209,9 @@ class Runtime:
         on_ready: Callable[[Forwarder], None] | None,
         passed: dict[int, list[socket.socket]],
     ) -> Forwarder:
+        if self.settings.metrics is not None:
+            # Imported here: forwarding without --metrics never loads prometheus_client.
+            from pyforward.obs.serve_metrics import start_metrics  # noqa: PLC0415
         fd_limit = raise_fd_limit()
         settings = await self.source.start(self.settings)
         forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
@@ -223,7 +229,10 @@ class Runtime:
             )
         )
         log_listeners(forwarder)
+        metrics = None
         try:
+            if settings.metrics is not None:
+                metrics = await start_metrics(settings.metrics, self)
             self.forwarder = forwarder
             self.source.attach(self)
             if on_ready is not None:
@@ -241,6 +250,8 @@ class Runtime:
             await forwarder.shutdown(settings.shutdown_timeout)
         finally:
             forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
+            if metrics is not None:
+                await metrics.close()
         log.info(
             logfmt(
                 {

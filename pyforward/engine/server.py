@@ -29,6 +29,7 @@ from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason
 from pyforward.obs.stats import Stats, reason_counts
+from pyforward.obs.traffic import ListenerTraffic
 from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
@@ -100,6 +101,8 @@ class Forwarder:
         self._served = 0  # connections handed to a Connection (refused ones are not)
         self._served_by_route: Counter[RouteId] = Counter()
         self.stats = Stats()
+        # Finished connections and refused clients, by listener label (obs/traffic.py).
+        self.traffic: dict[str, ListenerTraffic] = {}
         self.pipes: PipePool | None = None
         self.relay = "copy"
         self.listeners: list[Listener] = []
@@ -224,7 +227,7 @@ class Forwarder:
             listener.route, listener.targets = new_route, resolved[listener.route_id]
             listener.policy, listener.access = new_route.policy, new_route.access
             kept.append(listener)
-        for name in ("relay", "loop", "backlog"):
+        for name in ("relay", "loop", "backlog", "metrics"):
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
         self.listeners = kept + opened
@@ -275,7 +278,7 @@ class Forwarder:
             if not proxied:
                 refused = self._admission(listener.access, source)
                 if refused is not None:
-                    self._refuse(client, refused, source)
+                    self._refuse(client, refused, source, listener.label)
                     continue
             self.stats.active += 1
             targets: Sequence[ResolvedTarget] = listener.targets
@@ -371,12 +374,13 @@ class Forwarder:
         close_all([listener.sock for listener in self.listeners])
         log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
-    def _refuse(self, client: socket.socket, reason: CloseReason, source: str) -> None:
+    def _refuse(self, client: socket.socket, reason: CloseReason, source: str, listen: str) -> None:
         """Close a refused client at once, with a reset; log at most one line per interval,
         so a flood cannot fill the disk."""
         reset_on_close(client)
         client.close()
         self.stats.closed[reason] += 1
+        self._traffic(listen).refused[reason] += 1
         self._note_refusal(reason, source)
 
     def _note_refusal(self, reason: CloseReason, source: str) -> None:
@@ -386,7 +390,14 @@ class Forwarder:
             self._refusals.clear()
             log.warning(logfmt({"event": "refused", "reason": reason, "client": source, **counts}))
 
+    def _traffic(self, listen: str) -> ListenerTraffic:
+        traffic = self.traffic.get(listen)
+        if traffic is None:
+            traffic = self.traffic[listen] = ListenerTraffic()
+        return traffic
+
     def _out_of_descriptors(self, exc: OSError) -> None:
+        self.stats.accept_paused += 1
         if self._fd_log.due(self.loop.time()):
             log.warning(
                 logfmt(
@@ -410,6 +421,10 @@ class Forwarder:
         self.connections.discard(connection)
         self._awaiting_admission.pop(connection, None)
         self.stats.active -= 1
+        up, down = connection.byte_counts()
+        self._traffic(connection.listen_label).closed_one(
+            connection.reason or CloseReason.ERROR, up, down, connection.connect_seconds
+        )
         if connection.source_counted:
             self._per_source[connection.source] -= 1
             if not self._per_source[connection.source]:

@@ -17,6 +17,7 @@ class Stats:
     active: int = 0
     spliced_bytes: int = 0
     copied_bytes: int = 0
+    accept_paused: int = 0  # times accepting paused for want of descriptors
     closed: Counter[CloseReason] = field(default_factory=Counter)
 
 

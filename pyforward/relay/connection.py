@@ -132,6 +132,10 @@ class Connection:
         self._early = b""  # consumed from the client by its stages, for the target first
         self._consumed = 0  # bytes the stages took from the client: part of `up`
         self._pump: Pump | None = None
+        # Read by the metrics at scrape time and at close (obs/metrics.py).
+        self.reason: CloseReason | None = None  # why it closed, once it has
+        self.connect_seconds: float | None = None  # time for the target to accept
+        self._stage_began = 0.0
 
     def start(self) -> None:
         prepare(self.client, keepalive=self.policy.keepalive)
@@ -151,6 +155,7 @@ class Connection:
         if index < len(self._stages):
             self._next_stage = index + 1
             stage = self._stage = self._stages[index]
+            self._stage_began = time.monotonic()
             stage.start(self)
         elif self._early:
             stage = self._stage = SendToTarget(self._early)
@@ -185,6 +190,8 @@ class Connection:
         self.owner.target_failed(target, reason)
 
     def target_connected(self, target: ResolvedTarget) -> None:
+        # The stage running is the dial: its time, failover included, is the connect time.
+        self.connect_seconds = time.monotonic() - self._stage_began
         self.owner.target_connected(target)
 
     def _start_pump(self, target: socket.socket) -> None:
@@ -204,12 +211,19 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.reason = reason
         try:
             self._release(reset=reset)
             self._log_close(reason, reset_by)
         finally:
             # Whatever failed above, the slot is given back.
             self.owner.connection_closed(self)
+
+    def byte_counts(self) -> tuple[int, int]:
+        """Bytes relayed so far: client to target (up), target to client (down)."""
+        directions = self._pump.directions if self._pump is not None else []
+        up = self._consumed + (directions[0].total if directions else 0)
+        return up, directions[1].total if directions else 0
 
     def _release(self, *, reset: bool) -> None:
         if self._stage is not None:

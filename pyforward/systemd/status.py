@@ -163,6 +163,11 @@ def status(name: str, paths: InstallPaths = SYSTEM) -> StatusReport:
     held = ports.owners({sock.inode for sock in listening})
     for route in settings.routes:
         check_route(report, route, listening, held, ours, probe_through=running)
+    if running and settings.metrics is not None:
+        # Imported here: prometheus_client is loaded only where metrics are on.
+        from pyforward.obs.live_status import add_live_checks  # noqa: PLC0415
+
+        add_live_checks(report, settings.metrics, of_service=True)
     configured = [(r.listen, ports.numeric_hosts(r.listen)) for r in settings.routes]
     for sock in listening:
         owned = main_pid and main_pid in held.get(sock.inode, [])
