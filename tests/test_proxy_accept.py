@@ -67,7 +67,8 @@ def reset_or_closed(sock: socket.socket) -> bool:
 
 def test_it_needs_the_peers_to_trust() -> None:
     route = ["127.0.0.1:0=127.0.0.1:1"]
-    with pytest.raises(ConfigError, match="accept_proxy_protocol needs proxy_protocol_from"):
+    needs = r"^accept_proxy_protocol \(route 127.0.0.1:0\) needs proxy_protocol_from"
+    with pytest.raises(ConfigError, match=needs):
         build_settings({"route": route, "accept_proxy_protocol": True}, {})
     env = {"PYFORWARD_ACCEPT_PROXY_PROTOCOL": "yes", "PYFORWARD_PROXY_PROTOCOL_FROM": "10.0.0.0/8"}
     [built] = build_settings({"route": route}, env).routes

@@ -834,9 +834,13 @@ def _route(
         if key not in overriding:
             values[key] = _convert_file(key, raw, f"{where}: {key}")
     if values["accept_proxy_protocol"] and not values["proxy_protocol_from"]:
+        # Named by the route only where the route is a file's: a flag or variable of either
+        # key applies to every route.
+        place = "" if where in ("flags", "env", "--preset") else f"{where}: "
         raise ConfigError(
-            f"{where}: accept_proxy_protocol needs proxy_protocol_from, the load balancers "
-            "whose PROXY header to believe (a header from anyone else is never honoured)"
+            f"{place}accept_proxy_protocol (route {listen_text}) needs proxy_protocol_from "
+            "(--proxy-protocol-from CIDR): the load balancers whose PROXY header to believe; "
+            "a header from anyone else is never honoured"
         )
     return Route(
         listen=parse_listen(listen_text),
