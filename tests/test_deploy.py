@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,14 @@ def test_the_daemonset_config_runs_in_cluster_and_forwards(
         assert fields(listens[1])["target"] == f"127.0.0.1:{http.port},127.0.0.3:{http.port}"
         assert ask(ports["443"], b"hello") == b"https:hello"
         assert ask(ports["80"], b"plain") == b"http2:plain"
-        saved = json.loads((state / "discovery-istio-system-istio-ingressgateway.json").read_text())
+        # The state is saved (and fsynced) off the event loop once the targets are found:
+        # the file appears a moment after forwarding starts.
+        saved_file = state / "discovery-istio-system-istio-ingressgateway.json"
+        deadline = time.monotonic() + 10
+        while not saved_file.exists():
+            assert time.monotonic() < deadline, "the state file was never written"
+            time.sleep(0.05)
+        saved = json.loads(saved_file.read_text())
         assert saved
         # Every request it made is one the manifests' RBAC allows; and each rule was used.
         kube.wait_for(lambda: any(r.watch and r.path == "/api/v1/nodes" for r in kube.requests))

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from pyforward.cli import service as service_cli
 from pyforward.cli.app import main
 from pyforward.config.settings import LogLevel, build_settings
+from pyforward.systemd import install as service
 from pyforward.systemd import systemctl
 from pyforward.systemd.install import InstallPaths
+from pyforward.systemd.installation import Installation
 from tests.harness import run_cli
 from tests.kubeapi import KubeApi
 
@@ -138,6 +141,10 @@ def test_install_refuses_what_run_refuses(
 def test_install_writes_variables_numbers_and_booleans_typed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # What install writes, not where this checkout lies (under /tmp it would refuse).
+    opt = Installation("/opt/pyforward/bin/pyforward", "/opt/pyforward/bin/python3", ())
+    monkeypatch.setattr(service_cli, "find_installation", lambda: opt)
+    monkeypatch.setattr(service, "ports_taken", lambda plan: [])
     monkeypatch.setenv("PYFORWARD_CONNECT_TIMEOUT", "5")
     monkeypatch.setenv("PYFORWARD_KEEPALIVE", "yes")
     monkeypatch.setenv("PYFORWARD_MAX_CONNECTIONS", "100")
