@@ -132,6 +132,7 @@ class Connection:
         self._early = b""  # consumed from the client by its stages, for the target first
         self._consumed = 0  # bytes the stages took from the client: part of `up`
         self._pump: Pump | None = None
+        self._final_counts: tuple[int, int] | None = None  # byte_counts(), once closed
         # Read by the metrics at scrape time and at close (obs/metrics.py).
         self.reason: CloseReason | None = None  # why it closed, once it has
         self.connect_seconds: float | None = None  # time for the target to accept
@@ -218,9 +219,19 @@ class Connection:
         finally:
             # Whatever failed above, the slot is given back.
             self.owner.connection_closed(self)
+            # The stages and the pump point back at this connection: drop them, so that a
+            # closed connection is freed at once by its reference count, not left to the
+            # cyclic garbage collector (whose passes, with thousands of connections a
+            # second to sweep, showed as tens of milliseconds of latency at p99).
+            self._final_counts = self.byte_counts()
+            self._stages = ()
+            self._stage = None
+            self._pump = None
 
     def byte_counts(self) -> tuple[int, int]:
         """Bytes relayed so far: client to target (up), target to client (down)."""
+        if self._final_counts is not None:
+            return self._final_counts
         directions = self._pump.directions if self._pump is not None else []
         up = self._consumed + (directions[0].total if directions else 0)
         return up, directions[1].total if directions else 0
