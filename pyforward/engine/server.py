@@ -13,7 +13,8 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
@@ -53,6 +54,23 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
+    # Read on every accept, so worked out once: the socket's family (an int, not the enum
+    # `sock.family` builds each time), and whether the route has an allow/deny list.
+    family: int = field(init=False)
+    screened: bool = field(init=False)
+    # The route's failover lines, one per interval for all its connections (set by the
+    # forwarder, shared by the route's listeners).
+    failover_log: Every = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.family = int(self.sock.family)
+        self.screened = bool(self.access)
+
+    def apply(self, route: Route, targets: list[ResolvedTarget]) -> None:
+        """Serve `route` (the same route id, reloaded) from now on."""
+        self.route, self.targets = route, targets
+        self.policy, self.access = route.policy, route.access
+        self.screened = bool(route.access)
 
 
 def literal_target(address: Address) -> ResolvedTarget | None:
@@ -160,6 +178,8 @@ class Forwarder:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
+        for listener in self.listeners:
+            listener.failover_log = self._failover_log(listener.route_id)
         self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
         self._follow_gate()
 
@@ -224,12 +244,13 @@ class Forwarder:
                     self.loop.remove_reader(listener.sock.fileno())
                 listener.sock.close()
                 continue
-            listener.route, listener.targets = new_route, resolved[listener.route_id]
-            listener.policy, listener.access = new_route.policy, new_route.access
+            listener.apply(new_route, resolved[listener.route_id])
             kept.append(listener)
         for name in ("relay", "loop", "backlog", "metrics"):
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
+        for listener in opened:
+            listener.failover_log = self._failover_log(listener.route_id)
         self.listeners = kept + opened
         self.settings = settings
         self.gate.cap = settings.max_connections
@@ -255,14 +276,19 @@ class Forwarder:
                 self.loop.remove_reader(listener.sock.fileno())
 
     def _accept(self, listener: Listener) -> None:
+        gate, stats = self.gate, self.stats
+        # `socket.accept` is this, plus a lookup of the listener's family and type enums.
+        accept: Callable[[], tuple[int, tuple[Any, ...]]] = listener.sock._accept  # type: ignore[attr-defined]
+        family = listener.family
+        counts_sources = self._counts_sources
         for _ in range(_ACCEPT_BATCH):
-            if not self.gate.admits(self.stats.active):
+            if not gate.admits(stats.active):
                 # At the cap, connections wait in the kernel's backlog (as with socat's
                 # max-children) until a slot frees.
                 self._follow_gate()
                 return
             try:
-                client, peer = listener.sock.accept()
+                fd, peer = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -270,17 +296,21 @@ class Forwarder:
                     self._out_of_descriptors(exc)
                     return
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
-            self.stats.accepted += 1
+            client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            stats.accepted += 1
             source = client_host(peer[0])
             # A trusted load balancer's connection is admitted once its PROXY header
             # names the client (`admit`); every other one here, by its own address.
-            proxied = listener.policy.reads_proxy_header(source)
-            if not proxied:
+            policy = listener.policy
+            proxied = policy.accept_proxy_protocol and policy.reads_proxy_header(source)
+            counted = False
+            if not proxied and (listener.screened or counts_sources):
                 refused = self._admission(listener.access, source)
                 if refused is not None:
                     self._refuse(client, refused, source, listener.label)
                     continue
-            self.stats.active += 1
+                counted = counts_sources
+            stats.active += 1
             targets: Sequence[ResolvedTarget] = listener.targets
             if len(targets) > 1:
                 targets = self.health.order(targets, self.loop.time())
@@ -293,15 +323,15 @@ class Forwarder:
             connection = Connection(
                 self,
                 client,
-                client_label=format_peer(peer),
+                peer=peer,
                 listen_label=listener.label,
                 targets=targets,
-                policy=listener.policy,
-                failover_log=self._failover_log(listener.route_id),
+                policy=policy,
+                failover_log=listener.failover_log,
                 source=source,
                 proxied=proxied,
             )
-            connection.source_counted = not proxied and self._counts_sources
+            connection.source_counted = counted
             if proxied:
                 self._awaiting_admission[connection] = listener.access
             self.connections.add(connection)
@@ -435,8 +465,8 @@ class Forwarder:
         elif self._accepts_done:
             if not self.connections:
                 self.finished.set()
-        else:
-            self._follow_gate()
+        elif not self._accepting:
+            self._follow_gate()  # a slot is free: accept again, if the gate says so
 
     def route_counts(self) -> list[dict[str, object]]:
         """Each route's live counts: its listen addresses, the connections open now and

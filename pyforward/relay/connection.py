@@ -17,6 +17,7 @@ stages themselves, and how their bytes stay ahead of the pump's, are in `stages.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import itertools
 import logging
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from pyforward.config.addresses import format_peer
 from pyforward.config.policy import Policy, ProxyProtocol
 from pyforward.obs.closelog import CloseSummary, logs_close
 from pyforward.obs.logfmt import logfmt
@@ -45,6 +47,9 @@ log = logging.getLogger("pyforward.relay.connection")
 
 # Connection ids for the log lines: a counter, unique within the process.
 _ids = itertools.count(1)
+# `socket.socket.close` without its bookkeeping for `makefile` (which the relay never
+# calls): the descriptor's close, straight from the socket's C type.
+_close = _socket.socket.close
 
 
 class Owner(Protocol):
@@ -90,12 +95,47 @@ def stages_for(policy: Policy, failover_log: Every, *, proxied: bool = False) ->
 
 
 class Connection:
+    __slots__ = (
+        "__weakref__",  # for whoever must know when a connection is freed
+        "_client_label",
+        "_consumed",
+        "_early",
+        "_final_counts",
+        "_next_stage",
+        "_peer",
+        "_pump",
+        "_stage",
+        "_stage_began",
+        "_stages",
+        "_started",
+        "client",
+        "client_address",
+        "closed",
+        "connect_seconds",
+        "destination_address",
+        "error",
+        "error_detail",
+        "id",
+        "listen_label",
+        "loop",
+        "owner",
+        "policy",
+        "poller",
+        "reason",
+        "source",
+        "source_counted",
+        "target",
+        "target_label",
+        "targets",
+    )
+
     def __init__(
         self,
         owner: Owner,
         client: socket.socket,
         *,
-        client_label: str,
+        peer: tuple[object, ...] | None = None,
+        client_label: str | None = None,
         listen_label: str,
         targets: Sequence[ResolvedTarget],
         policy: Policy,
@@ -109,7 +149,10 @@ class Connection:
         self.poller = owner.poller
         self.id = next(_ids)
         self.client = client
-        self.client_label = client_label
+        # The close line's `client=`: formatted from the peer's address when first asked
+        # for (a connection that closes unlogged never formats it).
+        self._peer = peer
+        self._client_label = client_label
         self.source = source  # the client's address, for per-source limits
         self.client_address: tuple[str, int] | None = None  # from a PROXY header
         self.destination_address: tuple[str, int] | None = None
@@ -137,6 +180,17 @@ class Connection:
         self.reason: CloseReason | None = None  # why it closed, once it has
         self.connect_seconds: float | None = None  # time for the target to accept
         self._stage_began = 0.0
+
+    @property
+    def client_label(self) -> str:
+        label = self._client_label
+        if label is None:
+            label = self._client_label = format_peer(self._peer) if self._peer else "-"
+        return label
+
+    @client_label.setter
+    def client_label(self, label: str) -> None:
+        self._client_label = label
 
     def start(self) -> None:
         prepare(self.client, keepalive=self.policy.keepalive)
@@ -249,15 +303,12 @@ class Connection:
         for sock in (self.client, self.target):
             if sock is None or sock.fileno() < 0:
                 continue
-            fd = sock.fileno()
             try:
-                poller.remove_reader(fd)
-                poller.remove_writer(fd)
-                poller.unwatch_errors(fd)
+                poller.forget(sock.fileno())
                 if reset:
                     reset_on_close(sock)
             finally:
-                sock.close()
+                _close(sock)
 
     def _log_close(self, reason: CloseReason, reset_by: Side | None) -> None:
         self.owner.stats.closed[reason] += 1

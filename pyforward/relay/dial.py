@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason
-from pyforward.relay.sockets import prepare
+from pyforward.relay.sockets import BORN_NONBLOCKING, TARGET_SOCKET_TYPE, prepare
 from pyforward.relay.stages import Stage, StageHost, contained
 
 log = logging.getLogger("pyforward.relay.connection")
@@ -68,6 +68,17 @@ class ConnectFailure:
 class Dial(Stage):
     """Connect to the first of the host's `targets` that accepts; set `host.target`."""
 
+    __slots__ = (
+        "_attempt",
+        "_attempt_deadline",
+        "_attempt_timer",
+        "_deadline",
+        "_failover_log",
+        "_last_failure",
+        "connect_timeout",
+        "keepalive",
+    )
+
     side = "dial"
 
     def __init__(self, connect_timeout: float, *, keepalive: bool, failover_log: Every) -> None:
@@ -112,12 +123,12 @@ class Dial(Stage):
     def _begin(self, target: ResolvedTarget) -> ConnectFailure | None:
         """Begin a non-blocking connect to `target`; the failure, if it failed at once."""
         try:
-            sock = socket.socket(target.family, socket.SOCK_STREAM)
+            sock = socket.socket(target.family, TARGET_SOCKET_TYPE)
         except OSError as exc:
             return ConnectFailure.of_exception(exc)
         self.host.target = sock
         try:
-            prepare(sock, keepalive=self.keepalive)
+            prepare(sock, keepalive=self.keepalive, nonblocking=BORN_NONBLOCKING)
             # Besides OSError, a target the checks upstream let through may be one the
             # socket module refuses to take: a port above 65535 (OverflowError), a
             # zone no interface has (gaierror), an address of the wrong shape.

@@ -21,6 +21,8 @@ COPY_BUFFER = 1 << 18
 class Direction:
     """Moves bytes from `src` to `dst`; the driver calls fill() and flush()."""
 
+    __slots__ = ("done", "dst", "dst_fd", "pending", "src", "src_fd", "stats", "total")
+
     kind = ""
 
     def __init__(self, src: socket.socket, dst: socket.socket, stats: Stats) -> None:
@@ -49,6 +51,8 @@ class SpliceDirection(Direction):
     """socket -> pipe -> socket, in the kernel. A pipe is held only while bytes are in it,
     so an idle connection holds no pipe at all."""
 
+    __slots__ = ("_pipe", "_pool")
+
     kind = "splice"
 
     def __init__(self, src: socket.socket, dst: socket.socket, stats: Stats, pool: PipePool):
@@ -59,14 +63,16 @@ class SpliceDirection(Direction):
     def fill(self) -> int:
         pipe = self._pipe
         if pipe is None:
-            pipe = self._pipe = self._pool.acquire()
+            # `PipePool.acquire`, its common case inline (this runs for every batch).
+            free = self._pool.free
+            pipe = self._pipe = free.pop() if free else self._pool.acquire()
         try:
             moved = os.splice(self.src_fd, pipe[1], SPLICE_CHUNK, flags=SPLICE_FLAGS)
         except BaseException:
             self.release()
             raise
         if not moved:
-            self.release()
+            self._give_back_empty(pipe)
             return 0
         self.pending = moved
         self.total += moved
@@ -78,7 +84,13 @@ class SpliceDirection(Direction):
         assert pipe is not None
         while self.pending:
             self.pending -= os.splice(pipe[0], self.dst_fd, self.pending, flags=SPLICE_FLAGS)
-        self.release()
+        self._give_back_empty(pipe)
+
+    def _give_back_empty(self, pipe: Pipe) -> None:
+        self._pipe = None
+        pool = self._pool
+        if len(pool.free) < pool.capacity:
+            pool.free.append(pipe)
 
     def release(self) -> None:
         if self._pipe is not None:
@@ -90,6 +102,8 @@ class CopyDirection(Direction):
     """recv_into/send through user space. Bytes are read into one scratch buffer shared
     by every connection; only what the destination does not take at once is copied out
     and kept, so an idle or freely flowing connection holds no buffer."""
+
+    __slots__ = ("_data", "_start")
 
     kind = "copy"
     _scratch = memoryview(bytearray(COPY_BUFFER))

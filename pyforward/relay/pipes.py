@@ -35,14 +35,16 @@ class PipeTooSmall(OSError):
 class PipePool:
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
-        self._free: list[Pipe] = []
+        # Empty pipes ready for use. A splice direction takes one and gives it back on
+        # every batch, so it works on this list itself, as `acquire` and `release` do.
+        self.free: list[Pipe] = []
         self.created = 0
         self.too_small = 0
 
     def acquire(self) -> Pipe:
         """A pipe, pooled or new. Raises OSError when none can be made."""
-        if self._free:
-            return self._free.pop()
+        if self.free:
+            return self.free.pop()
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if fcntl.fcntl(write_end, _F_GETPIPE_SZ) < MIN_PIPE_SIZE:
             with contextlib.suppress(OSError):
@@ -56,20 +58,20 @@ class PipePool:
         return read_end, write_end
 
     def release(self, pipe: Pipe, *, empty: bool) -> None:
-        if empty and len(self._free) < self.capacity:
-            self._free.append(pipe)
+        if empty and len(self.free) < self.capacity:
+            self.free.append(pipe)
         else:
             os.close(pipe[0])
             os.close(pipe[1])
 
     def close(self) -> None:
-        while self._free:
-            read_end, write_end = self._free.pop()
+        while self.free:
+            read_end, write_end = self.free.pop()
             os.close(read_end)
             os.close(write_end)
 
     def __len__(self) -> int:
-        return len(self._free)
+        return len(self.free)
 
 
 def splice_available() -> bool:

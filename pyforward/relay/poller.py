@@ -38,6 +38,10 @@ class Poller(Protocol):
     def remove_writer(self, fd: int) -> None: ...
     def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def unwatch_errors(self, fd: int) -> None: ...
+    def watch(
+        self, fd: int, reader: Callback, arg: Any, on_errors: Callback, errors_arg: Any
+    ) -> None: ...
+    def forget(self, fd: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -80,6 +84,25 @@ class EpollPoller:
     def unwatch_errors(self, fd: int) -> None:
         if self._error_watchers.pop(fd, None) is not None:
             self._update(fd)
+
+    def watch(
+        self, fd: int, reader: Callback, arg: Any, on_errors: Callback, errors_arg: Any
+    ) -> None:
+        """`add_reader(fd, reader, arg)` and `watch_errors(fd, on_errors, errors_arg)` in
+        one update: what the pump asks of each socket when it starts."""
+        self._readers[fd] = (reader, (arg,))
+        self._error_watchers[fd] = (on_errors, (errors_arg,))
+        self._update(fd)
+
+    def forget(self, fd: int) -> None:
+        """`fd` is about to be closed: drop its callbacks without a system call. Closing
+        a descriptor takes it out of the epoll by itself (the relay never duplicates its
+        sockets' descriptors), so telling epoll first would be one call per socket for
+        nothing."""
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
+        self._error_watchers.pop(fd, None)
+        self._masks.pop(fd, None)
 
     def _update(self, fd: int) -> None:
         mask: int | None = (select.EPOLLIN if fd in self._readers else 0) | (
@@ -141,6 +164,15 @@ class LoopPoller:
 
     def unwatch_errors(self, fd: int) -> None:
         pass
+
+    def watch(
+        self, fd: int, reader: Callback, arg: Any, on_errors: Callback, errors_arg: Any
+    ) -> None:
+        self._loop.add_reader(fd, reader, arg)
+
+    def forget(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
 
     def close(self) -> None:
         pass

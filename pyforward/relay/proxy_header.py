@@ -59,6 +59,8 @@ _bad_header_log = Every(_BAD_HEADER_LOG_INTERVAL)
 class SendProxyHeader(SendToTarget):
     """Write the PROXY header of the client's connection to the target."""
 
+    __slots__ = ("build",)
+
     def __init__(self, version: ProxyProtocol) -> None:
         super().__init__(b"")
         self.build = BUILDERS[version]
@@ -78,6 +80,8 @@ class SendProxyHeader(SendToTarget):
 
 class ReadProxyHeader(Stage):
     """Read the PROXY header a trusted peer starts with; its source becomes the client."""
+
+    __slots__ = ("_timer", "reader", "timeout")
 
     side = "client"
 

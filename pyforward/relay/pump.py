@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -49,6 +48,16 @@ _DESTINATION = (Side.TARGET, Side.CLIENT)
 class Pump:
     """Relays between the connection's client and target; closes it when done."""
 
+    __slots__ = (
+        "_connection",
+        "_idle_timeout",
+        "_idle_timer",
+        "_last_active",
+        "_loop",
+        "_poller",
+        "directions",
+    )
+
     def __init__(self, connection: Connection, target: socket.socket) -> None:
         self._connection = connection
         self._loop = connection.loop
@@ -70,11 +79,9 @@ class Pump:
         self._idle_timeout = connection.policy.idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0
-        add_reader = self._poller.add_reader
-        add_reader(client.fileno(), self._readable, 0)
-        add_reader(target.fileno(), self._readable, 1)
-        for sock in (client, target):
-            self._poller.watch_errors(sock.fileno(), self._on_trouble, sock)
+        watch = self._poller.watch
+        watch(client.fileno(), self._readable, 0, self._on_trouble, client)
+        watch(target.fileno(), self._readable, 1, self._on_trouble, target)
         if self._idle_timeout:
             self._last_active = self._loop.time()
             self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
@@ -160,12 +167,18 @@ class Pump:
     def _eof(self, index: int) -> None:
         direction = self.directions[index]
         direction.done = True
-        self._poller.remove_reader(direction.src_fd)
-        # If the destination is already gone, its own direction will say so.
-        with contextlib.suppress(OSError):
-            direction.dst.shutdown(socket.SHUT_WR)
         if self.directions[1 - index].done:
+            # Both sides have finished. The close sends the FIN a shutdown would (both
+            # receive queues are read to their end, so it is no reset), and drops every
+            # watch of both sockets.
             self._connection.close(CloseReason.EOF)
+            return
+        self._poller.remove_reader(direction.src_fd)
+        # Not contextlib.suppress: this runs for every connection, and a plain try is free.
+        try:  # noqa: SIM105
+            direction.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the destination is already gone: its own direction will say so
 
     def _abort(self, exc: OSError, side: Side) -> None:
         code = exc.errno or 0
@@ -189,7 +202,8 @@ class Pump:
     @property
     def in_flight(self) -> bool:
         """Bytes read from one side and not yet written to the other."""
-        return any(direction.pending for direction in self.directions)
+        first, second = self.directions
+        return bool(first.pending or second.pending)
 
     def release(self) -> None:
         """Stop the idle timer and give back the directions' pipes (the connection closes

@@ -25,9 +25,17 @@ def set_keepalive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def prepare(sock: socket.socket, *, keepalive: bool) -> None:
-    """Non-blocking, no Nagle delay, and keepalive probes when the route asks for them."""
-    sock.setblocking(False)
+# A target's socket is made non-blocking by `socket()` itself, where Linux can (one ioctl
+# less per connection).
+TARGET_SOCKET_TYPE = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+BORN_NONBLOCKING = TARGET_SOCKET_TYPE != socket.SOCK_STREAM
+
+
+def prepare(sock: socket.socket, *, keepalive: bool, nonblocking: bool = False) -> None:
+    """Non-blocking (`nonblocking`: it already is), no Nagle delay, and keepalive probes
+    when the route asks for them."""
+    if not nonblocking:
+        sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive:
         set_keepalive(sock)

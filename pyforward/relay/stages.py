@@ -90,6 +90,8 @@ class StageHost(Protocol):
 class Stage:
     """One step of a connection before the pump (see the module's docstring)."""
 
+    __slots__ = ("host",)
+
     side: ClassVar[Literal["client", "dial", "target"]]
     host: StageHost
 
@@ -124,6 +126,8 @@ class FirstByteGate(Stage):
     """Wait for the client to speak before spending a connection on the target: a client
     that connects and sends nothing (slowloris) costs the target nothing. Peeks only: the
     byte stays in the socket for the pump."""
+
+    __slots__ = ("_timer", "timeout")
 
     side = "client"
 
@@ -173,6 +177,8 @@ class SendToTarget(Stage):
     """Write `data` to the target, all of it, before anything else: the base of a
     target-side stage that sends a header, and the stage that delivers the bytes the
     client-side stages consumed. `data` is bounded by whoever made it."""
+
+    __slots__ = ("data",)
 
     side = "target"
 
