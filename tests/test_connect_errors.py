@@ -18,7 +18,7 @@ import pytest
 
 from pyforward.config.settings import build_settings
 from pyforward.engine.server import Forwarder
-from pyforward.relay import connection, dial
+from pyforward.relay import dial, pump
 from pyforward.relay.connection import ResolvedTarget
 from tests.harness import Backend, connect, connect_and_read, echo, fields
 from tests.inprocess import LogLines, on_loop, running
@@ -154,7 +154,7 @@ def test_a_target_connect_cannot_take_is_passed_over_for_the_next() -> None:
 @pytest.mark.parametrize(
     ("broken_class", "broken_step"),
     # Called from the accept path; called from the event loop once the target accepted.
-    [(dial.Dial, "start"), (connection.Connection, "_start_pump")],
+    [(dial.Dial, "start"), (pump.Pump, "__init__")],
 )
 def test_an_error_nothing_expected_still_frees_the_slot_and_the_descriptors(
     monkeypatch: pytest.MonkeyPatch, broken_class: type, broken_step: str
