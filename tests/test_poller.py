@@ -111,3 +111,66 @@ def test_a_reader_hears_a_reset_instead_of_the_watcher(
     assert woken == ["reader"]
     poller.close()
     accepted.close()
+
+
+def test_a_descriptor_forgotten_and_closed_can_be_reused_at_once(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """`forget` drops a socket's watches without telling epoll (its close does that): the
+    next socket the kernel gives the same number must still be watched from scratch."""
+    poller = EpollPoller(loop)
+    first, first_peer = tcp_pair()
+    number = first.fileno()
+    poller.add_writer(number, lambda: None)
+    poller.forget(number)
+    first.close()
+    second, second_peer = tcp_pair()
+    # The lowest free number: the kernel hands out the one just closed.
+    reused = second if second.fileno() == number else second_peer
+    assert reused.fileno() == number
+    other = second_peer if reused is second else second
+    heard: list[bytes] = []
+    poller.add_reader(number, lambda: heard.append(reused.recv(10)))
+    other.sendall(b"hello")
+    turn(loop, 3)
+    assert heard[:1] == [b"hello"]
+    poller.forget(number)
+    poller.close()
+    for sock in (first_peer, second, second_peer):
+        sock.close()
+
+
+def test_done_writing_hands_a_socket_over_to_a_reader_in_the_same_callback(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """What a dial does once its target accepts: stop writing, then (the pump) read. The
+    writer is never called again, the reader is, and a writer dropped with nobody reading
+    afterwards does not keep waking the loop."""
+    poller = EpollPoller(loop)
+    client, accepted = tcp_pair()
+    calls: list[str] = []
+
+    def on_writable() -> None:
+        calls.append("writer")
+        poller.done_writing(client.fileno())
+        poller.add_reader(client.fileno(), lambda: calls.append(f"read {client.recv(10)!r}"))
+
+    poller.add_writer(client.fileno(), on_writable)
+    turn(loop, 3)
+    assert calls == ["writer"]  # writable at once; nothing to read yet
+    accepted.sendall(b"x")
+    turn(loop, 1)
+    assert calls == ["writer", "read b'x'"]
+    poller.remove_reader(client.fileno())
+    dropped: list[str] = []
+
+    def write_once() -> None:
+        dropped.append("writer")
+        poller.done_writing(accepted.fileno())
+
+    poller.add_writer(accepted.fileno(), write_once)
+    turn(loop, 10)
+    assert dropped == ["writer"]
+    poller.close()
+    client.close()
+    accepted.close()

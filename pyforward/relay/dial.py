@@ -145,7 +145,7 @@ class Dial(Stage):
         host = self.host
         sock = host.target
         assert sock is not None
-        host.poller.remove_writer(sock.fileno())
+        host.poller.done_writing(sock.fileno())
         self.stop()
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
@@ -174,7 +174,7 @@ class Dial(Stage):
         host = self.host
         sock = host.target
         if sock is not None:
-            host.poller.remove_writer(sock.fileno())
+            host.poller.forget(sock.fileno())  # before the close: the next socket may reuse it
             sock.close()
             host.target = None
         targets = host.targets

@@ -36,6 +36,7 @@ class Poller(Protocol):
     def remove_reader(self, fd: int) -> None: ...
     def add_writer(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def remove_writer(self, fd: int) -> None: ...
+    def done_writing(self, fd: int) -> None: ...
     def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def unwatch_errors(self, fd: int) -> None: ...
     def watch(
@@ -57,6 +58,7 @@ class EpollPoller:
         self._writers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
         self._error_watchers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
         self._masks: dict[int, int] = {}
+        self._settle_later: list[int] = []  # see done_writing
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def add_reader(self, fd: int, callback: Callback, *args: Any) -> None:
@@ -74,6 +76,13 @@ class EpollPoller:
     def remove_writer(self, fd: int) -> None:
         if self._writers.pop(fd, None) is not None:
             self._update(fd)
+
+    def done_writing(self, fd: int) -> None:
+        """`remove_writer`, from within one of this poller's callbacks, telling epoll only
+        once the batch of events is handled, if nothing else changed `fd`'s watch by then.
+        A dial's socket becomes the pump's this way: EPOLLOUT to EPOLLIN in one call."""
+        if self._writers.pop(fd, None) is not None:
+            self._settle_later.append(fd)
 
     def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None:
         """Call `callback` on an error or hang-up of `fd` while it has no reader or writer
@@ -124,6 +133,15 @@ class EpollPoller:
             self._epoll.modify(fd, mask)
 
     def _dispatch(self) -> None:
+        try:
+            self._run_callbacks()
+        finally:
+            if self._settle_later:
+                for fd in self._settle_later:
+                    self._update(fd)  # nothing to do if something else updated it since
+                self._settle_later.clear()
+
+    def _run_callbacks(self) -> None:
         readers, writers = self._readers, self._writers
         for fd, events in self._epoll.poll(0, self._BATCH):
             unattended = fd not in readers and fd not in writers
@@ -157,6 +175,9 @@ class LoopPoller:
         self._loop.remove_reader(fd)
 
     def remove_writer(self, fd: int) -> None:
+        self._loop.remove_writer(fd)
+
+    def done_writing(self, fd: int) -> None:
         self._loop.remove_writer(fd)
 
     def watch_errors(self, fd: int, callback: Callback, *args: Any) -> None:
