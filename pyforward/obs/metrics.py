@@ -31,7 +31,7 @@ from pyforward.obs.reasons import CloseReason
 from pyforward.obs.traffic import CONNECT_BUCKETS, ConnectTimes, ListenerTraffic
 
 # Refused at accept, never a connection: counted by pyforward_refused_total alone.
-REFUSAL_REASONS = (CloseReason.DENIED, CloseReason.SOURCE_LIMIT)
+REFUSAL_REASONS = (CloseReason.DENIED, CloseReason.SOURCE_LIMIT, CloseReason.FLOW_LIMIT)
 CONNECTION_REASONS = tuple(reason for reason in CloseReason if reason not in REFUSAL_REASONS)
 
 
