@@ -1,0 +1,241 @@
+"""UDP routes end to end: dnsmasq and dig behind `pyforward run --protocol udp`, datagram
+sizes through an echo server, idle expiry, the flow cap, allow/deny and per-source limits."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import TIMEOUT, ForwarderProcess, fields
+from tests.udp_peers import DNS_ADDRESS, DNS_NAME, UdpEcho, ask, dns_answer, dns_query, dnsmasq
+from tests.udp_peers import udp_port as _udp_port
+
+
+def _route(target_port: int, *extra: str) -> ForwarderProcess:
+    return ForwarderProcess(
+        [
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            f"127.0.0.1:{target_port}",
+            "--protocol",
+            "udp",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture
+def dns_port(tmp_path: Path) -> Iterator[int]:
+    with dnsmasq(tmp_path) as port:
+        yield port
+
+
+@pytest.fixture
+def echo() -> Iterator[UdpEcho]:
+    with UdpEcho() as server:
+        yield server
+
+
+def _client(source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind((source, 0))
+    sock.settimeout(5.0)
+    return sock
+
+
+def test_dig_answers_through_a_udp_route(dns_port: int) -> None:
+    process = _route(dns_port)
+    try:
+        port = _udp_port(process)
+        if shutil.which("dig") is None:
+            pytest.skip("dig is not installed (Debian package bind9-dnsutils)")
+        answer = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(port), DNS_NAME, "+short", "+tries=1", "+time=5"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=True,
+        )
+        assert answer.stdout.split() == [DNS_ADDRESS]
+    finally:
+        assert process.stop() == 0
+    close = [line for line in process.close_lines if line["relay"] == "udp"]
+    assert close and close[0]["reason"] == "shutdown"
+    assert close[0]["datagrams_up"] == "1" and close[0]["datagrams_down"] == "1"
+
+
+def test_2000_queries_from_20_clients_each_reply_matched(dns_port: int) -> None:
+    """Every reply reaches the client that asked, with the id of its own query."""
+    process = _route(dns_port)
+    try:
+        port = _udp_port(process)
+        failures: list[str] = []
+        answered = [0] * 20
+
+        def client(index: int) -> None:
+            with _client() as sock:
+                for n in range(100):
+                    query_id = index * 1000 + n  # unique across all clients
+                    sock.sendto(dns_query(query_id), ("127.0.0.1", port))
+                    try:
+                        reply_id, addresses = dns_answer(sock.recv(4096))
+                    except TimeoutError:
+                        failures.append(f"client {index}: no reply to {query_id}")
+                        return
+                    if reply_id != query_id or addresses != [DNS_ADDRESS]:
+                        failures.append(f"client {index}: {query_id} got {reply_id} {addresses}")
+                        return
+                    answered[index] += 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT * 3)
+        assert not failures, failures[:5]
+        assert sum(answered) == 2000
+    finally:
+        assert process.stop() == 0
+    # One flow per client socket, each with its 100 queries and 100 replies.
+    flows = [line for line in process.close_lines if line["relay"] == "udp"]
+    assert len(flows) == 20
+    assert {(f["datagrams_up"], f["datagrams_down"]) for f in flows} == {("100", "100")}
+
+
+@pytest.mark.parametrize("size", [1, 1400, 65000])
+def test_datagrams_keep_their_size_and_bounds(echo: UdpEcho, size: int) -> None:
+    """Three datagrams back to back come back as three, each byte-exact: never merged,
+    split or truncated."""
+    process = _route(echo.port)
+    try:
+        port = _udp_port(process)
+        sent = [bytes([seed]) * size for seed in (0x41, 0x42, 0x43)]
+        sent = [data[:-1] + bytes([i]) for i, data in enumerate(sent)]
+        with _client() as sock:
+            for data in sent:
+                sock.sendto(data, ("127.0.0.1", port))
+            got = [sock.recv(65536) for _ in sent]
+        assert got == sent
+    finally:
+        assert process.stop() == 0
+    (flow,) = [line for line in process.close_lines if line["relay"] == "udp"]
+    assert flow["up"] == flow["down"] == str(3 * size)
+    assert flow["datagrams_up"] == "3" and "dropped" not in flow
+
+
+def test_a_flow_closes_after_its_idle_timeout(dns_port: int) -> None:
+    process = _route(dns_port, "--udp-idle-timeout", "0.3")
+    try:
+        port = _udp_port(process)
+        assert ask(port, 7) == [DNS_ADDRESS]
+        line = fields(process.wait_line(r"event=close .*reason=idle-timeout"))
+        assert line["relay"] == "udp" and line["listen"] == f"udp:127.0.0.1:{port}"
+        assert 0.3 <= float(line["dur"]) < 5
+        # The client's next query starts a new flow, answered as the first was.
+        assert ask(port, 8) == [DNS_ADDRESS]
+    finally:
+        assert process.stop() == 0
+
+
+def test_replies_reach_the_client_that_sent(echo: UdpEcho) -> None:
+    """Two clients: each flow has its own socket to the target, so each gets its own data."""
+    process = _route(echo.port)
+    try:
+        port = _udp_port(process)
+        with _client() as first, _client() as second:
+            first.sendto(b"first", ("127.0.0.1", port))
+            second.sendto(b"second", ("127.0.0.1", port))
+            assert first.recv(100) == b"first"
+            assert second.recv(100) == b"second"
+        assert len(echo.peers) == 2  # the target saw two sources, one per flow
+    finally:
+        process.stop()
+
+
+def test_the_flow_cap_evicts_one_exchange_flows_and_keeps_assured_ones(echo: UdpEcho) -> None:
+    process = _route(echo.port, "--udp-max-flows", "2")
+    try:
+        port = _udp_port(process)
+        target = ("127.0.0.1", port)
+        with _client() as assured, _client() as once, _client() as third, _client() as fourth:
+            for _ in range(2):  # two datagrams each way: an assured flow
+                assured.sendto(b"a", target)
+                assert assured.recv(10) == b"a"
+            once.sendto(b"o", target)
+            assert once.recv(10) == b"o"
+            # At the cap: the one-exchange flow makes room, the assured one stays.
+            third.sendto(b"t", target)
+            assert third.recv(10) == b"t"
+            evicted = fields(process.wait_line(r"event=close .*reason=flow-evicted"))
+            assert evicted["client"] == f"127.0.0.1:{once.getsockname()[1]}"
+            third.sendto(b"t", target)
+            assert third.recv(10) == b"t"  # now assured too
+            # Both flows assured: a new client is refused, and told of in the log.
+            fourth.sendto(b"f", target)
+            refused = fields(process.wait_line(r"event=refused .*reason=flow-limit"))
+            assert refused["listen"] == f"udp:127.0.0.1:{port}"
+            fourth.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                fourth.recv(10)
+            assured.sendto(b"still", target)
+            assert assured.recv(10) == b"still"
+    finally:
+        process.stop()
+
+
+def test_deny_drops_and_logs_allow_lets_in(echo: UdpEcho) -> None:
+    process = _route(echo.port, "--deny", "127.0.0.1/32")
+    try:
+        port = _udp_port(process)
+        with _client("127.0.0.1") as denied, _client("127.0.0.2") as allowed:
+            denied.sendto(b"no", ("127.0.0.1", port))
+            line = fields(process.wait_line(r"event=refused .*reason=denied"))
+            assert line["client"] == "127.0.0.1"
+            allowed.sendto(b"yes", ("127.0.0.1", port))
+            assert allowed.recv(10) == b"yes"
+            denied.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                denied.recv(10)
+        assert {peer for peer, _ in echo.peers} == {"127.0.0.1"}  # the forwarder's socket
+        assert len(echo.peers) == 1
+    finally:
+        process.stop()
+
+
+def test_per_source_limit_counts_flows(echo: UdpEcho) -> None:
+    process = _route(echo.port, "--max-connections-per-source", "1")
+    try:
+        port = _udp_port(process)
+        with _client() as first, _client() as second:
+            first.sendto(b"1", ("127.0.0.1", port))
+            assert first.recv(10) == b"1"
+            second.sendto(b"2", ("127.0.0.1", port))
+            line = fields(process.wait_line(r"event=refused .*reason=source-limit"))
+            assert line["client"] == "127.0.0.1"
+    finally:
+        process.stop()
+
+
+def test_a_target_that_is_not_there_closes_the_flow_as_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    process = _route(closed_port)
+    try:
+        port = _udp_port(process)
+        with _client() as sock:
+            sock.sendto(b"x", ("127.0.0.1", port))
+            line = fields(process.wait_line(r"event=close .*reason=refused"))
+        assert line["relay"] == "udp" and line["datagrams_up"] == "1"
+        assert line["datagrams_down"] == "0"
+    finally:
+        assert process.stop() == 0
