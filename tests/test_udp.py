@@ -239,3 +239,33 @@ def test_a_target_that_is_not_there_closes_the_flow_as_refused() -> None:
         assert line["datagrams_down"] == "0"
     finally:
         assert process.stop() == 0
+
+
+def test_flows_are_connections_in_the_metrics(echo: UdpEcho) -> None:
+    from tests.test_metrics import metrics_port, scrape  # noqa: PLC0415
+
+    process = _route(
+        echo.port, "--udp-idle-timeout", "0.5", "--deny", "127.0.0.3", "--metrics", "127.0.0.1:0"
+    )
+    try:
+        port = _udp_port(process)
+        listen = f'listen="udp:127.0.0.1:{port}"'
+        with _client() as sock, _client("127.0.0.3") as denied:
+            for data in (b"one", b"two", b"three"):
+                sock.sendto(data, ("127.0.0.1", port))
+                assert sock.recv(10) == data
+            denied.sendto(b"no", ("127.0.0.1", port))
+            process.wait_line(r"event=refused .*reason=denied")
+            text = scrape(metrics_port(process))
+            assert f"pyforward_active_connections{{{listen}}} 1.0" in text
+            assert f'pyforward_bytes_total{{direction="up",{listen}}} 11.0' in text
+            assert f'pyforward_datagrams_total{{direction="down",{listen}}} 3.0' in text
+            assert f'pyforward_refused_total{{{listen},reason="denied"}} 1.0' in text
+            process.wait_line(r"event=close .*reason=idle-timeout")
+            text = scrape(metrics_port(process))
+        assert f"pyforward_active_connections{{{listen}}} 0.0" in text
+        assert f'pyforward_connections_total{{{listen},reason="idle-timeout"}} 1.0' in text
+        assert f'pyforward_bytes_total{{direction="down",{listen}}} 11.0' in text
+        assert f'pyforward_datagrams_dropped_total{{direction="up",{listen}}} 0.0' in text
+    finally:
+        assert process.stop() == 0
