@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.harness import TIMEOUT, ForwarderProcess, fields
-from tests.udp_peers import DNS_ADDRESS, DNS_NAME, UdpEcho, ask, dns_answer, dns_query, dnsmasq
+from tests.udp_peers import (
+    DNS_ADDRESS,
+    DNS_NAME,
+    UdpEcho,
+    ask,
+    dns_answer,
+    dns_query,
+    dnsmasq,
+    free_udp_port,
+)
 from tests.udp_peers import udp_port as _udp_port
 
 
@@ -269,3 +278,51 @@ def test_flows_are_connections_in_the_metrics(echo: UdpEcho) -> None:
         assert f'pyforward_datagrams_dropped_total{{direction="up",{listen}}} 0.0' in text
     finally:
         assert process.stop() == 0
+
+
+def _socat(*args: str) -> ForwarderProcess:
+    from tests.seed_in_netns import pyforward_socat  # noqa: PLC0415
+
+    return ForwarderProcess(list(args), program=pyforward_socat())
+
+
+def test_pyforward_socat_udp_listen_fork_serves_dig_and_many_peers(dns_port: int) -> None:
+    listen_port = free_udp_port()
+    process = _socat(f"UDP-LISTEN:{listen_port},fork,reuseaddr", f"UDP:127.0.0.1:{dns_port}")
+    try:
+        assert _udp_port(process) == listen_port
+        if shutil.which("dig") is not None:
+            answer = subprocess.run(
+                ["dig", "@127.0.0.1", "-p", str(listen_port), DNS_NAME, "+short", "+tries=1"],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=True,
+            )
+            assert answer.stdout.split() == [DNS_ADDRESS]
+        for query_id in range(100, 110):  # a new peer (socket) each time
+            assert ask(listen_port, query_id) == [DNS_ADDRESS]
+    finally:
+        assert process.stop() == 0
+
+
+def test_pyforward_socat_udp_listen_without_fork_serves_one_peer_then_exits(echo: UdpEcho) -> None:
+    listen_port = free_udp_port()
+    process = _socat("-T", "0.5", f"UDP4-LISTEN:{listen_port}", f"UDP4:127.0.0.1:{echo.port}")
+    try:
+        _udp_port(process)
+        with _client() as first, _client() as second:
+            first.sendto(b"first", ("127.0.0.1", listen_port))
+            assert first.recv(10) == b"first"
+            second.sendto(b"second", ("127.0.0.1", listen_port))  # another peer: ignored
+            second.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                second.recv(10)
+            first.sendto(b"again", ("127.0.0.1", listen_port))
+            assert first.recv(10) == b"again"
+        # The peer's flow ends after -T idle seconds, and with it the process.
+        assert process.proc.wait(TIMEOUT) == 0
+    finally:
+        process.stop()
+    (flow,) = [line for line in process.close_lines if line["relay"] == "udp"]
+    assert flow["reason"] == "idle-timeout" and flow["datagrams_up"] == "2"
