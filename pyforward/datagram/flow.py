@@ -79,7 +79,7 @@ class Flow:
         counts = self.state.counts
         return counts.bytes_up, counts.bytes_down
 
-    def to_target(self, datagram: memoryview) -> None:
+    def to_target(self, datagram: memoryview, now: float) -> None:
         """Send one client datagram on; a full send buffer drops it (counted)."""
         counts = self.state.counts
         try:
@@ -94,7 +94,7 @@ class Flow:
             return
         counts.datagrams_up += 1
         counts.bytes_up += len(datagram)
-        self.listener.table.touch(self.state, self.listener.owner.loop.time())
+        self.listener.table.touch(self.state, now)
 
     def _from_target(self) -> None:
         listener = self.listener

@@ -63,6 +63,7 @@ class DatagramListener:
     def readable(self) -> None:
         owner = self.owner
         buffer, view = owner.buffer, owner.view
+        now = owner.loop.time()  # one reading per wakeup: the batch arrived together
         for _ in range(_BATCH):
             try:
                 size, client = self.sock.recvfrom_into(buffer)
@@ -75,7 +76,7 @@ class DatagramListener:
                 flow = self._new_flow(client)
                 if flow is None:
                     continue
-            flow.to_target(view[:size])
+            flow.to_target(view[:size], now)
 
     def _new_flow(self, client: ClientAddress) -> Flow | None:
         owner = self.owner
