@@ -326,3 +326,34 @@ def test_pyforward_socat_udp_listen_without_fork_serves_one_peer_then_exits(echo
         process.stop()
     (flow,) = [line for line in process.close_lines if line["relay"] == "udp"]
     assert flow["reason"] == "idle-timeout" and flow["datagrams_up"] == "2"
+
+
+def test_check_binds_udp_and_hears_a_refusing_target(echo: UdpEcho) -> None:
+    from tests.harness import run_cli  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        done = run_cli(
+            "check",
+            "--route",
+            f"127.0.0.1:{busy}=127.0.0.1:{closed}",
+            "--route",
+            f"127.0.0.1:0=127.0.0.1:{echo.port}",
+            "--protocol",
+            "udp",
+        )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        f"error: listen udp:127.0.0.1:{busy}: cannot listen on 127.0.0.1:{busy}: "
+        f"UDP port {busy} is already in use"
+    ) in "\n".join(lines)
+    assert any(
+        line.startswith(f"warning: target udp:127.0.0.1:{closed}: nothing receives datagrams")
+        for line in lines
+    )
+    assert f"ok: target udp:127.0.0.1:{echo.port}: answers a datagram" in lines
