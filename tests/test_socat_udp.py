@@ -3,12 +3,15 @@ any generated UDP command line parses or fails with a ConfigError, and round-tri
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from pyforward.config.settings import Transport
+from pyforward.config.settings import Transport, build_settings
 from pyforward.socat.args import format_socat_args, parse_socat_line, summarize
 from pyforward.socat.unit import settings_from_socat_unit
 from tests.test_socat_args import (
@@ -138,3 +141,26 @@ def test_the_udp_generator_reaches_accepted_lines() -> None:
         check_round_trip(["UDP6-RECVFROM:53,reuseaddr=0", "udp6:[::1]:53"]),
     ]
     assert all(command is not None for command in accepted)
+
+
+def test_install_from_a_socat_udp_unit_writes_a_datagram_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_service import run_cli  # noqa: PLC0415
+
+    unit = tmp_path / "dns-forward.service"
+    unit.write_text(
+        "[Service]\nExecStart=/usr/bin/socat -T 30 UDP-LISTEN:5354,fork,reuseaddr "
+        "UDP:127.0.0.1:53\n"
+    )
+    code, out, err = run_cli(
+        ["install", "--dry-run", "--from-unit", str(unit), "--socket-activation"], capsys
+    )
+    assert code == 0, err
+    config = tomllib.loads(out.split("==> /etc/pyforward/pyforward.toml <==\n")[1].split("==>")[0])
+    (route,) = build_settings({}, {}, config).routes
+    assert route.protocol is Transport.UDP and route.udp_idle_timeout == 30.0
+    socket_unit = out.split("pyforward.socket <==\n")[1].split("==>")[0].splitlines()
+    assert "ListenDatagram=5354" in socket_unit
+    assert not any(line.startswith("ListenStream=") for line in socket_unit)
+    assert "flow idle timeout 30s (-T)" in err and "SO_REUSEADDR" not in err

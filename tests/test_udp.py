@@ -357,3 +357,28 @@ def test_check_binds_udp_and_hears_a_refusing_target(echo: UdpEcho) -> None:
         for line in lines
     )
     assert f"ok: target udp:127.0.0.1:{echo.port}: answers a datagram" in lines
+
+
+def test_a_udp_route_serves_on_a_datagram_socket_systemd_passes(echo: UdpEcho) -> None:
+    """systemd-socket-activate --datagram holds the UDP socket (ListenDatagram=) and starts
+    pyforward on the first datagram, which pyforward then reads from the passed socket."""
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is missing (Debian package systemd)")
+    from tests.seed_in_netns import pyforward_socat  # noqa: PLC0415
+
+    pyforward = str(Path(pyforward_socat()[0]).with_name("pyforward"))
+    port = free_udp_port()
+    target = f"127.0.0.1:{echo.port}"
+    listen = f"127.0.0.1:{port}"
+    run = [pyforward, "run", "--listen", listen, "--target", target, "--protocol", "udp"]
+    process = ForwarderProcess(["--datagram", "-l", listen, *run], program=(activate,))
+    try:
+        process.wait_line(r"Listening on 127\.0\.0\.1:\d+")
+        with _client() as sock:
+            sock.sendto(b"first, before pyforward runs", ("127.0.0.1", port))
+            assert sock.recv(100) == b"first, before pyforward runs"
+        process.wait_line(r"event=socket-activated address=127\.0\.0\.1:" + str(port))
+        assert "event=not-socket-activated" not in process.output()
+    finally:
+        process.stop()

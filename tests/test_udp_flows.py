@@ -7,7 +7,7 @@ import pytest
 
 from pyforward.config.settings import Transport, build_settings
 from pyforward.datagram.flows import EVICTION_SCAN, FlowTable
-from pyforward.errors import ConfigError
+from pyforward.errors import ConfigError, StartupError
 from pyforward.obs.reasons import CloseReason
 
 Key = tuple[str, int]
@@ -132,3 +132,15 @@ def test_bad_udp_settings_get_one_line_naming_the_flag(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
         build_settings({"listen": "53", "target": ["127.0.0.1:1"], **flags}, {})
+
+
+def test_passed_sockets_go_to_the_route_of_their_kind_on_one_port() -> None:
+    from pyforward.systemd.activation import BoundSocket, RouteAddresses, assign  # noqa: PLC0415
+
+    hosts = frozenset({"127.0.0.1"})
+    routes = [RouteAddresses(hosts, 443), RouteAddresses(hosts, 443, datagram=True)]
+    stream = BoundSocket(3, "https", "127.0.0.1", 443)
+    datagram = BoundSocket(4, "http3", "127.0.0.1", 443, datagram=True)
+    assert assign(routes, [datagram, stream]) == [[3], [4]]
+    with pytest.raises(StartupError, match="ListenDatagram= for a UDP route"):
+        assign(routes[:1] * 2, [datagram])

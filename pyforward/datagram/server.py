@@ -13,7 +13,7 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
@@ -131,8 +131,11 @@ class DatagramForwarder:
         loop: asyncio.AbstractEventLoop,
         *,
         max_flows_total: int | None = None,
+        passed_sockets: Mapping[int, list[socket.socket]] | None = None,
     ) -> None:
         self.settings = settings
+        # UDP sockets handed over by systemd (ListenDatagram=), by route index.
+        self.passed_sockets = dict(passed_sockets or {})
         self.loop = loop
         # socat without fork: after this many flows no new ones, and `finished` once the
         # last has ended.
@@ -156,6 +159,10 @@ class DatagramForwarder:
         ids = route_ids(settings.routes)
         return [(rid, r) for rid, r in zip(ids, settings.routes, strict=True) if _is_udp(r)]
 
+    def _passed(self, rid: RouteId) -> list[socket.socket]:
+        ids = route_ids(self.settings.routes)
+        return self.passed_sockets.pop(ids.index(rid), []) if rid in ids else []
+
     @property
     def flows(self) -> list[Flow]:
         return [flow for listener in self.listeners for flow in listener.flows.values()]
@@ -176,10 +183,11 @@ class DatagramForwarder:
             self._summary = self.loop.call_later(SUMMARY_INTERVAL, self._log_summary)
 
     def _open(self, rid: RouteId, route: Route) -> list[DatagramListener]:
-        opened = []
-        for family, sockaddr in bind_addresses(route.listen):
-            sock = open_datagram_socket(route.listen, family, sockaddr)
-            opened.append(DatagramListener(self, sock, rid, route))
+        opened = [DatagramListener(self, sock, rid, route) for sock in self._passed(rid)]
+        if not opened:
+            for family, sockaddr in bind_addresses(route.listen):
+                sock = open_datagram_socket(route.listen, family, sockaddr)
+                opened.append(DatagramListener(self, sock, rid, route))
         self.listeners += opened
         return opened
 

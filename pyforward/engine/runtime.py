@@ -222,7 +222,9 @@ class Runtime:
         settings = await self.source.start(self.settings)
         forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
         await forwarder.start()
-        datagram = DatagramForwarder(settings, loop, max_flows_total=self.max_accepts)
+        datagram = DatagramForwarder(
+            settings, loop, max_flows_total=self.max_accepts, passed_sockets=passed
+        )
         try:
             await datagram.start()
         except BaseException:

@@ -762,11 +762,13 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
         )
     else:
         carried.append("no fork: one connection is served, then pyforward exits")
-    if listen.reuseaddr:
+    if listen.reuseaddr and listen.transport is Transport.TCP:
         carried.append(f"reuseaddr: {_ALWAYS_ON['reuseaddr']}")
     if listen.nodelay or connect.nodelay:
         carried.append(f"nodelay: {_ALWAYS_ON['nodelay']}")
-    if command.idle_timeout:
+    if command.idle_timeout and listen.transport is Transport.UDP:
+        carried.append(f"flow idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
+    elif command.idle_timeout:
         carried.append(f"idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
     elif command.idle_timeout is not None:
         carried.append("no idle timeout (-T 0)")

@@ -157,6 +157,8 @@ def udp_summary(
         carried.append(
             "UDP-RECVFROM: a peer's datagrams share one flow (socat: a child per datagram)"
         )
+    if listen.reuseaddr:
+        carried.append("reuseaddr: one socket serves every peer; no child rebinds the port")
     if not idle_timeout:
         carried.append("a UDP flow idle 120 s closes (udp_idle_timeout; socat keeps it forever)")
     return carried
