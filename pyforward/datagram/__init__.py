@@ -1,2 +1,3 @@
 """UDP forwarding: flows per client address (`flows.py`, pure), one flow's I/O (`flow.py`),
-the listeners and their flows (`server.py`). A sibling of the TCP relay (relay/, engine/)."""
+one listening socket and its flows (`listener.py`), every UDP route (`server.py`), and what
+`pyforward check` probes (`probe.py`). A sibling of the TCP relay (relay/, engine/)."""

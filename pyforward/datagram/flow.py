@@ -23,7 +23,7 @@ from pyforward.obs.reasons import CloseReason
 from pyforward.relay.dial import ResolvedTarget
 
 if TYPE_CHECKING:
-    from pyforward.datagram.server import DatagramListener
+    from pyforward.datagram.listener import DatagramListener
 
 log = logging.getLogger("pyforward.datagram")
 
