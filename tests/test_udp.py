@@ -382,3 +382,39 @@ def test_a_udp_route_serves_on_a_datagram_socket_systemd_passes(echo: UdpEcho) -
         assert "event=not-socket-activated" not in process.output()
     finally:
         process.stop()
+
+
+def test_reload_sends_new_flows_to_the_new_target_and_keeps_open_ones(tmp_path: Path) -> None:
+    import signal  # noqa: PLC0415
+
+    config = tmp_path / "pyforward.toml"
+    with UdpEcho() as first, UdpEcho() as second:
+        config.write_text(
+            f'protocol = "udp"\n[[route]]\nlisten = "127.0.0.1:0"\n'
+            f'target = "127.0.0.1:{first.port}"\n'
+        )
+        process = ForwarderProcess(["run", "--config", str(config)])
+        try:
+            port = _udp_port(process)
+            with _client() as early:
+                early.sendto(b"a", ("127.0.0.1", port))
+                assert early.recv(10) == b"a"
+                config.write_text(config.read_text().replace(str(first.port), str(second.port)))
+                process.proc.send_signal(signal.SIGHUP)
+                process.wait_line(r"event=reloaded")
+                with _client() as late:
+                    late.sendto(b"b", ("127.0.0.1", port))
+                    assert late.recv(10) == b"b"
+                early.sendto(b"c", ("127.0.0.1", port))
+                assert early.recv(10) == b"c"
+                process.proc.send_signal(signal.SIGUSR1)
+                counts = fields(process.wait_line(r"event=counts .*listen=udp:"))
+                assert (counts["active"], counts["served"]) == ("2", "2")
+                assert counts["target"] == f"127.0.0.1:{second.port}"
+            assert len(first.peers) == 1 and len(second.peers) == 1
+        finally:
+            assert process.stop() == 0
+    targets = {line["client"]: line["target"] for line in process.close_lines}
+    assert sorted(targets.values()) == sorted(
+        [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]
+    )

@@ -43,6 +43,7 @@ class DatagramListener:
             route.udp_max_flows, route.udp_idle_timeout, owner.settings.max_connections_per_source
         )
         self.flows: dict[ClientAddress, Flow] = {}
+        self.started = 0  # flows started since start
 
     @property
     def access(self) -> AccessList:
@@ -90,6 +91,7 @@ class DatagramListener:
             owner.refuse(self.label, reason_of(exc), source)
             return None
         self.flows[client] = flow
+        self.started += 1
         owner.flow_started()
         return flow
 

@@ -102,6 +102,23 @@ class DatagramForwarder:
         self.listeners += opened
         return opened
 
+    def route_counts(self) -> list[dict[str, object]]:
+        """Each UDP route's live counts, as `Forwarder.route_counts` gives TCP's: flows open
+        now and flows started since start."""
+        routes: dict[RouteId, list[DatagramListener]] = {}
+        for listener in self.listeners:
+            routes.setdefault(listener.route_id, []).append(listener)
+        return [
+            {
+                "route": rid,
+                "listen": ",".join(listener.label for listener in listeners),
+                "active": sum(len(listener.flows) for listener in listeners),
+                "served": sum(listener.started for listener in listeners),
+                "target": ",".join(target.label for target in listeners[0].targets),
+            }
+            for rid, listeners in routes.items()
+        ]
+
     def set_targets(self, route: RouteId, targets: Sequence[ResolvedTarget]) -> None:
         """New flows of `route` go to `targets`; flows open keep theirs."""
         for listener in self.listeners:

@@ -146,7 +146,8 @@ class Runtime:
         if forwarder is None:
             log.info(logfmt({"event": "counts", "msg": "still starting"}))
             return
-        for fields in forwarder.route_counts():
+        udp = self.datagram.route_counts() if self.datagram is not None else []
+        for fields in [*forwarder.route_counts(), *udp]:
             log.info(logfmt({"event": "counts", **fields}))
 
     # --- reload
