@@ -418,3 +418,22 @@ def test_reload_sends_new_flows_to_the_new_target_and_keeps_open_ones(tmp_path: 
     assert sorted(targets.values()) == sorted(
         [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]
     )
+
+
+def test_an_ipv6_udp_route() -> None:
+    with UdpEcho("::1") as echo:
+        process = ForwarderProcess(
+            ["run", "--listen", "[::1]:0", "--target", f"[::1]:{echo.port}", "--protocol", "udp"]
+        )
+        try:
+            line = process.wait_line(r"event=listen address=udp:\[::1\]:\d+")
+            port = int(line.split("]:")[1].split()[0])
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(b"six" * 500, ("::1", port))
+                assert sock.recv(2000) == b"six" * 500
+                client = sock.getsockname()[1]
+        finally:
+            assert process.stop() == 0
+    (flow,) = process.close_lines
+    assert flow["client"] == f"[::1]:{client}" and flow["target"] == f"[::1]:{echo.port}"

@@ -142,13 +142,14 @@ def _wait_answers(port: int, proc: subprocess.Popen[bytes]) -> None:
 class UdpEcho:
     """A threaded UDP server on 127.0.0.1:0 sending every datagram back as it came."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.settimeout(0.2)
         self.port = int(self.sock.getsockname()[1])
-        self.peers: set[tuple[str, int]] = set()
+        self.peers: set[tuple[str, int]] = set()  # (host, port) of each sender
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -161,7 +162,7 @@ class UdpEcho:
                 continue
             except OSError:
                 return
-            self.peers.add(peer)
+            self.peers.add((str(peer[0]), int(peer[1])))
             with contextlib.suppress(OSError):
                 self.sock.sendto(data, peer)
 
