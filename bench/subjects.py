@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.accounting import Memory, ProcessSet, SetFactory, memory_of
 from bench.netutil import HOST, BenchError, free_port, wait_accepting
+from bench.udp_load import wait_answering
 
 REPO = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 10.0
@@ -48,6 +49,10 @@ class Subject:
     def forwarder(self) -> bool:
         return self.kind != "none"
 
+    @property
+    def forwards_udp(self) -> bool:
+        return self.kind != "haproxy"  # HAProxy relays TCP (and QUIC it terminates) only
+
 
 SUBJECTS = (
     Subject("none", "no forwarder", "none"),
@@ -64,8 +69,12 @@ SUBJECTS = (
 BASELINE = "socat"  # ratios are to socat as deployed
 
 
-def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str]:
+def command(
+    subject: Subject, port: int, target: int, workdir: Path, transport: str = "tcp"
+) -> list[str]:
     """The command line that makes `subject` listen on `port` and forward to `target`."""
+    if transport == "udp":
+        return udp_command(subject, port, target)
     if subject.kind == "socat":
         return [
             "socat",
@@ -95,6 +104,35 @@ def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str
             "--quiet",
         ]
     raise ValueError(f"{subject.key} runs no program")
+
+
+def udp_command(subject: Subject, port: int, target: int) -> list[str]:
+    """The UDP forward: socat forks a child per peer; pyforward keeps a flow per peer."""
+    if subject.kind == "socat":
+        return [
+            "socat",
+            *subject.options,
+            f"UDP-LISTEN:{port},fork,reuseaddr,bind={HOST}",
+            f"UDP:{HOST}:{target}",
+        ]
+    if subject.kind == "pyforward":
+        _relay, loop = subject.options
+        return [
+            sys.executable,
+            "-m",
+            "pyforward",
+            "run",
+            "--listen",
+            f"{HOST}:{port}",
+            "--target",
+            f"{HOST}:{target}",
+            "--protocol",
+            "udp",
+            "--loop",
+            loop,
+            "--quiet",
+        ]
+    raise ValueError(f"{subject.key} forwards no UDP")
 
 
 def child_env() -> dict[str, str]:
@@ -132,13 +170,17 @@ class Environment:
 
 
 @contextlib.contextmanager
-def running(subject: Subject, target: int, env: Environment) -> Iterator[Running]:
-    """Start `subject` forwarding to 127.0.0.1:target; stop it and all its processes after."""
+def running(
+    subject: Subject, target: int, env: Environment, udp_probe: bytes | None = None
+) -> Iterator[Running]:
+    """Start `subject` forwarding to 127.0.0.1:target; stop it and all its processes after.
+    With `udp_probe`, it forwards UDP, and is ready once the probe comes back through it."""
     if not subject.forwarder:
         yield Running(subject, target, None)
         return
     port = free_port()
-    argv = command(subject, port, target, env.workdir)
+    transport = "tcp" if udp_probe is None else "udp"
+    argv = command(subject, port, target, env.workdir, transport)
     processes = env.sets.new()
     log_path = env.workdir / f"{subject.key}-{port}.log"
     with log_path.open("wb") as log:
@@ -157,7 +199,10 @@ def running(subject: Subject, target: int, env: Environment) -> Iterator[Running
     processes.attach(process.pid)
     try:
         try:
-            accepting = wait_accepting(port, _START_TIMEOUT, process, subject.label)
+            if udp_probe is None:
+                accepting = wait_accepting(port, _START_TIMEOUT, process, subject.label)
+            else:
+                accepting = wait_answering(port, _START_TIMEOUT, udp_probe)
         except BenchError as exc:
             raise BenchError(f"{exc}; its output: {_tail(log_path)}") from None
         yield Running(subject, port, processes, started, accepting)

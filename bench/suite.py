@@ -12,6 +12,7 @@ from bench.scenarios.latency import Latency
 from bench.scenarios.memory import IdleMemory, StreamingMemory
 from bench.scenarios.startup import Startup
 from bench.scenarios.throughput import Throughput
+from bench.scenarios.udp import UdpQueries, UdpThroughput
 from bench.subjects import Environment, Subject, running
 
 
@@ -24,6 +25,8 @@ def all_scenarios(plan: Plan) -> list[Scenario]:
         IdleMemory(plan),
         StreamingMemory(plan),
         Startup(),
+        UdpQueries(),
+        UdpThroughput(),
     ]
 
 
@@ -45,9 +48,12 @@ def run_suite(
     for scenario in scenarios:
         units = {metric.key: metric.unit for metric in scenario.metrics}
         with scenario.backend(env.workdir) as backend_port:
+            probe: bytes | None = getattr(scenario, "udp_probe", None)
             for round_index in range(1, plan.rounds + 1):
                 for subject in subjects:
-                    with running(subject, backend_port, env) as started:
+                    if probe is not None and not subject.forwards_udp:
+                        continue
+                    with running(subject, backend_port, env, probe) as started:
                         values = scenario.measure(started, plan)
                     unknown = set(values) - set(units)
                     if unknown:

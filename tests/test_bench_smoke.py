@@ -19,9 +19,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "bench" / "run.py"
-PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx")
+PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx", "dnsmasq")
 # Figures that may honestly be zero; every other one must be positive.
-MAY_BE_ZERO = {"connrate.errors", "throughput.retries", "latency.cpu", "connrate.cpu"}
+MAY_BE_ZERO = {
+    "connrate.errors",
+    "throughput.retries",
+    "latency.cpu",
+    "connrate.cpu",
+    "udp-throughput.lost",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +56,13 @@ def test_every_scenario_yields_a_figure_for_every_subject(
     figures = {(f["metric"], f["subject"]): f for f in document["figures"]}
     scenarios = {f["scenario"] for f in document["figures"]}
     expected_scenarios = {"throughput", "connrate", "latency", "memory-idle"}
-    assert expected_scenarios | {"memory-stream", "startup"} <= scenarios
+    assert (
+        expected_scenarios | {"memory-stream", "startup", "udp-dns", "udp-throughput"} <= scenarios
+    )
     for metric in document["metrics"]:
         for subject in subjects:
-            if metric["forwarder_only"] and subject == "none":
+            udp_without_haproxy = metric["key"].startswith("udp-") and subject == "haproxy"
+            if (metric["forwarder_only"] and subject == "none") or udp_without_haproxy:
                 assert (metric["key"], subject) not in figures
                 continue
             figure = figures.get((metric["key"], subject))
@@ -114,7 +123,7 @@ def test_missing_programs_are_named_with_how_to_get_them(tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == 1
-    assert "missing programs: nginx, wrk" in done.stderr
-    assert "apt-get install nginx-light wrk" in done.stderr
+    assert "missing programs: dnsmasq, nginx, wrk" in done.stderr
+    assert "apt-get install dnsmasq nginx-light wrk" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists()

@@ -43,6 +43,8 @@ def test_the_values_are_the_ones_the_logs_have_always_used() -> None:
         "first-byte-timeout",
         "bad-proxy-header",
         "error",
+        "flow-limit",
+        "flow-evicted",
     ]
     assert f"reason={CloseReason.IDLE_TIMEOUT}" == "reason=idle-timeout"
 

@@ -282,8 +282,9 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "SSL-L is not supported: pyforward forwards TCP; TLS passes through untouched",
         ),
         (
-            "UDP-LISTEN:53,fork UDP:10.0.0.5:53",
-            "UDP-LISTEN is not supported: pyforward forwards TCP, not UDP",
+            "UDP-SENDTO:10.0.0.5:53 UDP:10.0.0.5:53",
+            "UDP-SENDTO is not supported: pyforward-socat takes UDP-LISTEN or UDP-RECVFROM, "
+            "and a UDP:HOST:PORT target",
         ),
         (
             "TCP-LISTEN:443 UNIX-CONNECT:/run/app.sock",

@@ -41,6 +41,7 @@ def test_socat_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert out.startswith("Usage: pyforward-socat [OPTIONS] TCP-LISTEN:PORT")
     assert "Without fork, one connection is served" in out
+    assert "UDP-LISTEN, UDP4-LISTEN, UDP6-LISTEN, UDP-RECVFROM" in out
 
 
 def test_refusal_from_the_console_script_is_one_line_and_exit_2() -> None:

@@ -167,7 +167,9 @@ Runs pyforward from a socat command line, so a socat unit switches by its binary
             bind=ADDRESS, backlog=N, max-children=N, keepalive, nodelay
   target:   TCP, TCP4, TCP6 (TCP-CONNECT, ...) with connect-timeout=SECONDS,
             keepalive, nodelay
-Without fork, one connection is served, then pyforward exits, as socat does.
+  UDP:      UDP-LISTEN, UDP4-LISTEN, UDP6-LISTEN, UDP-RECVFROM (and 4, 6) with fork,
+            reuseaddr, bind=ADDRESS, to UDP, UDP4, UDP6; -T is a flow's idle timeout
+Without fork, one connection is served (UDP: one peer), then pyforward exits, as socat does.
 Anything else is refused with the reason."""
 
 

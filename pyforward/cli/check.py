@@ -19,7 +19,8 @@ from enum import IntEnum
 from pathlib import Path
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Settings, env_name
+from pyforward.config.settings import Settings, Transport, env_name
+from pyforward.datagram import probe
 from pyforward.engine.listeners import bind_addresses, bind_error
 from pyforward.errors import ConfigError, StartupError
 from pyforward.systemd import procnet as ports
@@ -211,6 +212,49 @@ def check_target(address: Address, timeout: float) -> list[Finding]:
     return [Finding(Level.OK, subject, f"accepts connections{resolved}")]
 
 
+def check_udp_listen(address: Address) -> Finding:
+    """Whether a UDP route's port can be bound now."""
+    subject = f"listen udp:{address}"
+    if address.port == 0:
+        return Finding(Level.OK, subject, "port 0: the system picks a free port")
+    problem = probe.listen_problem(address)
+    return (
+        Finding(Level.OK, subject, "free")
+        if problem is None
+        else Finding(Level.ERROR, subject, problem)
+    )
+
+
+def check_udp_target(address: Address) -> list[Finding]:
+    """Whether a UDP target resolves, and refuses an empty datagram (nothing listens)."""
+    subject = f"target udp:{address}"
+    assert address.host is not None
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        return [
+            Finding(
+                Level.ERROR, subject, f"host {address.host!r} does not resolve ({exc.strerror})"
+            )
+        ]
+    family, host = infos[0][0], str(infos[0][4][0])
+    answer = probe.target_answer(host, address.port, family)
+    if answer == "answers":
+        return [Finding(Level.OK, subject, "answers a datagram")]
+    if answer is None:
+        return [
+            Finding(Level.OK, subject, "does not refuse datagrams (UDP: silence is all it can say)")
+        ]
+    return [
+        Finding(
+            Level.WARNING,
+            subject,
+            f"nothing receives datagrams there ({answer}); run would start, "
+            "and clients' datagrams would be lost",
+        )
+    ]
+
+
 def check_discovery(settings: Settings, timeout: float) -> list[Finding]:
     """Whether the Kubernetes API answers and gives a target; then those targets."""
     # Imported here: a static configuration loads nothing of discovery.
@@ -249,15 +293,23 @@ def check(load: Callable[[], Settings], invocation: Invocation) -> list[Finding]
     settings, findings = check_settings(load)
     if settings is None:
         return findings
-    findings += [check_listen(route.listen, invocation) for route in settings.routes]
+    findings += [
+        check_udp_listen(route.listen)
+        if route.protocol is Transport.UDP
+        else check_listen(route.listen, invocation)
+        for route in settings.routes
+    ]
     if settings.metrics is not None:
         metrics = check_listen(settings.metrics, invocation)
         findings.append(replace(metrics, subject=f"metrics {settings.metrics}"))
-    seen: set[Address] = set()
+    seen: set[tuple[Address, Transport]] = set()
     for route in settings.routes:
         for target in route.targets:
-            if target not in seen:
-                seen.add(target)
+            if (target, route.protocol) not in seen:
+                seen.add((target, route.protocol))
+                if route.protocol is Transport.UDP:
+                    findings += check_udp_target(target)
+                    continue
                 findings += check_target(target, min(route.connect_timeout, PROBE_TIMEOUT))
     if settings.discovery is not None:
         timeout = min(route.connect_timeout for route in settings.routes)

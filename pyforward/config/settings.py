@@ -54,6 +54,21 @@ class LoopName(StrEnum):
     ASYNCIO = "asyncio"
 
 
+class Transport(StrEnum):
+    """What a route forwards: TCP connections, or UDP datagrams (flows, datagram/)."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+# A UDP flow idle this long is closed: longer than QUIC's usual idle timeout (30 s in
+# quic-go, Chromium and aioquic's 60 s), so the protocol ends a connection before the
+# forwarder forgets it; Linux conntrack keeps a replied UDP flow 120 s as well. DNS needs
+# no shorter value: at the flow cap, one-exchange flows are evicted first (datagram/flows.py).
+UDP_IDLE_TIMEOUT = 120.0
+UDP_MAX_FLOWS = 4096  # per route; each flow holds one socket to the target
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -71,6 +86,9 @@ class Route:
     access: AccessList = field(default_factory=AccessList)
     # Discovered routes: no static targets; the Service port (name or number) to follow.
     service_port: str | None = None
+    protocol: Transport = Transport.TCP
+    udp_idle_timeout: float = UDP_IDLE_TIMEOUT
+    udp_max_flows: int = UDP_MAX_FLOWS
 
     @property
     def connect_timeout(self) -> float:
@@ -163,6 +181,13 @@ def _positive_int(value: object) -> int:
     if value < 0:
         raise ValueError(f"expected a non-negative whole number, got {value}")
     return value
+
+
+def _whole_positive(value: object) -> int:
+    number = _positive_int(value)
+    if number == 0:
+        raise ValueError("expected a whole number of 1 or more, got 0")
+    return number
 
 
 def _boolean(value: object) -> bool:
@@ -491,6 +516,27 @@ OPTIONS: dict[str, Option] = {
             "the rest are counted in an event=closed-summary line every 10 s [all].",
         ),
     ),
+    "protocol": Option(
+        _choice(Transport),
+        Transport.TCP,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        flag=Flag(Transport, "tcp, or udp: forward datagrams, a flow per client address [tcp]."),
+    ),
+    "udp_idle_timeout": Option(
+        _positive_duration,
+        UDP_IDLE_TIMEOUT,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        flag=Flag(float, "UDP: close a flow idle for this many seconds [120]."),
+    ),
+    "udp_max_flows": Option(
+        _whole_positive,
+        UDP_MAX_FLOWS,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        flag=Flag(int, "UDP: flows a route may hold; past it new clients are dropped [4096]."),
+    ),
     "metrics": Option(
         _metrics_text,
         None,
@@ -504,6 +550,7 @@ _TYPED_IN_FILES: dict[Callable[[object], Any], str] = {
     _duration: "a number of seconds",
     _positive_duration: "a number of seconds",
     _positive_int: "a whole number",
+    _whole_positive: "a whole number",
     _boolean: "true or false",
 }
 
@@ -666,13 +713,14 @@ def build_settings(
         raise ConfigError(
             "no route to forward: give --listen PORT --target HOST:PORT, --route, or --config FILE"
         )
-    listens = [route.listen for route in routes if route.listen.port != 0]
-    duplicates = {str(a) for a in listens if listens.count(a) > 1}
-    if duplicates:
-        raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
-    overlap = overlapping_listens(listens)
-    if overlap is not None:
-        raise ConfigError(overlap)
+    for protocol in Transport:  # a TCP and a UDP socket on one port do not collide
+        listens = [r.listen for r in routes if r.listen.port != 0 and r.protocol is protocol]
+        duplicates = {str(a) for a in listens if listens.count(a) > 1}
+        if duplicates:
+            raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
+        overlap = overlapping_listens(listens)
+        if overlap is not None:
+            raise ConfigError(overlap)
 
     level = _log_level(pick, source_of)
     backlog: int = pick("backlog")
@@ -842,6 +890,8 @@ def _route(
             "(--proxy-protocol-from CIDR): the load balancers whose PROXY header to believe; "
             "a header from anyone else is never honoured"
         )
+    if values["protocol"] is Transport.UDP:
+        _refuse_tcp_only(values, listen_text, where)
     return Route(
         listen=parse_listen(listen_text),
         targets=tuple(parse_target(text) for text in target_texts),
@@ -849,6 +899,20 @@ def _route(
         access=AccessList.parse(values["allow"], values["deny"]),
         **_route_values(RouteField.ROUTE, values),
     )
+
+
+# Per-route keys that mean something on a TCP stream only.
+_TCP_ONLY = ("proxy_protocol", "accept_proxy_protocol", "first_byte_timeout", "keepalive")
+
+
+def _refuse_tcp_only(values: Mapping[str, Any], listen_text: str, where: str) -> None:
+    for key in _TCP_ONLY:
+        if values[key] != OPTIONS[key].default:
+            place = "" if where in ("flags", "env", "--preset") else f"{where}: "
+            raise ConfigError(
+                f"{place}{key} (route {listen_text}) is for TCP routes; a UDP route "
+                '(protocol = "udp") relays datagrams, with no stream to put it on'
+            )
 
 
 def _route_values(where: RouteField, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pyforward.discovery.errors import (
     ServiceNotFound,
 )
 from pyforward.discovery.nodeaddress import check_node_address
-from pyforward.discovery.options import ServiceRef
+from pyforward.discovery.options import UDP_SUFFIX, ServiceRef
 
 T = TypeVar("T")
 
@@ -329,16 +329,30 @@ def find_service(services: Parsed[Service], ref: ServiceRef) -> Service:
 
 
 def pick_port(service: Service, port_ref: str) -> ServicePort:
-    """The Service port named or numbered `port_ref`; it must have a nodePort."""
+    """The Service port named or numbered `port_ref`; it must have a nodePort.
+
+    `NAME/udp` or `NUMBER/udp` (a UDP route's reference) wants the port of protocol UDP;
+    a bare reference one of TCP. A Service may list 443 twice, TCP for HTTPS and UDP for
+    HTTP/3: the number alone would be ambiguous."""
+    protocol = "UDP" if port_ref.endswith(UDP_SUFFIX) else "TCP"
+    port_ref = port_ref.removesuffix(UDP_SUFFIX)
     by_number = port_ref.isdigit()
     for port in service.ports:
-        if (by_number and port.port == int(port_ref)) or (not by_number and port.name == port_ref):
+        if by_number and port.port == int(port_ref) and port.protocol == protocol:
+            break
+        if not by_number and port.name == port_ref:  # names are unique: checked below
             break
     else:
         listed = ", ".join(p.describe() for p in service.ports) or "none"
         raise PortNotFound(
             f"Service {service.ref} has no port {'numbered' if by_number else 'named'} "
             f"{port_ref!r}; its ports: {listed}"
+        )
+    if port.protocol != protocol:
+        raise PortNotFound(
+            f"Service {service.ref}: port {port.describe()} is {port.protocol}, and a "
+            f"{protocol} route forwards {protocol}; give the route protocol = "
+            f'"{port.protocol.lower()}" or name a {protocol} port'
         )
     if port.node_port is None:
         raise NoNodePort(

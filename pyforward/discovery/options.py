@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from pyforward.config import settings as schema
-from pyforward.config.settings import Flag, Option, Route, RouteField
+from pyforward.config.settings import Flag, Option, Route, RouteField, Transport
 from pyforward.discovery.nodeaddress import check_node_address
 from pyforward.errors import ConfigError
 
@@ -189,6 +189,9 @@ OPTIONS: Mapping[str, Option] = {
 }
 
 
+UDP_SUFFIX = "/udp"  # a UDP route's port reference: the Service port of protocol UDP
+
+
 class Discovery:
     """Discovery as the settings see it: routes without a target follow the Service."""
 
@@ -220,6 +223,15 @@ class Discovery:
             raise ConfigError("--discover: every route already has a target; nothing to discover")
         routes = [
             route if route.targets or route.service_port else replace(route, service_port=main_port)
+            for route in routes
+        ]
+        # A UDP route follows the Service's UDP port of that name or number (model.pick_port).
+        routes = [
+            replace(route, service_port=f"{route.service_port}{UDP_SUFFIX}")
+            if route.protocol is Transport.UDP
+            and route.service_port
+            and not route.service_port.endswith(UDP_SUFFIX)
+            else route
             for route in routes
         ]
         discovery = DiscoverySettings(

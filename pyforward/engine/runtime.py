@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from pyforward import __version__
 from pyforward.config.settings import Settings
+from pyforward.datagram.server import DatagramForwarder
 from pyforward.engine.fdlimit import raise_fd_limit
 from pyforward.engine.server import Forwarder, closed_counts, log_listeners
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource
@@ -65,6 +66,7 @@ class Runtime:
         self.loop_name = loop_name
         self.reporter = reporter if reporter is not None else Reporter.from_environment(self.status)
         self.forwarder: Forwarder | None = None
+        self.datagram: DatagramForwarder | None = None  # the UDP routes, beside the TCP ones
         self.source_note: str | None = None
         self.last_reload_error: str | None = None
         self._stop = asyncio.Event()
@@ -96,6 +98,8 @@ class Runtime:
         self.targets_changed_at = time.time()
         if self.forwarder is not None:
             self.forwarder.set_targets(route, targets)
+        if self.datagram is not None:
+            self.datagram.set_targets(route, targets)
 
     def source_status(self, note: str | None) -> None:
         self.source_note = note
@@ -142,7 +146,8 @@ class Runtime:
         if forwarder is None:
             log.info(logfmt({"event": "counts", "msg": "still starting"}))
             return
-        for fields in forwarder.route_counts():
+        udp = self.datagram.route_counts() if self.datagram is not None else []
+        for fields in [*forwarder.route_counts(), *udp]:
             log.info(logfmt({"event": "counts", **fields}))
 
     # --- reload
@@ -162,6 +167,8 @@ class Runtime:
         log.info(logfmt({"event": "reloading"}))
         try:
             await self.forwarder.reload(self.reload_settings(), fill=self.source.fill)
+            if self.datagram is not None:
+                await self.datagram.reload(self.forwarder.settings)
         except PyforwardError as exc:
             log.error(
                 logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
@@ -216,6 +223,14 @@ class Runtime:
         settings = await self.source.start(self.settings)
         forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
         await forwarder.start()
+        datagram = DatagramForwarder(
+            settings, loop, max_flows_total=self.max_accepts, passed_sockets=passed
+        )
+        try:
+            await datagram.start()
+        except BaseException:
+            forwarder.close()
+            raise
         log.info(
             logfmt(
                 {
@@ -229,11 +244,12 @@ class Runtime:
             )
         )
         log_listeners(forwarder)
+        log_datagram_listeners(datagram)
         metrics = None
         try:
             if settings.metrics is not None:
                 metrics = await start_metrics(settings.metrics, self)
-            self.forwarder = forwarder
+            self.forwarder, self.datagram = forwarder, datagram
             self.source.attach(self)
             if on_ready is not None:
                 on_ready(forwarder)
@@ -241,7 +257,7 @@ class Runtime:
             if self.max_accepts is None:
                 await trigger()
             else:
-                await _first_of(trigger, forwarder.finished.wait)
+                await _first_of(trigger, forwarder.finished.wait, datagram.finished.wait)
             # 1. Tell systemd, and say so in the log.
             self._stopping = True
             self.reporter.stopping(forwarder.stats.active)
@@ -249,6 +265,7 @@ class Runtime:
             # 2. Stop accepting, drain, then reset what is left (`request_stop` may hurry it).
             await forwarder.shutdown(settings.shutdown_timeout)
         finally:
+            datagram.close()  # UDP flows have nothing in flight: closed at once, not drained
             forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
             if metrics is not None:
                 await metrics.close()
@@ -264,6 +281,13 @@ class Runtime:
             )
         )
         return forwarder
+
+
+def log_datagram_listeners(datagram: DatagramForwarder) -> None:
+    """One `event=listen` line per UDP listener, as for TCP's (`log_listeners`)."""
+    for listener in datagram.listeners:
+        targets = ",".join(target.label for target in listener.targets)
+        log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
 
 
 async def serve(

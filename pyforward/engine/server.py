@@ -19,7 +19,7 @@ from typing import Any
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
 from pyforward.config.policy import Policy
-from pyforward.config.settings import RelayMode, Route, Settings
+from pyforward.config.settings import RelayMode, Route, Settings, Transport
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
@@ -157,6 +157,8 @@ class Forwarder:
         try:
             ids = route_ids(settings.routes)
             for index, route in enumerate(settings.routes):
+                if route.protocol is not Transport.TCP:
+                    continue  # UDP routes are the datagram forwarder's (datagram/server.py)
                 targets = await self._resolve(route)
                 passed = self.passed_sockets.pop(index, None)
                 if passed:
@@ -231,7 +233,7 @@ class Forwarder:
         opened: list[Listener] = []
         try:
             for rid, route in new_routes.items():
-                if rid not in current:
+                if rid not in current and route.protocol is Transport.TCP:
                     opened += self._open_route(rid, route, resolved[rid])
         except BaseException:
             close_all([listener.sock for listener in opened])

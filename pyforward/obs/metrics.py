@@ -26,12 +26,16 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from pyforward.datagram.flow import Flow
+from pyforward.datagram.flows import FlowCounts
+from pyforward.datagram.server import DatagramForwarder
 from pyforward.engine.server import Forwarder
 from pyforward.obs.reasons import CloseReason
 from pyforward.obs.traffic import CONNECT_BUCKETS, ConnectTimes, ListenerTraffic
+from pyforward.relay.connection import Connection
 
 # Refused at accept, never a connection: counted by pyforward_refused_total alone.
-REFUSAL_REASONS = (CloseReason.DENIED, CloseReason.SOURCE_LIMIT)
+REFUSAL_REASONS = (CloseReason.DENIED, CloseReason.SOURCE_LIMIT, CloseReason.FLOW_LIMIT)
 CONNECTION_REASONS = tuple(reason for reason in CloseReason if reason not in REFUSAL_REASONS)
 
 
@@ -48,14 +52,16 @@ class ForwarderCollector(Collector):
         self,
         forwarder: Callable[[], Forwarder | None],
         discovery: Callable[[], DiscoveryState | None] = lambda: None,
+        datagram: Callable[[], DatagramForwarder | None] = lambda: None,
     ) -> None:
         self._forwarder = forwarder
         self._discovery = discovery
+        self._datagram = datagram
 
     def collect(self) -> Iterable[Metric]:
         forwarder = self._forwarder()
         if forwarder is not None:
-            yield from _forwarder_families(forwarder)
+            yield from _forwarder_families(forwarder, self._datagram())
         state = self._discovery()
         if state is not None:
             yield GaugeMetricFamily(
@@ -70,13 +76,22 @@ class ForwarderCollector(Collector):
             )
 
 
-def _forwarder_families(forwarder: Forwarder) -> Iterator[Metric]:
+def _forwarder_families(
+    forwarder: Forwarder, datagram: DatagramForwarder | None = None
+) -> Iterator[Metric]:
     listens = [listener.label for listener in forwarder.listeners]
     listens += [label for label in forwarder.traffic if label not in listens]
     # Finished connections, then the open ones' live counts on top.
     totals = {label: _copy(forwarder.traffic.get(label)) for label in listens}
+    # UDP flows count as connections of their listener (`udp:HOST:PORT`).
+    flows = datagram.flows if datagram is not None else []
+    if datagram is not None:
+        udp_labels = [listener.label for listener in datagram.listeners]
+        udp_labels += [label for label in datagram.traffic if label not in udp_labels]
+        totals.update({label: _copy(datagram.traffic.get(label)) for label in udp_labels})
     active: Counter[str] = Counter()
-    for connection in forwarder.connections:
+    open_ones: list[Connection | Flow] = [*forwarder.connections, *flows]
+    for connection in open_ones:
         traffic = totals.get(connection.listen_label)
         if traffic is None:
             traffic = totals[connection.listen_label] = ListenerTraffic()
@@ -120,6 +135,8 @@ def _forwarder_families(forwarder: Forwarder) -> Iterator[Metric]:
         moved.add_metric([label, "down"], traffic.down)
         connect.add_metric([label], _buckets(traffic.connect), traffic.connect.total)
     yield from (connections, open_now, moved, refused, connect)
+    if datagram is not None:
+        yield from _datagram_families(datagram)
 
     target_up = GaugeMetricFamily(
         "pyforward_target_up",
@@ -131,6 +148,10 @@ def _forwarder_families(forwarder: Forwarder) -> Iterator[Metric]:
         for target in listener.targets:
             up = not forwarder.health.is_down(target, now)
             target_up.add_metric([listener.label, target.label], int(up))
+    for udp in datagram.listeners if datagram is not None else []:
+        for target in udp.targets:
+            up = not datagram.health.is_down(target, now) if datagram is not None else True
+            target_up.add_metric([udp.label, target.label], int(up))
     yield target_up
 
     stats = forwarder.stats
@@ -145,6 +166,46 @@ def _forwarder_families(forwarder: Forwarder) -> Iterator[Metric]:
     relay.add_metric(["splice"], stats.spliced_bytes)
     relay.add_metric(["copy"], stats.copied_bytes)
     yield relay
+
+
+def _datagram_families(datagram: DatagramForwarder) -> Iterator[Metric]:
+    """Datagrams relayed and dropped (a full socket buffer), per UDP listener."""
+    totals = {label: _copy_counts(counts) for label, counts in datagram.datagrams.items()}
+    for listener in datagram.listeners:
+        totals.setdefault(listener.label, FlowCounts())
+    for flow in datagram.flows:
+        total, live = totals.setdefault(flow.listen_label, FlowCounts()), flow.state.counts
+        total.datagrams_up += live.datagrams_up
+        total.datagrams_down += live.datagrams_down
+        total.dropped_up += live.dropped_up
+        total.dropped_down += live.dropped_down
+    relayed = CounterMetricFamily(
+        "pyforward_datagrams",
+        "UDP datagrams relayed: up is client to target, down is target to client.",
+        labels=["listen", "direction"],
+    )
+    dropped = CounterMetricFamily(
+        "pyforward_datagrams_dropped",
+        "UDP datagrams dropped because a socket's send buffer was full.",
+        labels=["listen", "direction"],
+    )
+    for label, counts in totals.items():
+        relayed.add_metric([label, "up"], counts.datagrams_up)
+        relayed.add_metric([label, "down"], counts.datagrams_down)
+        dropped.add_metric([label, "up"], counts.dropped_up)
+        dropped.add_metric([label, "down"], counts.dropped_down)
+    yield from (relayed, dropped)
+
+
+def _copy_counts(counts: FlowCounts) -> FlowCounts:
+    return FlowCounts(
+        counts.datagrams_up,
+        counts.datagrams_down,
+        counts.bytes_up,
+        counts.bytes_down,
+        counts.dropped_up,
+        counts.dropped_down,
+    )
 
 
 def _copy(traffic: ListenerTraffic | None) -> ListenerTraffic:
@@ -173,10 +234,11 @@ def _buckets(times: ConnectTimes) -> list[tuple[str, float]]:
 def make_registry(
     forwarder: Callable[[], Forwarder | None],
     discovery: Callable[[], DiscoveryState | None] = lambda: None,
+    datagram: Callable[[], DatagramForwarder | None] = lambda: None,
 ) -> CollectorRegistry:
     """A registry of its own (never the library's global one): the forwarder's families and
     the standard process collector (descriptors, memory, CPU time)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ForwarderCollector(forwarder, discovery))
+    registry.register(ForwarderCollector(forwarder, discovery, datagram))
     ProcessCollector(registry=registry)
     return registry

@@ -23,6 +23,8 @@ class CloseReason(StrEnum):
     FIRST_BYTE_TIMEOUT = "first-byte-timeout"  # the client sent nothing in first_byte_timeout
     BAD_PROXY_HEADER = "bad-proxy-header"  # a trusted peer's PROXY header missing or invalid
     ERROR = "error"  # any other failure; the close line's `error=` names it
+    FLOW_LIMIT = "flow-limit"  # UDP: the route holds udp_max_flows assured flows already
+    FLOW_EVICTED = "flow-evicted"  # UDP: a flow closed to make room for a new client's
 
 
 class Side(StrEnum):

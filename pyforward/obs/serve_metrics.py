@@ -21,6 +21,8 @@ async def start_metrics(address: Address, runtime: Runtime) -> MetricsServer:
             return None
         return DiscoveryState(bool(getattr(source, "degraded", False)), runtime.targets_changed_at)
 
-    server = MetricsServer(address, make_registry(lambda: runtime.forwarder, discovery))
+    server = MetricsServer(
+        address, make_registry(lambda: runtime.forwarder, discovery, lambda: runtime.datagram)
+    )
     await server.start()
     return server

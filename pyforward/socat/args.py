@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 
 from pyforward.config.addresses import PortError, host_port, parse_listen, parse_target, port_number
-from pyforward.config.settings import MAX_BACKLOG
+from pyforward.config.settings import MAX_BACKLOG, Transport
 from pyforward.errors import ConfigError
 
 PROGRAM_NAMES = frozenset({"socat", "pyforward-socat"})
@@ -59,6 +59,8 @@ class ListenAddress:
     keepalive: bool = False
     reuseaddr: bool = False  # given; pyforward sets it on every listener anyway
     nodelay: bool = False  # given; pyforward sets it on every socket anyway
+    transport: Transport = Transport.TCP  # UDP-LISTEN, UDP-RECVFROM: see udp.py
+    recvfrom: bool = False  # UDP-RECVFROM rather than UDP-LISTEN
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ConnectAddress:
     connect_timeout: float | None = None
     keepalive: bool = False
     nodelay: bool = False
+    transport: Transport = Transport.TCP  # UDP:HOST:PORT
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,7 @@ _TLS = "pyforward forwards TCP; TLS passes through untouched"
 _NOT_FILES = "pyforward forwards between TCP sockets, not files or terminals"
 _REFUSED_PREFIXES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("openssl", "ssl", "dtls"), _TLS),
-    (("udp",), "pyforward forwards TCP, not UDP"),
+    (("udp",), "pyforward-socat takes UDP-LISTEN or UDP-RECVFROM, and a UDP:HOST:PORT target"),
     (("sctp", "dccp"), "pyforward forwards TCP only"),
     (("unix", "abstract", "local"), "pyforward forwards TCP, not Unix sockets"),
     (("exec", "system", "shell"), "pyforward connects to a TCP target, it does not run programs"),
@@ -564,6 +567,11 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
             "TCP-LISTEN:443,fork,reuseaddr TCP:10.0.0.5:32653"
         )
     first, second = (_split_address(text) for text in addresses)
+    from pyforward.socat import udp  # noqa: PLC0415 (it builds on this module)
+
+    if udp.is_udp(first) or udp.is_udp(second):
+        listen, connect = udp.parse_udp_pair(first, second)
+        return SocatCommand(listen, connect, idle_timeout, verbosity, buffer_size, close_delay)
     for raw in (first, second):
         lowered = raw.keyword.lower()
         if lowered not in _LISTEN_TYPES and lowered not in _CONNECT_TYPES:
@@ -622,12 +630,17 @@ def _escape(text: str) -> str:
     return _ESCAPE.sub(r"\\\1", text)
 
 
-def _listen_keyword(family: Family) -> str:
-    return f"TCP{family.value}-LISTEN"
+def _listen_keyword(listen: ListenAddress) -> str:
+    if listen.transport is Transport.UDP:
+        from pyforward.socat import udp  # noqa: PLC0415
+
+        return udp.listen_keyword(listen)
+    return f"TCP{listen.family.value}-LISTEN"
 
 
-def _connect_keyword(family: Family) -> str:
-    return f"TCP{family.value}"
+def _connect_keyword(connect: ConnectAddress) -> str:
+    prefix = "UDP" if connect.transport is Transport.UDP else "TCP"
+    return f"{prefix}{connect.family.value}"
 
 
 def format_socat_args(command: SocatCommand) -> list[str]:
@@ -642,7 +655,7 @@ def format_socat_args(command: SocatCommand) -> list[str]:
     if command.buffer_size is not None:
         argv += ["-b", str(command.buffer_size)]
     listen = command.listen
-    words = [f"{_listen_keyword(listen.family)}:{listen.port}"]
+    words = [f"{_listen_keyword(listen)}:{listen.port}"]
     if listen.fork:
         words.append("fork")
     if listen.reuseaddr:
@@ -661,7 +674,7 @@ def format_socat_args(command: SocatCommand) -> list[str]:
     argv.append(",".join(words))
     connect = command.connect
     host = f"[{connect.host}]" if ":" in connect.host else _escape(connect.host)
-    words = [f"{_connect_keyword(connect.family)}:{host}:{connect.port}"]
+    words = [f"{_connect_keyword(connect)}:{host}:{connect.port}"]
     if connect.connect_timeout is not None:
         words.append(f"connect-timeout={_seconds_text(connect.connect_timeout)}")
     if connect.keepalive:
@@ -690,7 +703,11 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
         "listen": listen_text(listen),
         "target": [host_port(connect.host, connect.port)],
     }
-    if command.idle_timeout is not None:
+    if listen.transport is Transport.UDP:
+        flags["protocol"] = Transport.UDP.value
+        if command.idle_timeout:  # -T 0 (socat: none) keeps the default: a flow must end
+            flags["udp_idle_timeout"] = command.idle_timeout
+    elif command.idle_timeout is not None:
         flags["idle_timeout"] = command.idle_timeout
     if connect.connect_timeout is not None:
         flags["connect_timeout"] = connect.connect_timeout
@@ -722,12 +739,21 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
     listen, connect = command.listen, command.connect
     flags = to_flags(command)
     carried = [
-        f"listen {_listen_display(listen)} (from {_listen_keyword(listen.family)}:{listen.port}"
+        f"listen {_listen_display(listen)} (from {_listen_keyword(listen)}:{listen.port}"
         + (f",bind={listen.bind})" if listen.bind else ")"),
         f"target {host_port(connect.host, connect.port)}",
     ]
     dropped: list[str] = []
-    if listen.fork:
+    if listen.transport is Transport.UDP:
+        from pyforward.socat import udp  # noqa: PLC0415
+
+        carried[1] = f"target {host_port(connect.host, connect.port)} (UDP)"
+        carried += udp.udp_summary(listen, command.idle_timeout, as_service=as_service)
+        if not listen.fork and as_service:
+            dropped.append(
+                "no fork: socat served one peer per start; the pyforward service serves every peer"
+            )
+    elif listen.fork:
         carried.append("fork: every connection is served, all in one process")
     elif as_service:
         dropped.append(
@@ -736,11 +762,13 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
         )
     else:
         carried.append("no fork: one connection is served, then pyforward exits")
-    if listen.reuseaddr:
+    if listen.reuseaddr and listen.transport is Transport.TCP:
         carried.append(f"reuseaddr: {_ALWAYS_ON['reuseaddr']}")
     if listen.nodelay or connect.nodelay:
         carried.append(f"nodelay: {_ALWAYS_ON['nodelay']}")
-    if command.idle_timeout:
+    if command.idle_timeout and listen.transport is Transport.UDP:
+        carried.append(f"flow idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
+    elif command.idle_timeout:
         carried.append(f"idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
     elif command.idle_timeout is not None:
         carried.append("no idle timeout (-T 0)")

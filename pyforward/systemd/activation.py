@@ -19,7 +19,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from pyforward.config.addresses import format_peer
-from pyforward.config.settings import Route
+from pyforward.config.settings import Route, Transport
 from pyforward.engine.listeners import bind_addresses, is_listener_for
 from pyforward.errors import StartupError
 from pyforward.obs.logfmt import logfmt
@@ -64,6 +64,7 @@ class BoundSocket:
     name: str
     host: str  # numeric, as getsockname() gives it
     port: int
+    datagram: bool = False  # a UDP socket (ListenDatagram=), for a UDP route
 
     @property
     def label(self) -> str:
@@ -76,9 +77,12 @@ class RouteAddresses:
 
     hosts: frozenset[str] | None
     port: int
+    datagram: bool = False
 
 
 def _matches(route: RouteAddresses, sock: BoundSocket) -> bool:
+    if route.datagram != sock.datagram:
+        return False
     return is_listener_for(route.port, route.hosts, sock.host, sock.port)
 
 
@@ -99,7 +103,7 @@ def assign(routes: Sequence[RouteAddresses], sockets: Sequence[BoundSocket]) -> 
             raise StartupError(
                 f"socket {sock.label} passed by systemd (fd {sock.fd}, name {sock.name!r}) "
                 "matches no route's listen address; make the .socket unit's ListenStream= "
-                "and the routes' listen addresses agree"
+                "(ListenDatagram= for a UDP route) and the routes' listen addresses agree"
             )
         assigned[owners[0]].append(sock.fd)
     return assigned
@@ -107,10 +111,11 @@ def assign(routes: Sequence[RouteAddresses], sockets: Sequence[BoundSocket]) -> 
 
 def route_addresses(route: Route) -> RouteAddresses:
     """The numeric addresses of a route's listen address (a name is looked up)."""
+    datagram = route.protocol is Transport.UDP
     if route.listen.host is None:
-        return RouteAddresses(None, route.listen.port)
+        return RouteAddresses(None, route.listen.port, datagram)
     hosts = frozenset(str(sockaddr[0]) for _, sockaddr in bind_addresses(route.listen))
-    return RouteAddresses(hosts, route.listen.port)
+    return RouteAddresses(hosts, route.listen.port, datagram)
 
 
 def _adopt(fd: int, name: str) -> tuple[socket.socket, BoundSocket]:
@@ -119,20 +124,21 @@ def _adopt(fd: int, name: str) -> tuple[socket.socket, BoundSocket]:
     except OSError as exc:
         raise StartupError(f"fd {fd} passed by systemd is not a socket ({exc.strerror})") from None
     listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    datagram = sock.type == socket.SOCK_DGRAM
     if (
-        sock.type != socket.SOCK_STREAM
+        sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
         or sock.family not in (socket.AF_INET, socket.AF_INET6)
-        or not listening
+        or not (listening or datagram)
     ):
         sock.detach()
         raise StartupError(
-            f"fd {fd} ({name}) passed by systemd is not a listening TCP socket; "
-            "the .socket unit needs ListenStream= and Accept=no"
+            f"fd {fd} ({name}) passed by systemd is not a listening TCP socket nor a UDP one; "
+            "the .socket unit needs ListenStream= (ListenDatagram= for UDP) and Accept=no"
         )
     sock.set_inheritable(False)
     sock.setblocking(False)
     host, port = sock.getsockname()[:2]
-    return sock, BoundSocket(fd, name, str(host), int(port))
+    return sock, BoundSocket(fd, name, str(host), int(port), datagram)
 
 
 def take_passed_sockets(

@@ -26,7 +26,7 @@ from typing import Any
 import pyforward.discovery.options  # noqa: F401  (registers the discovery keys of the settings)
 from pyforward.config import file as configfile
 from pyforward.config.load import Layers
-from pyforward.config.settings import Settings, build_settings, env_name
+from pyforward.config.settings import Settings, Transport, build_settings, env_name
 from pyforward.errors import ConfigError, StartupError
 from pyforward.socat.unit import settings_from_socat_unit
 from pyforward.systemd import installation, systemctl
@@ -279,7 +279,8 @@ def plan_install(
         exec_start=found.command[0],
         exec_args=found.command[1:],
         config_path=str(config),
-        listen=tuple(route.listen for route in settings.routes),
+        listen=tuple(r.listen for r in settings.routes if r.protocol is Transport.TCP),
+        listen_datagram=tuple(r.listen for r in settings.routes if r.protocol is Transport.UDP),
         socket_activation=request.socket_activation,
         kubeconfig=kubeconfig,
         read_only_paths=found.bind_paths,

@@ -53,6 +53,7 @@ class UnitSpec:
     read_only_paths: tuple[str, ...] = ()  # installation directories under /home or /root
     shutdown_timeout: float = 20.0
     backlog: int | None = None  # the .socket unit's Backlog=; None: systemd's default
+    listen_datagram: tuple[Address, ...] = ()  # the UDP routes' listen addresses
 
 
 def check_name(name: str) -> str:
@@ -188,13 +189,16 @@ def render_service(spec: UnitSpec) -> str:
 
 
 def render_socket(spec: UnitSpec) -> str:
-    """The text of NAME.socket: one ListenStream= per route."""
+    """The text of NAME.socket: one ListenStream= per TCP route, ListenDatagram= per UDP one."""
     return _fill(
         "pyforward.socket.in",
         f"{spec.name}.socket",
         {
             "name": spec.name,
-            "listen_streams": tuple(f"ListenStream={listen_stream(a)}" for a in spec.listen),
+            "listen_streams": (
+                *(f"ListenStream={listen_stream(a)}" for a in spec.listen),
+                *(f"ListenDatagram={listen_stream(a)}" for a in spec.listen_datagram),
+            ),
             "backlog": (f"Backlog={spec.backlog}",) if spec.backlog else (),
         },
     )

@@ -1,0 +1,173 @@
+"""One UDP flow's I/O: its connected socket to the target, both directions, one close.
+
+A datagram is relayed as one `send`/`sendto` of exactly the bytes received (never merged,
+split or truncated: the receive buffer holds the largest datagram whole). Nothing is queued
+here: when a socket's send buffer is full the datagram is dropped and counted, as a router
+would drop it; the peers' own retries (DNS, QUIC) recover, and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from pyforward.config.addresses import format_peer
+from pyforward.datagram.flows import FlowState
+from pyforward.obs.closelog import logs_close
+from pyforward.obs.logfmt import logfmt
+from pyforward.obs.reasons import CloseReason
+from pyforward.relay.dial import ResolvedTarget
+
+if TYPE_CHECKING:
+    from pyforward.datagram.listener import DatagramListener
+
+log = logging.getLogger("pyforward.datagram")
+
+_ids = itertools.count(1)  # flow ids for the close lines, unique within the process
+_BATCH = 64  # datagrams read per wakeup before other flows get a turn
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+
+ClientAddress = tuple[object, ...]
+
+
+def reason_of(exc: OSError) -> CloseReason:
+    """What an error of a flow's socket means, as a close reason."""
+    if isinstance(exc, ConnectionRefusedError):
+        return CloseReason.REFUSED  # an ICMP port unreachable came back
+    if exc.errno in _UNREACHABLE:
+        return CloseReason.UNREACHABLE
+    return CloseReason.ERROR
+
+
+class Flow:
+    """A client address's datagrams to one target and the target's back to it."""
+
+    __slots__ = ("closed", "error", "id", "listener", "sock", "started", "state", "target")
+
+    def __init__(
+        self, listener: DatagramListener, state: FlowState[ClientAddress], target: ResolvedTarget
+    ) -> None:
+        self.id = next(_ids)
+        self.listener = listener
+        self.state = state
+        self.target = target
+        self.started = time.monotonic()
+        self.closed = False
+        self.error: str | None = None
+        self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.connect(target.sockaddr)  # UDP: sets the peer, sends nothing
+        except BaseException:
+            self.sock.close()
+            raise
+        listener.owner.loop.add_reader(self.sock.fileno(), self._from_target)
+
+    @property
+    def listen_label(self) -> str:
+        return self.listener.label
+
+    @property
+    def connect_seconds(self) -> None:
+        return None  # no handshake: UDP has nothing to time
+
+    def byte_counts(self) -> tuple[int, int]:
+        counts = self.state.counts
+        return counts.bytes_up, counts.bytes_down
+
+    def to_target(self, datagram: memoryview, now: float) -> None:
+        """Send one client datagram on; a full send buffer drops it (counted)."""
+        counts = self.state.counts
+        try:
+            self.sock.send(datagram)
+        except BlockingIOError:
+            counts.dropped_up += 1
+            return
+        except OSError as exc:
+            # An earlier datagram's ICMP error is reported on this send: the target is not
+            # there. This datagram is lost too, as it would be on the wire.
+            self._failed(exc)
+            return
+        counts.datagrams_up += 1
+        counts.bytes_up += len(datagram)
+        self.listener.table.touch(self.state, now)
+
+    def _from_target(self) -> None:
+        listener = self.listener
+        buffer, view = listener.owner.buffer, listener.owner.view
+        counts = self.state.counts
+        client = self.state.key
+        moved = False
+        for _ in range(_BATCH):
+            try:
+                size = self.sock.recv_into(buffer)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._failed(exc)
+                return
+            try:
+                listener.sock.sendto(view[:size], client)
+            except OSError:
+                counts.dropped_down += 1  # full (EAGAIN) or the client unreachable
+                continue
+            counts.datagrams_down += 1
+            counts.bytes_down += size
+            moved = True
+        if moved:
+            listener.table.touch(self.state, listener.owner.loop.time())
+
+    def _failed(self, exc: OSError) -> None:
+        reason = reason_of(exc)
+        if reason is CloseReason.ERROR:
+            self.error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        else:
+            self.listener.owner.target_failed(self.target, reason)
+        self.close(reason)
+
+    def close(self, reason: CloseReason) -> None:
+        """Close the target socket once, log the flow's line, and give its slot back."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.listener.owner.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self._log_close(reason)
+        finally:
+            self.listener.flow_closed(self, reason)
+
+    def _log_close(self, reason: CloseReason) -> None:
+        owner = self.listener.owner
+        # A flow has no end but silence: idle-timeout is its clean close, as eof is TCP's.
+        as_tcp = CloseReason.EOF if reason is CloseReason.IDLE_TIMEOUT else reason
+        if not logs_close(self.listener.route.policy.log_connections, as_tcp):
+            owner.close_summary.count(self.listen_label, reason)
+            return
+        if not log.isEnabledFor(logging.INFO):
+            return
+        counts = self.state.counts
+        fields: dict[str, object] = {
+            "event": "close",
+            "id": self.id,
+            "client": format_peer(self.state.key),
+            "listen": self.listen_label,
+            "target": self.target.label,
+            "up": counts.bytes_up,
+            "down": counts.bytes_down,
+            "dur": round(time.monotonic() - self.started, 6),
+            "relay": "udp",
+            "reason": reason,
+            "datagrams_up": counts.datagrams_up,
+            "datagrams_down": counts.datagrams_down,
+        }
+        dropped = counts.dropped_up + counts.dropped_down
+        if dropped:
+            fields["dropped"] = dropped
+        if self.error:
+            fields["error"] = self.error
+        log.info(logfmt(fields))
