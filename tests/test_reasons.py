@@ -42,6 +42,10 @@ def test_the_values_are_the_ones_the_logs_have_always_used() -> None:
         "source-limit",
         "first-byte-timeout",
         "bad-proxy-header",
+        "no-route",
+        "not-tls",
+        "bad-client-hello",
+        "sni-timeout",
         "error",
     ]
     assert f"reason={CloseReason.IDLE_TIMEOUT}" == "reason=idle-timeout"

@@ -19,6 +19,7 @@ from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
 from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings
+from pyforward.engine.by_name import build_names, followers, name_groups
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
@@ -33,6 +34,7 @@ from pyforward.obs.traffic import ListenerTraffic
 from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
+from pyforward.relay.sni import NamedRoute, NameRoutes
 from pyforward.relay.sockets import reset_on_close
 
 log = logging.getLogger("pyforward")
@@ -53,6 +55,12 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
+    # The routes sharing this address, chosen by TLS server name (engine/by_name.py).
+    names: NameRoutes | None = None
+
+    def every_target(self) -> list[ResolvedTarget]:
+        """The targets of every route this listener serves."""
+        return self.targets if self.names is None else self.names.every_target()
 
 
 def literal_target(address: Address) -> ResolvedTarget | None:
@@ -138,8 +146,13 @@ class Forwarder:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
         try:
             ids = route_ids(settings.routes)
+            groups = name_groups(settings.routes, ids)
+            sharing = followers(groups)
+            resolved: dict[RouteId, list[ResolvedTarget]] = {}
             for index, route in enumerate(settings.routes):
-                targets = await self._resolve(route)
+                targets = resolved[ids[index]] = await self._resolve(route)
+                if index in sharing:
+                    continue  # served by the listener of its address's first route
                 passed = self.passed_sockets.pop(index, None)
                 if passed:
                     self.listeners += [
@@ -160,6 +173,7 @@ class Forwarder:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
+        self._attach_names(settings.routes, ids, resolved)
         self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
         self._follow_gate()
 
@@ -208,10 +222,11 @@ class Forwarder:
                     resolved[rid] = [t for t in literals if t is not None]
         new_routes = dict(zip(ids, settings.routes, strict=True))
         current = {listener.route_id for listener in self.listeners}
+        sharing = {ids[index] for index in followers(name_groups(settings.routes, ids))}
         opened: list[Listener] = []
         try:
             for rid, route in new_routes.items():
-                if rid not in current:
+                if rid not in current and rid not in sharing:
                     opened += self._open_route(rid, route, resolved[rid])
         except BaseException:
             close_all([listener.sock for listener in opened])
@@ -231,6 +246,7 @@ class Forwarder:
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning(logfmt({"event": "reload", "msg": f"changing {name} needs a restart"}))
         self.listeners = kept + opened
+        self._attach_names(settings.routes, ids, resolved)
         self.settings = settings
         self.gate.cap = settings.max_connections
         for rid in self._failover_logs.keys() - new_routes.keys():
@@ -239,6 +255,39 @@ class Forwarder:
             for listener in opened:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
         self._follow_gate()
+
+    def _attach_names(
+        self,
+        routes: Sequence[Route],
+        ids: Sequence[RouteId],
+        resolved: Mapping[RouteId, list[ResolvedTarget]],
+    ) -> None:
+        """Give each listener of an address routed by name its routes (None to the rest)."""
+        groups = name_groups(routes, ids)
+        for listener in self.listeners:
+            indices = groups.get(listener.route_id)
+            listener.names = (
+                None
+                if indices is None
+                else build_names(
+                    indices,
+                    routes,
+                    ids,
+                    targets=resolved.__getitem__,
+                    failover_log=self._failover_log,
+                    chosen=self._chosen,
+                )
+            )
+
+    def _chosen(self, connection: object, route: NamedRoute) -> Sequence[ResolvedTarget]:
+        """A connection of a shared address took `route`: admission by its allow/deny
+        (`admit`, next), and its targets in the order to try them."""
+        assert isinstance(connection, Connection)
+        self._awaiting_admission[connection] = route.access
+        targets: Sequence[ResolvedTarget] = route.targets
+        if len(targets) > 1:
+            targets = self.health.order(targets, self.loop.time())
+        return targets
 
     # --- accepting
 
@@ -275,7 +324,8 @@ class Forwarder:
             # A trusted load balancer's connection is admitted once its PROXY header
             # names the client (`admit`); every other one here, by its own address.
             proxied = listener.policy.reads_proxy_header(source)
-            if not proxied:
+            names = listener.names  # admitted once the server name chose the route
+            if not proxied and names is None:
                 refused = self._admission(listener.access, source)
                 if refused is not None:
                     self._refuse(client, refused, source, listener.label)
@@ -300,8 +350,9 @@ class Forwarder:
                 failover_log=self._failover_log(listener.route_id),
                 source=source,
                 proxied=proxied,
+                names=names,
             )
-            connection.source_counted = not proxied and self._counts_sources
+            connection.source_counted = not proxied and names is None and self._counts_sources
             if proxied:
                 self._awaiting_admission[connection] = listener.access
             self.connections.add(connection)
@@ -466,7 +517,9 @@ class Forwarder:
             if listener.route_id == route:
                 # A new list, never an in-place change: connections hold the old one.
                 listener.targets = list(targets)
-        self.health.retain(t for listener in self.listeners for t in listener.targets)
+            if listener.names is not None:
+                listener.names.set_targets(route, targets)
+        self.health.retain(t for listener in self.listeners for t in listener.every_target())
 
     def target_failed(self, target: ResolvedTarget, reason: CloseReason) -> None:
         if self.health.failed(target, self.loop.time()):
@@ -530,7 +583,7 @@ class Forwarder:
 def log_listeners(forwarder: Forwarder) -> None:
     """One `event=listen` line per listener, with the targets it forwards to."""
     for listener in forwarder.listeners:
-        targets = ",".join(target.label for target in listener.targets)
+        targets = ",".join(target.label for target in listener.every_target())
         log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
 
 

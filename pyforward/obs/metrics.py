@@ -128,7 +128,7 @@ def _forwarder_families(forwarder: Forwarder) -> Iterator[Metric]:
     )
     now = forwarder.loop.time()
     for listener in forwarder.listeners:
-        for target in listener.targets:
+        for target in listener.every_target():
             up = not forwarder.health.is_down(target, now)
             target_up.add_metric([listener.label, target.label], int(up))
     yield target_up
