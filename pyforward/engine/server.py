@@ -331,7 +331,8 @@ class Forwarder:
                     self._refuse(client, refused, source, listener.label)
                     continue
             self.stats.active += 1
-            targets: Sequence[ResolvedTarget] = listener.targets
+            # A shared address's targets are those of the route its server name picks.
+            targets: Sequence[ResolvedTarget] = listener.targets if names is None else ()
             if len(targets) > 1:
                 targets = self.health.order(targets, self.loop.time())
             self._served += 1
