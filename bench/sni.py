@@ -31,6 +31,7 @@ NAME = "localhost"
 OTHER = "other.bench.test"  # a second name, routed nowhere useful, never asked for
 DEAD = f"{HOST}:9"  # where OTHER goes: nothing listens (discard port, closed)
 _START_TIMEOUT = 10.0
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian's libnginx-mod-stream
 
 # Backend port -> its PROXY twin (the same server behind `proxy_protocol`).
 PROXY_TWINS: dict[int, int] = {}
@@ -60,7 +61,7 @@ http {{
 """
 
 _NGINX_STREAM = """\
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+load_module {module};
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -125,10 +126,14 @@ def command(kind: str, port: int, target: int, workdir: Path) -> list[str]:
         config.write_text(_HAPROXY_SNI.format(**values))
         return ["haproxy", "-db", "-f", str(config)]
     if kind == "nginx-sni":
+        if not Path(STREAM_MODULE).exists():
+            raise BenchError(
+                f"nginx-sni needs {STREAM_MODULE} (apt-get install libnginx-mod-stream)"
+            )
         directory = workdir / f"nginx-sni-{port}"
         directory.mkdir()
         config = directory / "nginx.conf"
-        config.write_text(_NGINX_STREAM.format(dir=directory, **values))
+        config.write_text(_NGINX_STREAM.format(dir=directory, module=STREAM_MODULE, **values))
         return ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
     if kind in ("pyforward-sni", "pyforward-sni-pp2"):
         proxied = kind == "pyforward-sni-pp2"
