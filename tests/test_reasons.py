@@ -44,7 +44,7 @@ def test_the_values_are_the_ones_the_logs_have_always_used() -> None:
         "bad-proxy-header",
         "no-route",
         "not-tls",
-        "bad-client-hello",
+        "bad-tls-hello",
         "sni-timeout",
         "error",
     ]

@@ -174,9 +174,9 @@ def test_without_a_default_unknown_names_and_plain_clients_are_reset(
         ("no-route", "-"),
         ("no-route", "-"),
         ("not-tls", "-"),
-        ("bad-client-hello", "-"),
+        ("bad-tls-hello", "-"),
     ]
-    assert fwd.output().count("event=bad-client-hello") == 1
+    assert fwd.output().count("event=bad-tls-hello") == 1
     stopped_reasons = [c["reason"] for c in closes]
     assert stopped_reasons[4] == "eof"
 

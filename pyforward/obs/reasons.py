@@ -24,7 +24,7 @@ class CloseReason(StrEnum):
     BAD_PROXY_HEADER = "bad-proxy-header"  # a trusted peer's PROXY header missing or invalid
     NO_ROUTE = "no-route"  # the TLS server name selects no route and the address has no default
     NOT_TLS = "not-tls"  # a client of an sni address did not start TLS, and there is no default
-    BAD_CLIENT_HELLO = "bad-client-hello"  # a client of an sni address sent a malformed hello
+    BAD_TLS_HELLO = "bad-tls-hello"  # a client of an sni address sent a malformed hello
     SNI_TIMEOUT = "sni-timeout"  # no complete ClientHello within sni_timeout
     ERROR = "error"  # any other failure; the close line's `error=` names it
 

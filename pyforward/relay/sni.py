@@ -16,7 +16,7 @@ What each first flight gets:
 | a hello naming a route's name | that route | that route |
 | a hello naming another, or no name | the default | reset, `no-route` |
 | something else than TLS | the default | reset, `not-tls` |
-| a malformed hello, or EOF in the middle | reset, `bad-client-hello` | the same |
+| a malformed hello, or EOF in the middle | reset, `bad-tls-hello` | the same |
 | nothing within `sni_timeout` | the default (its server may speak first) | `sni-timeout` |
 | part of a hello, then nothing | reset, `sni-timeout` | the same |
 """
@@ -181,7 +181,7 @@ class RouteByName(Stage):
         host = self.host
         if _bad_hello_log.due(host.loop.time()):
             fields: dict[str, object] = {
-                "event": "bad-client-hello",
+                "event": "bad-tls-hello",
                 "client": host.client_label,
                 "msg": why,
             }
@@ -189,4 +189,4 @@ class RouteByName(Stage):
             if suppressed:
                 fields["more"] = suppressed
             log.warning(logfmt(fields))
-        host.close(CloseReason.BAD_CLIENT_HELLO, reset=True)
+        host.close(CloseReason.BAD_TLS_HELLO, reset=True)
