@@ -17,7 +17,8 @@ from pyforward.discovery.runtime import Discovery
 from pyforward.discovery.watcher import WatchTiming
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
-from tests.harness import TIMEOUT, Backend
+from pyforward.protocols.proxy import build_v2
+from tests.harness import TIMEOUT, Backend, forwarder
 from tests.hellos import real_hello
 from tests.kubeapi import KubeApi, node, service
 from tests.peers_edge import HOST, free_port
@@ -146,3 +147,26 @@ async def test_a_reload_changes_the_names_of_an_address_that_stays_open() -> Non
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
+
+
+def test_behind_a_load_balancer_the_hello_follows_the_proxy_header(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(tagged(b"A")) as a, Backend(tagged(b"D")) as d:
+        config = tmp_path / "lb.toml"
+        config.write_text(
+            'accept_proxy_protocol = true\nproxy_protocol_from = ["127.0.0.1"]\n'
+            f'[[route]]\nlisten = "{HOST}:{port}"\nsni = "a.example"\ntarget = "{HOST}:{a.port}"\n'
+            f'[[route]]\nlisten = "{HOST}:{port}"\ntarget = "{HOST}:{d.port}"\n'
+        )
+        header = build_v2(("203.0.113.7", 40000), ("192.0.2.1", 443))
+        with forwarder("--config", str(config)) as fwd:
+            for first in (header + real_hello("a.example"), header):
+                with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+                    # The header and the hello in one segment, or the hello after it.
+                    sock.sendall(first)
+                    if first == header:
+                        sock.sendall(real_hello("a.example"))
+                    assert sock.recv(64) == b"A"
+            closes = fwd.closes(2)
+    assert [c["client"] for c in closes] == ["203.0.113.7:40000"] * 2
+    assert [c["target"] for c in closes] == [f"{HOST}:{a.port}"] * 2

@@ -190,6 +190,9 @@ class Connection:
     def has_consumed(self) -> bool:
         return self._consumed > 0
 
+    def early_bytes(self) -> bytes:
+        return self._early
+
     def reroute(self, route: NamedRoute) -> None:
         """A client-side stage chose `route` of a shared address: from the dial on, the
         connection is that route's (its policy, targets, stages, and allow/deny next)."""

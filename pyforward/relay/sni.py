@@ -91,6 +91,9 @@ class NameRoutes:
 
 
 class ReroutableHost(StageHost, Protocol):
+    def early_bytes(self) -> bytes:
+        """What client-side stages took from the client so far (for the target first)."""
+
     def reroute(self, route: NamedRoute) -> None:
         """Go on as a connection of `route`: its policy, targets, admission and stages."""
 
@@ -105,11 +108,23 @@ class RouteByName(Stage):
         self.reader = ClientHelloReader()
         self.read = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._watching = False
+        self._decided = False  # no more reading: routed, or closed
 
     def start(self, host: StageHost) -> None:
         self.host = host
-        host.poller.add_reader(host.client.fileno(), self._on_readable)
-        self._timer = host.loop.call_later(self.routes.timeout, self._on_timeout)
+        # What a stage before this one read (the bytes after a PROXY header) starts the hello.
+        early = cast(ReroutableHost, host).early_bytes() if host.has_consumed() else b""
+        if early:
+            self._judge(early)
+        else:
+            # A busy server often accepts after the hello has arrived: read it at once, and
+            # wait (a watch and a timer) only when it is not all there.
+            self._read()
+        if not self._decided:
+            self._watching = True
+            host.poller.add_reader(host.client.fileno(), self._on_readable)
+            self._timer = host.loop.call_later(self.routes.timeout, self._on_timeout)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -117,11 +132,17 @@ class RouteByName(Stage):
             self._timer = None
 
     def _finish(self) -> None:
-        self.host.poller.remove_reader(self.host.client.fileno())
+        self._decided = True
+        if self._watching:
+            self._watching = False
+            self.host.poller.remove_reader(self.host.client.fileno())
         self.stop()
 
     @contained
     def _on_readable(self) -> None:
+        self._read()
+
+    def _read(self) -> None:
         host = self.host
         room = MAX_WIRE_BYTES - self.read  # never read more than the reader's bound
         if room <= 0:
@@ -143,8 +164,12 @@ class RouteByName(Stage):
             else:
                 host.close(CloseReason.EOF)  # gone without a word
             return
-        self.read += len(data)
         host.consumed(data)
+        self._judge(data)
+
+    def _judge(self, data: bytes) -> None:
+        """Feed the client's next bytes to the reader; route once it has its answer."""
+        self.read += len(data)
         try:
             answer = self.reader.feed(data)
         except ClientHelloError as exc:
