@@ -249,7 +249,10 @@ def check(load: Callable[[], Settings], invocation: Invocation) -> list[Finding]
     settings, findings = check_settings(load)
     if settings is None:
         return findings
-    findings += [check_listen(route.listen, invocation) for route in settings.routes]
+    listens = [route.listen for route in settings.routes]
+    # An address that sni routes share is one socket: checked once (port 0 is one each).
+    listens = [a for i, a in enumerate(listens) if a.port == 0 or a not in listens[:i]]
+    findings += [check_listen(listen, invocation) for listen in listens]
     if settings.metrics is not None:
         metrics = check_listen(settings.metrics, invocation)
         findings.append(replace(metrics, subject=f"metrics {settings.metrics}"))

@@ -279,7 +279,8 @@ def plan_install(
         exec_start=found.command[0],
         exec_args=found.command[1:],
         config_path=str(config),
-        listen=tuple(route.listen for route in settings.routes),
+        # One ListenStream= per address: routes sharing one (by server name) share its socket.
+        listen=tuple(dict.fromkeys(route.listen for route in settings.routes)),
         socket_activation=request.socket_activation,
         kubeconfig=kubeconfig,
         read_only_paths=found.bind_paths,
