@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     programs = sorted(
         {tool for scenario in scenarios for tool in scenario.tools}
         | {s.kind for s in subjects if s.kind in ("socat", "haproxy")}
+        | {s.kind.removesuffix("-sni") for s in subjects if s.kind in ("haproxy-sni", "nginx-sni")}
     )
-    needs_pyforward = any(s.kind == "pyforward" for s in subjects)
+    needs_pyforward = any(s.kind.startswith("pyforward") for s in subjects)
     problems = tools.problems(programs, chart=True, pyforward=needs_pyforward)
     if problems:
         for problem in problems:

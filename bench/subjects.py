@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import sni
 from bench.accounting import Memory, ProcessSet, SetFactory, memory_of
 from bench.netutil import HOST, BenchError, free_port, wait_accepting
 from bench.udp_load import wait_answering
@@ -66,6 +67,13 @@ SUBJECTS = (
     ),
     Subject("pyforward-copy-asyncio", "pyforward copy asyncio", "pyforward", ("copy", "asyncio")),
 )
+# Routing by TLS server name (bench/sni.py): run only when named, for the https scenario.
+SNI_SUBJECTS = (
+    Subject("haproxy-sni", "HAProxy req.ssl_sni", "haproxy-sni"),
+    Subject("nginx-sni", "nginx stream ssl_preread", "nginx-sni"),
+    Subject("pyforward-sni", "pyforward sni", "pyforward-sni"),
+    Subject("pyforward-sni-pp2", "pyforward sni + PROXY v2", "pyforward-sni-pp2"),
+)
 BASELINE = "socat"  # ratios are to socat as deployed
 
 
@@ -103,6 +111,8 @@ def command(
             loop,
             "--quiet",
         ]
+    if subject.kind in {s.kind for s in SNI_SUBJECTS}:
+        return sni.command(subject.kind, port, target, workdir)
     raise ValueError(f"{subject.key} runs no program")
 
 
@@ -238,8 +248,9 @@ def select(keys: list[str] | None) -> list[Subject]:
     """The subjects named (all when None), in the suite's order."""
     if not keys:
         return list(SUBJECTS)
-    known = {s.key: s for s in SUBJECTS}
+    every = (*SUBJECTS, *SNI_SUBJECTS)
+    known = {s.key: s for s in every}
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise BenchError(f"unknown subject {', '.join(unknown)} (known: {', '.join(known)})")
-    return [s for s in SUBJECTS if s.key in keys]
+    return [s for s in every if s.key in keys]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from bench.model import Figure, Metric, Plan
 from bench.scenarios import Scenario
 from bench.scenarios.connrate import ConnectionRate
+from bench.scenarios.https import HttpsConnectionRate
 from bench.scenarios.latency import Latency
 from bench.scenarios.memory import IdleMemory, StreamingMemory
 from bench.scenarios.startup import Startup
@@ -21,6 +22,7 @@ def all_scenarios(plan: Plan) -> list[Scenario]:
     return [
         Throughput(),
         ConnectionRate(),
+        HttpsConnectionRate(),
         Latency(),
         IdleMemory(plan),
         StreamingMemory(plan),

@@ -30,6 +30,7 @@ TOOLS = {
         Tool("wrk", "wrk", ("wrk", "-v")),
         Tool("nginx", "nginx-light", ("nginx", "-v")),
         Tool("dnsmasq", "dnsmasq", ("dnsmasq", "--version")),
+        Tool("openssl", "openssl", ("openssl", "version")),
     )
 }
 

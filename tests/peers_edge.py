@@ -204,16 +204,22 @@ class TLSNginx:
 
 
 @contextlib.contextmanager
-def nginx_tls(workdir: Path, names: Sequence[str]) -> Iterator[TLSNginx]:
-    """Start nginx with one TLS server per name in `names` (see TLSNginx)."""
+def nginx_tls(
+    workdir: Path, names: Sequence[str], *, proxy_protocol: bool = False
+) -> Iterator[TLSNginx]:
+    """Start nginx with one TLS server per name in `names` (see TLSNginx). With
+    `proxy_protocol`, the TLS servers require a PROXY header and answer
+    `NAME ADDR:PORT`, the client the header names."""
     ca = trustme.CA()
-    keys = workdir / "tls"
+    keys = workdir / ("tls-pp" if proxy_protocol else "tls")
     keys.mkdir(exist_ok=True)
+    listen_options = "ssl http2 proxy_protocol" if proxy_protocol else "ssl http2"
     ca_path = keys / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
     ports = {name: free_port() for name in names}
     plain_port = free_port()
     blocks = []
+    answer = " $proxy_protocol_addr:$proxy_protocol_port" if proxy_protocol else ""
     for index, (name, port) in enumerate(ports.items()):
         leaf = ca.issue_cert(name)
         cert, key = keys / f"{index}.crt", keys / f"{index}.key"
@@ -221,12 +227,12 @@ def nginx_tls(workdir: Path, names: Sequence[str]) -> Iterator[TLSNginx]:
         leaf.private_key_pem.write_to_path(str(key))
         blocks.append(
             "    server {\n"
-            f"        listen {HOST}:{port} ssl http2;\n"
+            f"        listen {HOST}:{port} {listen_options};\n"
             f"        server_name {name};\n"
             f"        ssl_certificate {cert};\n"
             f"        ssl_certificate_key {key};\n"
             "        ssl_protocols TLSv1.2 TLSv1.3;\n"
-            f'        location / {{ return 200 "{name}\\n"; }}\n'
+            f'        location / {{ return 200 "{name}{answer}\\n"; }}\n'
             "    }"
         )
     blocks.append(

@@ -23,6 +23,7 @@ PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx", "dnsmasq")
 # Figures that may honestly be zero; every other one must be positive.
 MAY_BE_ZERO = {
     "connrate.errors",
+    "https.errors",
     "throughput.retries",
     "latency.cpu",
     "connrate.cpu",
@@ -123,7 +124,7 @@ def test_missing_programs_are_named_with_how_to_get_them(tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == 1
-    assert "missing programs: dnsmasq, nginx, wrk" in done.stderr
-    assert "apt-get install dnsmasq nginx-light wrk" in done.stderr
+    assert "missing programs: dnsmasq, nginx, openssl, wrk" in done.stderr
+    assert "apt-get install dnsmasq nginx-light openssl wrk" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists()

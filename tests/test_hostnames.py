@@ -121,3 +121,19 @@ def test_a_wildcard_covers_exactly_one_label(
     router = HostRouter([([f"*.{domain}"], "wild"), ([name], "exact")])
     assert router.lookup(shown) == "exact"
     assert router.lookup(f"other{head}.{domain}") == "wild"
+
+
+@given(st.text(max_size=300))
+def test_any_pattern_is_accepted_or_refused_with_the_module_error(pattern: str) -> None:
+    try:
+        name = check_pattern(pattern)
+    except HostNameError:
+        return
+    assert name == normalize(pattern) and name.isascii() and len(name) <= 253
+    assert check_pattern(name) == name  # normalised once is normalised
+
+
+@given(st.text(max_size=300))
+def test_any_server_name_looks_up_without_an_error(server_name: str) -> None:
+    router = HostRouter([(["a.example"], "a"), (["*.b.example"], "b")], default="d")
+    assert router.lookup(server_name) in {"a", "b", "d"}

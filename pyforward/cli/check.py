@@ -293,12 +293,18 @@ def check(load: Callable[[], Settings], invocation: Invocation) -> list[Finding]
     settings, findings = check_settings(load)
     if settings is None:
         return findings
-    findings += [
-        check_udp_listen(route.listen)
-        if route.protocol is Transport.UDP
-        else check_listen(route.listen, invocation)
-        for route in settings.routes
-    ]
+    # An address that sni routes share is one socket: checked once (port 0 is one each).
+    listens: list[tuple[Transport, Address]] = []
+    for route in settings.routes:
+        key = (route.protocol, route.listen)
+        if route.listen.port != 0 and key in listens:
+            continue
+        listens.append(key)
+        findings.append(
+            check_udp_listen(route.listen)
+            if route.protocol is Transport.UDP
+            else check_listen(route.listen, invocation)
+        )
     if settings.metrics is not None:
         metrics = check_listen(settings.metrics, invocation)
         findings.append(replace(metrics, subject=f"metrics {settings.metrics}"))

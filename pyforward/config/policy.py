@@ -35,6 +35,8 @@ class Policy:
     # served as themselves. Only with accept_proxy_protocol, which requires some.
     accept_proxy_protocol: bool = False
     proxy_protocol_from: AccessList = field(default_factory=AccessList)
+    # How long a client of a shared (sni) address gets to send its TLS ClientHello.
+    sni_timeout: float = 5.0
 
     def reads_proxy_header(self, peer: str) -> bool:
         """Whether a connection from `peer` must start with a PROXY header."""

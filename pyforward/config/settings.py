@@ -31,6 +31,7 @@ from pyforward.config.access import AccessList, parse_network
 from pyforward.config.addresses import Address, parse_listen, parse_target
 from pyforward.config.overlap import overlapping_listens
 from pyforward.config.policy import Policy, ProxyProtocol
+from pyforward.config.sni import host_names, shared_listens, split_route_names
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import LogConnections
 
@@ -89,6 +90,9 @@ class Route:
     protocol: Transport = Transport.TCP
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     udp_max_flows: int = UDP_MAX_FLOWS
+    # The TLS server names whose connections this route takes; () on a shared address: its
+    # default (config/sni.py).
+    sni: tuple[str, ...] = ()
 
     @property
     def connect_timeout(self) -> float:
@@ -234,11 +238,15 @@ def _route_list(value: object) -> list[str]:
     """Routes; in the environment separated by whitespace (a route's targets take commas)."""
     routes = value.split() if isinstance(value, str) else _string_list(value)
     for item in routes:
-        listen_text, sep, target_text = item.partition("=")
+        names, rest = split_route_names(item)
+        listen_text, sep, target_text = rest.partition("=")
         if not sep:
             raise ValueError(
-                f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
+                f"invalid route {item!r}: expected LISTEN=TARGET or NAME[,NAME]@LISTEN=TARGET, "
+                "e.g. 443=10.0.0.5:32653 or jenkins.example.com@443=10.0.0.5:32653"
             )
+        if names:
+            host_names(names)
         _checked(parse_listen, listen_text)
         for text in target_text.split(","):
             _checked(parse_target, text)
@@ -495,6 +503,25 @@ OPTIONS: dict[str, Option] = {
         shown="(no one)",
         flag=Flag(list[str], "Peers (CIDR) whose PROXY header is believed; repeatable."),
     ),
+    "sni": Option(
+        host_names,
+        (),
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(none: the address's default)",
+        flag=Flag(
+            list[str],
+            "TLS server names (or *.domain) this route takes on a shared listen address; "
+            "per route: NAME@LISTEN=TARGET in --route.",
+        ),
+    ),
+    "sni_timeout": Option(
+        _positive_duration,
+        5.0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(float, "Seconds a client of an sni address gets to send its TLS hello [5]."),
+    ),
     "log_level": Option(
         _choice(LogLevel),
         LogLevel.INFO,
@@ -714,11 +741,14 @@ def build_settings(
             "no route to forward: give --listen PORT --target HOST:PORT, --route, or --config FILE"
         )
     for protocol in Transport:  # a TCP and a UDP socket on one port do not collide
-        listens = [r.listen for r in routes if r.listen.port != 0 and r.protocol is protocol]
-        duplicates = {str(a) for a in listens if listens.count(a) > 1}
+        of_protocol = [r for r in routes if r.protocol is protocol]
+        # TCP routes may share an address, told apart by TLS server name (config/sni.py).
+        shared = shared_listens(of_protocol) if protocol is Transport.TCP else set()
+        listens = [r.listen for r in of_protocol if r.listen.port != 0]
+        duplicates = {str(a) for a in listens if listens.count(a) > 1 and a not in shared}
         if duplicates:
             raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
-        overlap = overlapping_listens(listens)
+        overlap = overlapping_listens(list(dict.fromkeys(listens)))
         if overlap is not None:
             raise ConfigError(overlap)
 
@@ -804,7 +834,9 @@ def _build_routes(
     for source, layer in layers:
         specs = _route_specs(layer, source, discover=discover)
         if specs:
-            return [_route(spec, {}, overrides_and_defaults, set(), source) for spec in specs]
+            return [
+                _route(spec[:2], spec[2], overrides_and_defaults, set(), source) for spec in specs
+            ]
     specs = _route_specs(file_data, file_source, route_strings=False, discover=discover)
     file_defaults = {
         key: _convert_file(key, file_data[key], f"{file_source}: {key}")
@@ -812,7 +844,7 @@ def _build_routes(
         else overrides_and_defaults[key]
         for key in overrides_and_defaults
     }
-    routes = [_route(spec, {}, file_defaults, overriding, file_source) for spec in specs]
+    routes = [_route(spec[:2], {}, file_defaults, overriding, file_source) for spec in specs]
     for index, table in enumerate(file_data.get("route") or [], 1):
         where = f"{file_source}: route {index}"
         if "listen" not in table or ("target" not in table and not discover):
@@ -843,11 +875,12 @@ def _route_specs(
     *,
     route_strings: bool = True,
     discover: bool = False,
-) -> list[tuple[str, list[str]]]:
-    """(listen, targets) of the routes a layer names; every value already checked."""
+) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(listen, targets, the route's own keys) of the routes a layer names; every value
+    already checked."""
     name = _namer(source)
     convert = _convert if route_strings else _convert_file
-    specs: list[tuple[str, list[str]]] = []
+    specs: list[tuple[str, list[str], dict[str, Any]]] = []
     listen, targets = layer.get("listen"), layer.get("target")
     if listen is not None or targets is not None:
         if listen is None:
@@ -861,11 +894,12 @@ def _route_specs(
                 f"({name('target')}, or --discover)"
             )
         target_texts = convert("target", targets, name("target")) if targets is not None else []
-        specs.append((listen_text, target_texts))
+        specs.append((listen_text, target_texts, {}))
     routes = _convert("route", layer.get("route") or [], name("route")) if route_strings else []
     for item in routes:
-        listen_text, _, target_text = item.partition("=")
-        specs.append((listen_text, target_text.split(",")))
+        names, rest = split_route_names(item)
+        listen_text, _, target_text = rest.partition("=")
+        specs.append((listen_text, target_text.split(","), {"sni": names} if names else {}))
     return specs
 
 
@@ -902,7 +936,7 @@ def _route(
 
 
 # Per-route keys that mean something on a TCP stream only.
-_TCP_ONLY = ("proxy_protocol", "accept_proxy_protocol", "first_byte_timeout", "keepalive")
+_TCP_ONLY = ("proxy_protocol", "accept_proxy_protocol", "first_byte_timeout", "keepalive", "sni")
 
 
 def _refuse_tcp_only(values: Mapping[str, Any], listen_text: str, where: str) -> None:

@@ -20,6 +20,7 @@ from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
 from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings, Transport
+from pyforward.engine.by_name import build_names, followers, name_groups
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
@@ -34,6 +35,7 @@ from pyforward.obs.traffic import ListenerTraffic
 from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
+from pyforward.relay.sni import NamedRoute, NameRoutes
 from pyforward.relay.sockets import reset_on_close
 
 log = logging.getLogger("pyforward")
@@ -54,6 +56,8 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
+    # The routes sharing this address, chosen by TLS server name (engine/by_name.py).
+    names: NameRoutes | None = None
     # Read on every accept, so worked out once: the socket's family (an int, not the enum
     # `sock.family` builds each time), and whether the route has an allow/deny list.
     family: int = field(init=False)
@@ -71,6 +75,10 @@ class Listener:
         self.route, self.targets = route, targets
         self.policy, self.access = route.policy, route.access
         self.screened = bool(route.access)
+
+    def every_target(self) -> list[ResolvedTarget]:
+        """The targets of every route this listener serves."""
+        return self.targets if self.names is None else self.names.every_target()
 
 
 def literal_target(address: Address) -> ResolvedTarget | None:
@@ -156,10 +164,15 @@ class Forwarder:
                 raise StartupError("--relay splice: splice(2) is not available on this system")
         try:
             ids = route_ids(settings.routes)
+            groups = name_groups(settings.routes, ids)
+            sharing = followers(groups)
+            resolved: dict[RouteId, list[ResolvedTarget]] = {}
             for index, route in enumerate(settings.routes):
                 if route.protocol is not Transport.TCP:
                     continue  # UDP routes are the datagram forwarder's (datagram/server.py)
-                targets = await self._resolve(route)
+                targets = resolved[ids[index]] = await self._resolve(route)
+                if index in sharing:
+                    continue  # served by the listener of its address's first route
                 passed = self.passed_sockets.pop(index, None)
                 if passed:
                     self.listeners += [
@@ -182,6 +195,7 @@ class Forwarder:
             raise
         for listener in self.listeners:
             listener.failover_log = self._failover_log(listener.route_id)
+        self._attach_names(settings.routes, ids, resolved)
         self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
         self._follow_gate()
 
@@ -230,10 +244,11 @@ class Forwarder:
                     resolved[rid] = [t for t in literals if t is not None]
         new_routes = dict(zip(ids, settings.routes, strict=True))
         current = {listener.route_id for listener in self.listeners}
+        sharing = {ids[index] for index in followers(name_groups(settings.routes, ids))}
         opened: list[Listener] = []
         try:
             for rid, route in new_routes.items():
-                if rid not in current and route.protocol is Transport.TCP:
+                if rid not in current and rid not in sharing and route.protocol is Transport.TCP:
                     opened += self._open_route(rid, route, resolved[rid])
         except BaseException:
             close_all([listener.sock for listener in opened])
@@ -254,6 +269,7 @@ class Forwarder:
         for listener in opened:
             listener.failover_log = self._failover_log(listener.route_id)
         self.listeners = kept + opened
+        self._attach_names(settings.routes, ids, resolved)
         self.settings = settings
         self.gate.cap = settings.max_connections
         for rid in self._failover_logs.keys() - new_routes.keys():
@@ -262,6 +278,39 @@ class Forwarder:
             for listener in opened:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
         self._follow_gate()
+
+    def _attach_names(
+        self,
+        routes: Sequence[Route],
+        ids: Sequence[RouteId],
+        resolved: Mapping[RouteId, list[ResolvedTarget]],
+    ) -> None:
+        """Give each listener of an address routed by name its routes (None to the rest)."""
+        groups = name_groups(routes, ids)
+        for listener in self.listeners:
+            indices = groups.get(listener.route_id)
+            listener.names = (
+                None
+                if indices is None
+                else build_names(
+                    indices,
+                    routes,
+                    ids,
+                    targets=resolved.__getitem__,
+                    failover_log=self._failover_log,
+                    chosen=self._chosen,
+                )
+            )
+
+    def _chosen(self, connection: object, route: NamedRoute) -> Sequence[ResolvedTarget]:
+        """A connection of a shared address took `route`: admission by its allow/deny
+        (`admit`, next), and its targets in the order to try them."""
+        assert isinstance(connection, Connection)
+        self._awaiting_admission[connection] = route.access
+        targets: Sequence[ResolvedTarget] = route.targets
+        if len(targets) > 1:
+            targets = self.health.order(targets, self.loop.time())
+        return targets
 
     # --- accepting
 
@@ -305,15 +354,17 @@ class Forwarder:
             # names the client (`admit`); every other one here, by its own address.
             policy = listener.policy
             proxied = policy.accept_proxy_protocol and policy.reads_proxy_header(source)
+            names = listener.names  # admitted once the server name chose the route
             counted = False
-            if not proxied and (listener.screened or counts_sources):
+            if not proxied and names is None and (listener.screened or counts_sources):
                 refused = self._admission(listener.access, source)
                 if refused is not None:
                     self._refuse(client, refused, source, listener.label)
                     continue
                 counted = counts_sources
             stats.active += 1
-            targets: Sequence[ResolvedTarget] = listener.targets
+            # A shared address's targets are those of the route its server name picks.
+            targets: Sequence[ResolvedTarget] = listener.targets if names is None else ()
             if len(targets) > 1:
                 targets = self.health.order(targets, self.loop.time())
             self._served += 1
@@ -332,6 +383,7 @@ class Forwarder:
                 failover_log=listener.failover_log,
                 source=source,
                 proxied=proxied,
+                names=names,
             )
             connection.source_counted = counted
             if proxied:
@@ -498,7 +550,9 @@ class Forwarder:
             if listener.route_id == route:
                 # A new list, never an in-place change: connections hold the old one.
                 listener.targets = list(targets)
-        self.health.retain(t for listener in self.listeners for t in listener.targets)
+            if listener.names is not None:
+                listener.names.set_targets(route, targets)
+        self.health.retain(t for listener in self.listeners for t in listener.every_target())
 
     def target_failed(self, target: ResolvedTarget, reason: CloseReason) -> None:
         if self.health.failed(target, self.loop.time()):
@@ -562,7 +616,7 @@ class Forwarder:
 def log_listeners(forwarder: Forwarder) -> None:
     """One `event=listen` line per listener, with the targets it forwards to."""
     for listener in forwarder.listeners:
-        targets = ",".join(target.label for target in listener.targets)
+        targets = ",".join(target.label for target in listener.every_target())
         log.info(logfmt({"event": "listen", "address": listener.label, "target": targets}))
 
 

@@ -145,7 +145,7 @@ def _forwarder_families(
     )
     now = forwarder.loop.time()
     for listener in forwarder.listeners:
-        for target in listener.targets:
+        for target in listener.every_target():
             up = not forwarder.health.is_down(target, now)
             target_up.add_metric([listener.label, target.label], int(up))
     for udp in datagram.listeners if datagram is not None else []:

@@ -22,6 +22,10 @@ class CloseReason(StrEnum):
     SOURCE_LIMIT = "source-limit"  # the client's address already has its connections open
     FIRST_BYTE_TIMEOUT = "first-byte-timeout"  # the client sent nothing in first_byte_timeout
     BAD_PROXY_HEADER = "bad-proxy-header"  # a trusted peer's PROXY header missing or invalid
+    NO_ROUTE = "no-route"  # the TLS server name selects no route and the address has no default
+    NOT_TLS = "not-tls"  # a client of an sni address did not start TLS, and there is no default
+    BAD_TLS_HELLO = "bad-tls-hello"  # a client of an sni address sent a malformed hello
+    SNI_TIMEOUT = "sni-timeout"  # no complete ClientHello within sni_timeout
     ERROR = "error"  # any other failure; the close line's `error=` names it
     FLOW_LIMIT = "flow-limit"  # UDP: the route holds udp_max_flows assured flows already
     FLOW_EVICTED = "flow-evicted"  # UDP: a flow closed to make room for a new client's

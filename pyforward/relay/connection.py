@@ -38,7 +38,8 @@ from pyforward.relay.pipes import PipePool
 from pyforward.relay.poller import Poller
 from pyforward.relay.proxy_header import ReadProxyHeader, SendProxyHeader
 from pyforward.relay.pump import Pump
-from pyforward.relay.sockets import prepare, reset_on_close
+from pyforward.relay.sni import NamedRoute, NameRoutes, RouteByName
+from pyforward.relay.sockets import prepare, reset_on_close, set_keepalive
 from pyforward.relay.stages import FirstByteGate, SendToTarget, Stage
 
 __all__ = ["Connection", "Owner", "Policy", "ResolvedTarget", "stages_for"]
@@ -77,14 +78,23 @@ class Owner(Protocol):
     def target_connected(self, target: ResolvedTarget) -> None: ...
 
 
-def stages_for(policy: Policy, failover_log: Every, *, proxied: bool = False) -> list[Stage]:
+def stages_for(
+    policy: Policy,
+    failover_log: Every,
+    *,
+    proxied: bool = False,
+    names: NameRoutes | None = None,
+) -> list[Stage]:
     """The stages a connection runs before the pump, in order: client-side ones, the dial,
     target-side ones. A new stage is a class in `stages.py` (or a module of its own) and
     one line here. `proxied`: the peer is a load balancer the route trusts, which starts
-    with a PROXY header."""
+    with a PROXY header. `names`: the routes of a shared address; the one the TLS server
+    name picks brings the rest of the stages (`Connection.reroute`)."""
     client_side: list[Stage] = []
     if proxied:
         client_side.append(ReadProxyHeader())
+    if names is not None:
+        return [*client_side, RouteByName(names)]
     if policy.first_byte_timeout:
         client_side.append(FirstByteGate(policy.first_byte_timeout))
     dial = Dial(policy.connect_timeout, keepalive=policy.keepalive, failover_log=failover_log)
@@ -118,6 +128,7 @@ class Connection:
         "id",
         "listen_label",
         "loop",
+        "names",
         "owner",
         "policy",
         "poller",
@@ -143,6 +154,7 @@ class Connection:
         source: str = "",
         stages: Sequence[Stage] | None = None,
         proxied: bool = False,
+        names: NameRoutes | None = None,
     ) -> None:
         self.owner = owner
         self.loop = owner.loop
@@ -167,8 +179,10 @@ class Connection:
         self.error_detail = ""  # what went wrong, when the failure is not an errno
         self.closed = False
         self._started = time.monotonic()
+        # The routes of a shared address, until the server name picked one (admission waits).
+        self.names = names
         if stages is None:
-            stages = stages_for(policy, failover_log, proxied=proxied)
+            stages = stages_for(policy, failover_log, proxied=proxied, names=names)
         self._stages = stages
         self._next_stage = 0
         self._stage: Stage | None = None  # the one running, until the pump starts
@@ -231,7 +245,27 @@ class Connection:
     def has_consumed(self) -> bool:
         return self._consumed > 0
 
+    def early_bytes(self) -> bytes:
+        return self._early
+
+    def reroute(self, route: NamedRoute) -> None:
+        """A client-side stage chose `route` of a shared address: from the dial on, the
+        connection is that route's (its policy, targets, stages, and allow/deny next)."""
+        names, self.names = self.names, None
+        assert names is not None, "rerouted twice"
+        self.targets = names.chosen(self, route)
+        self.target_label = self.targets[0].label if self.targets else "-"
+        if route.policy.keepalive and not self.policy.keepalive:
+            set_keepalive(self.client)
+        self.policy = route.policy
+        self._stages = [
+            *self._stages[: self._next_stage],
+            *stages_for(route.policy, route.failover_log),
+        ]
+
     def admit(self) -> bool:
+        if self.names is not None:
+            return True  # the route is not chosen yet: admitted by its allow/deny, after
         refused = self.owner.admit(self)
         if refused is None:
             return True

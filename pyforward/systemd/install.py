@@ -279,7 +279,10 @@ def plan_install(
         exec_start=found.command[0],
         exec_args=found.command[1:],
         config_path=str(config),
-        listen=tuple(r.listen for r in settings.routes if r.protocol is Transport.TCP),
+        # One ListenStream= per address: routes sharing one (by server name) share its socket.
+        listen=tuple(
+            dict.fromkeys(r.listen for r in settings.routes if r.protocol is Transport.TCP)
+        ),
         listen_datagram=tuple(r.listen for r in settings.routes if r.protocol is Transport.UDP),
         socket_activation=request.socket_activation,
         kubeconfig=kubeconfig,

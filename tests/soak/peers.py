@@ -1,6 +1,6 @@
 """Load generators and backends of the soak suite, each run as a process of its own.
 
-    python -m tests.soak.peers serve {echo,stream,stall} [--port N]
+    python -m tests.soak.peers serve {echo,proxy-echo,stream,stall} [--port N]
     python -m tests.soak.peers {churn,streams,burst,hold,silent} --port N [options]
 
 They run on uvloop, apart from the forwarder, so that on a small machine the generator is
@@ -39,6 +39,7 @@ from typing import Any, cast
 import uvloop
 
 from pyforward.engine.fdlimit import raise_fd_limit
+from tests.hellos import real_hello
 from tests.soak.pattern import (
     HEADER,
     chunk,
@@ -267,6 +268,38 @@ class EchoServer(asyncio.Protocol):
             self.tally.outcomes[classify(exc)] += 1
 
 
+# The PROXY protocol v2 header of a TCP-over-IPv4 connection from 127.0.0.1 (its ports vary).
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V2_TCP4_FROM_LOOPBACK = V2_SIGNATURE + b"\x21\x11\x00\x0c\x7f\x00\x00\x01"
+V2_TCP4_LENGTH = 16 + 12
+
+
+class ProxyEchoServer(EchoServer):
+    """Require a PROXY v2 header naming a client on 127.0.0.1 first (a connection without
+    one is reset), then echo what follows: exactly the client's bytes."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(tally)
+        self._head: bytes | None = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            super().data_received(data)
+            return
+        self._head += data
+        if len(self._head) < V2_TCP4_LENGTH:
+            return
+        if not self._head.startswith(V2_TCP4_FROM_LOOPBACK):
+            self.tally.outcomes["bad-proxy-header"] += 1
+            self.done = True
+            assert self.transport is not None
+            reset(self.transport)
+            return
+        rest, self._head = self._head[V2_TCP4_LENGTH:], None
+        if rest:
+            super().data_received(rest)
+
+
 class StreamServer(StreamEnd):
     """Reads a header naming the stream, then checks the client's bytes and sends its own."""
 
@@ -371,6 +404,7 @@ async def serve(mode: str, port: int) -> None:
         return
     factories: dict[str, Callable[[], asyncio.Protocol]] = {
         "echo": lambda: EchoServer(tally),
+        "proxy-echo": lambda: ProxyEchoServer(tally),
         "stream": lambda: StreamServer(tally),
     }
     server = await loop.create_server(
@@ -514,6 +548,8 @@ async def churn(args: argparse.Namespace) -> None:
     every: int = args.progress_every
 
     took: list[float] = []  # seconds each connection took, start to close
+    # With --hello NAME each message starts with a real TLS ClientHello naming NAME.
+    hello = real_hello(args.hello) if args.hello else b""
 
     async def worker() -> None:
         nonlocal next_index
@@ -524,7 +560,7 @@ async def churn(args: argparse.Namespace) -> None:
             if args.protocol == "stream":
                 await stream_once(args.port, stream, args.size, tally, args.timeout)
             else:
-                message = _message(stream, args.size)
+                message = hello + _message(stream, args.size)
                 tally.outcomes[await echo_once(args.port, message, tally, args.timeout)] += 1
             took.append(time.monotonic() - began)
             if every and next_index % every == 0:
@@ -788,7 +824,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.soak.peers")
     sub = parser.add_subparsers(dest="command", required=True)
     server = sub.add_parser("serve")
-    server.add_argument("mode", choices=["echo", "stream", "stall"])
+    server.add_argument("mode", choices=["echo", "proxy-echo", "stream", "stall"])
     server.add_argument("--port", type=int, default=0)
 
     def client(name: str) -> argparse.ArgumentParser:
@@ -805,6 +841,7 @@ def _parser() -> argparse.ArgumentParser:
     churn_job.add_argument("--protocol", choices=["echo", "stream"], default="echo")
     churn_job.add_argument("--until-stop", action="store_true", help="until 'stop' on stdin")
     churn_job.add_argument("--progress-every", type=int, default=0)
+    churn_job.add_argument("--hello", default="", help="start with a TLS ClientHello for NAME")
     streams_job = client("streams")
     streams_job.add_argument("--up", type=int, required=True)
     streams_job.add_argument("--down", type=int, required=True)

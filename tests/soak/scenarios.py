@@ -12,6 +12,7 @@ lines.
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -373,6 +374,59 @@ def churn(run: Run) -> None:
     )
     run.check(growth <= CHURN_RSS_GROWTH, f"RSS grew {growth / MIB:.2f} MiB in the second half")
     run.count(backend.stop(), "echo backend")
+    run.expect_closes({"eof"})
+
+
+def _free_port() -> int:
+    """A loopback port nothing holds now (routes by name need a fixed port to share)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def sni_proxy(run: Run) -> None:
+    """Churn through one address routed by TLS server name: two names, each to a backend that
+    requires a PROXY v2 header and then echoes (so the echo check proves the target got
+    exactly the client's bytes, hello first), and plain clients to the default route, all at
+    once, in two phases; RSS may grow by at most 2 MiB between the end of one and the other."""
+    phase = run.scale.churn_phase // 4
+    concurrency = max(run.scale.churn_concurrency // 3, 1)
+    backends = {name: run.server("proxy-echo") for name in ("a.soak.test", "b.soak.test")}
+    plain, plain_port = run.server("echo")
+    port = _free_port()
+    config = run.dir / "sni.toml"
+    config.write_text(
+        "".join(
+            f'[[route]]\nlisten = "127.0.0.1:{port}"\nsni = "{name}"\n'
+            f'target = "127.0.0.1:{backend_port}"\nproxy_protocol = "v2"\n'
+            for name, (_, backend_port) in backends.items()
+        )
+        + f'[[route]]\nlisten = "127.0.0.1:{port}"\ntarget = "127.0.0.1:{plain_port}"\n'
+    )
+    run.start_forwarder("--config", str(config))
+    rss = []
+    for number in (1, 2):
+        clients = [
+            (run.client("churn", port, "--count", phase, "--concurrency", concurrency,
+                        *(("--hello", name) if name else ())), name or "plain")
+            for name in (*backends, "")
+        ]  # fmt: skip
+        for client, label in clients:
+            result = run.count(client.result(timeout=60 + phase / 50), f"phase {number} {label}")
+            run.check(result["completed"] == phase, f"{label}: {result['completed']}/{phase} ok")
+        run.forwarder.wait_closes(number * phase * 3)
+        run.settle()
+        rss.append(run.forwarder.usage().rss)
+        run.note(f"phase {number}: {3 * phase:,} connections, two names and plain")
+    growth = rss[1] - rss[0]
+    run.note(f"RSS {rss[0] / MIB:.2f} MiB, then {rss[1] / MIB:.2f} MiB ({growth / MIB:+.2f} MiB)")
+    run.check(growth <= CHURN_RSS_GROWTH, f"RSS grew {growth / MIB:.2f} MiB in the second half")
+    for name, (backend, _) in backends.items():
+        result = run.count(backend.stop(), f"backend of {name}")
+        served = int(result["completed"])
+        run.check(served == phase * 2, f"backend of {name} served {served}, not {phase * 2}")
+    run.count(plain.stop(), "plain backend")
     run.expect_closes({"eof"})
 
 
@@ -856,6 +910,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "fd-exhaustion": fd_exhaustion,
     "discovery-flap": discovery_flap,
     "cluster-flood": cluster_flood,
+    "sni-proxy": sni_proxy,
 }
 
 
