@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from bench.netutil import HOST, BenchError, free_port, wait_accepting
 REPO = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 10.0
 _STOP_GRACE = 2.0
+SCRAPE_INTERVAL = 1.0  # seconds; Prometheus's default is 15, so this is 15 times the load
 
 HAPROXY_CONFIG = """\
 global
@@ -48,6 +51,10 @@ class Subject:
     def forwarder(self) -> bool:
         return self.kind != "none"
 
+    @property
+    def metrics(self) -> bool:
+        return "metrics" in self.options
+
 
 SUBJECTS = (
     Subject("none", "no forwarder", "none"),
@@ -56,6 +63,13 @@ SUBJECTS = (
     Subject("haproxy", "HAProxy splice-auto", "haproxy"),
     Subject("pyforward-splice", "pyforward splice uvloop", "pyforward", ("splice", "uvloop")),
     Subject("pyforward-copy", "pyforward copy uvloop", "pyforward", ("copy", "uvloop")),
+    # The same as pyforward-splice, with /metrics on and scraped every second throughout.
+    Subject(
+        "pyforward-splice-metrics",
+        "pyforward splice uvloop, metrics scraped 1/s",
+        "pyforward",
+        ("splice", "uvloop", "metrics"),
+    ),
     Subject(
         "pyforward-splice-asyncio", "pyforward splice asyncio", "pyforward", ("splice", "asyncio")
     ),
@@ -64,8 +78,11 @@ SUBJECTS = (
 BASELINE = "socat"  # ratios are to socat as deployed
 
 
-def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str]:
-    """The command line that makes `subject` listen on `port` and forward to `target`."""
+def command(
+    subject: Subject, port: int, target: int, workdir: Path, metrics_port: int = 0
+) -> list[str]:
+    """The command line that makes `subject` listen on `port` and forward to `target`
+    (and, for a subject with metrics, serve them on `metrics_port`)."""
     if subject.kind == "socat":
         return [
             "socat",
@@ -78,7 +95,8 @@ def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str
         config.write_text(HAPROXY_CONFIG.format(host=HOST, port=port, target=target))
         return ["haproxy", "-db", "-f", str(config)]
     if subject.kind == "pyforward":
-        relay, loop = subject.options
+        relay, loop = subject.options[:2]
+        metrics = ["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []
         return [
             sys.executable,
             "-m",
@@ -93,6 +111,7 @@ def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str
             "--loop",
             loop,
             "--quiet",
+            *metrics,
         ]
     raise ValueError(f"{subject.key} runs no program")
 
@@ -138,7 +157,8 @@ def running(subject: Subject, target: int, env: Environment) -> Iterator[Running
         yield Running(subject, target, None)
         return
     port = free_port()
-    argv = command(subject, port, target, env.workdir)
+    metrics_port = free_port() if subject.metrics else 0
+    argv = command(subject, port, target, env.workdir, metrics_port)
     processes = env.sets.new()
     log_path = env.workdir / f"{subject.key}-{port}.log"
     with log_path.open("wb") as log:
@@ -160,9 +180,41 @@ def running(subject: Subject, target: int, env: Environment) -> Iterator[Running
             accepting = wait_accepting(port, _START_TIMEOUT, process, subject.label)
         except BenchError as exc:
             raise BenchError(f"{exc}; its output: {_tail(log_path)}") from None
-        yield Running(subject, port, processes, started, accepting)
+        with scraping(metrics_port):
+            yield Running(subject, port, processes, started, accepting)
     finally:
         stop(process, processes)
+
+
+@contextlib.contextmanager
+def scraping(port: int, interval: float = SCRAPE_INTERVAL) -> Iterator[None]:
+    """GET /metrics on `port` every `interval` seconds until the block ends (nothing for
+    port 0). A scrape that fails is a benchmark error: the figures would not be what they
+    claim to be."""
+    if not port:
+        yield
+        return
+    done = threading.Event()
+    failures: list[str] = []
+
+    def scrape() -> None:
+        while not done.wait(interval):
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as got:
+                    got.read()
+            except OSError as exc:
+                failures.append(str(exc))
+                return
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+    if failures:
+        raise BenchError(f"scraping /metrics on port {port} failed: {failures[0]}")
 
 
 def stop(process: subprocess.Popen[bytes], processes: ProcessSet) -> None:
