@@ -3,8 +3,9 @@
 On the loop rather than in prometheus_client's own server thread: a scrape then reads the
 forwarder's counters between two callbacks, never while a connection is half-way from open
 to closed, and needs no lock on the relay's path. A scrape costs the loop about a millisecond,
-plus some 6 us per open connection (its counts are read). The server speaks just enough HTTP/1.1 for a scraper or curl:
-one request per connection, a bounded request head, then close.
+plus some 6 us per open connection (its counts are read). The server speaks just enough
+HTTP/1.1 for a scraper or curl: one request per connection, a bounded request head, then
+close.
 
 It must never be a way to starve the forwarder. At most MAX_SCRAPERS connections are served
 at once; one more is closed as soon as it is accepted (logged as `event=metrics-busy`, at
