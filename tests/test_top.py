@@ -8,9 +8,11 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from pyforward.config.addresses import parse_listen
 from pyforward.errors import ConfigError
 from pyforward.obs.live import ListenerState, LiveState, parse_scrape
 from pyforward.obs.top_view import Frame, render
@@ -348,3 +351,40 @@ def test_stdin_at_its_end_quits(tmp_path: Path) -> None:
     with open(read_end, encoding="utf-8") as keys:
         assert _wait_for_quit(keys, time.monotonic() + 5)
     assert not _wait_for_quit(None, time.monotonic() + 0.01)
+
+
+def test_a_forwarder_that_stops_answering_is_shown_and_tried_again_each_interval() -> None:
+    from pyforward.cli.top import watch  # noqa: PLC0415
+
+    body = (
+        f'pyforward_active_connections{{listen="{LISTEN}"}} 2.0\n'
+        f'pyforward_target_up{{listen="{LISTEN}",target="127.0.0.1:9"}} 1.0\n'
+    ).encode()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            conn.sendall(head + body)
+        server.close()  # then nothing listens there: refused
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    output = io.StringIO()
+    console = Console(file=output, width=80, color_system=None)
+    began = time.monotonic()
+    watch(parse_listen(f"127.0.0.1:{port}"), 0.2, 3, console, None)
+    took = time.monotonic() - began
+    thread.join(TIMEOUT)
+    text = output.getvalue()
+    assert text.count("NOT ANSWERING: Connection refused") == 3
+    assert text.count("pyforward at ") == 3  # three views, the last figures kept in each
+    assert all(cells[1] == "2" for cells in _rows(text, LISTEN))
+    assert took >= 3 * 0.2 - 0.05  # one try per interval, not a loop of refused connects
+
+
+def _rows(text: str, listen: str) -> list[list[str]]:
+    return [_cells(line) for line in text.splitlines() if line.startswith(listen + " ")]

@@ -94,10 +94,13 @@ def watch(
     frame = Frame(str(address), current, now=time.time(), interactive=interactive)
     # Not on a terminal (a pipe, a script's capture), frames are printed one after another.
     live = Live(render(frame), console=console, auto_refresh=False, transient=False)
+    due = taken + interval
     with live if console.is_terminal else contextlib.nullcontext():
         while iterations is None or drawn < iterations:
-            if _wait_for_quit(keys, taken + interval):
+            if _wait_for_quit(keys, due):
                 return
+            # The next one an interval on, answer or not (never at once after a failure).
+            due = max(due + interval, time.monotonic())
             try:
                 latest = read_live(address)
             except ScrapeError as exc:
