@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +184,19 @@ def running(subject: Subject, target: int, env: Environment) -> Iterator[Running
         stop(process, processes)
 
 
+# The scraper is a process of its own: a thread of the benchmark would take the GIL from the
+# clients that time the round trips, and charge the scrapes to the wrong side.
+_SCRAPER = """
+import sys, time, urllib.request
+url, interval = sys.argv[1], float(sys.argv[2])
+while True:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        answer.read()
+    print("scraped", flush=True)
+    time.sleep(interval)
+"""
+
+
 @contextlib.contextmanager
 def scraping(port: int, interval: float = SCRAPE_INTERVAL) -> Iterator[None]:
     """GET /metrics on `port` every `interval` seconds until the block ends (nothing for
@@ -194,27 +205,26 @@ def scraping(port: int, interval: float = SCRAPE_INTERVAL) -> Iterator[None]:
     if not port:
         yield
         return
-    done = threading.Event()
-    failures: list[str] = []
-
-    def scrape() -> None:
-        while not done.wait(interval):
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as got:
-                    got.read()
-            except OSError as exc:
-                failures.append(str(exc))
-                return
-
-    thread = threading.Thread(target=scrape, daemon=True)
-    thread.start()
+    url = f"http://{HOST}:{port}/metrics"
+    scraper = subprocess.Popen(
+        [sys.executable, "-c", _SCRAPER, url, str(interval)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert scraper.stdout is not None
     try:
-        yield
+        # Its interpreter's start and its first scrape are over before anything is measured.
+        failed = not scraper.stdout.readline()
+        if not failed:
+            yield
+            failed = scraper.poll() is not None
     finally:
-        done.set()
-        thread.join(10)
-    if failures:
-        raise BenchError(f"scraping /metrics on port {port} failed: {failures[0]}")
+        scraper.kill()
+        _, errors = scraper.communicate()  # its stdout: a line a second, never full
+    if failed:
+        last = errors.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise BenchError(f"scraping {url} failed: {last[0]}")
 
 
 def stop(process: subprocess.Popen[bytes], processes: ProcessSet) -> None:
