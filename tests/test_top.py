@@ -92,6 +92,15 @@ def test_the_first_view_and_a_restarted_forwarder_show_no_rate() -> None:
         Frame("127.0.0.1:9464", state(**{LISTEN: restarted}), state(**{LISTEN: counts}), 1.0)
     )
     assert row(again)[1:5] == ["0", "-", "-", "-"]
+    # Restarted and already busier than before: the start time tells, not the counters.
+    busier = ListenerState(active=9, ended=9, up=99, down=99, targets={"10.0.0.5:1": True})
+    later = LiveState(listeners={LISTEN: busier}, started=2000.0)
+    assert row(shown(Frame("127.0.0.1:9464", later, state(**{LISTEN: counts}), 1.0)))[1:5] == [
+        "9",
+        "-",
+        "-",
+        "-",
+    ]
 
 
 def test_a_removed_listener_is_not_shown_and_trouble_is() -> None:

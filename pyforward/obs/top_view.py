@@ -4,7 +4,7 @@ table out. No I/O: `cli/top.py` scrapes, times and draws.
 Rates are differences between the two scrapes over the interval: connections per second
 are the connections that opened in it (ended + open now, before and after), bytes per
 second the growth of each direction's counter. A counter that went down (the forwarder
-restarted between the scrapes) gives no rate rather than a negative one.
+restarted between the scrapes: its start time changed) gives no rate rather than a wrong one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from pyforward.obs.live import ListenerState, LiveState
+from pyforward.obs.live import ListenerState, LiveState, duration
 
 COLUMNS = (
     "listen",
@@ -54,10 +54,13 @@ def render(frame: Frame) -> RenderableType:
             table.add_column(column, justify="left", no_wrap=True)
         else:
             table.add_column(column, justify="right", no_wrap=True)
+    previous = frame.previous
+    if previous is not None and previous.started != frame.current.started:
+        previous = None  # another process since: its counters started again
     for listen, counts in sorted(frame.current.listeners.items()):
         if not counts.targets:
             continue  # a listener a reload removed: it no longer listens
-        before = frame.previous.listeners.get(listen) if frame.previous is not None else None
+        before = previous.listeners.get(listen) if previous is not None else None
         table.add_row(
             listen,
             str(counts.active),
@@ -84,7 +87,7 @@ def _header(frame: Frame) -> Text:
     parts = [f"pyforward at {frame.address}"]
     started = frame.current.started
     if started is not None and frame.now:
-        parts.append(f"up {_duration(frame.now - started)}")
+        parts.append(f"up {duration(frame.now - started)}")
     if frame.current.discovery_degraded:
         parts.append("discovery DEGRADED")
     elif frame.current.discovery_degraded is False:
@@ -120,12 +123,3 @@ def _byte_rate(per_second: float) -> str:
 
 def _targets(counts: ListenerState) -> str:
     return f"{sum(counts.targets.values())}/{len(counts.targets)} up"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
