@@ -3,11 +3,12 @@ capped and timed out, forwarding goes on meanwhile, and scrapes answer once they
 
 from __future__ import annotations
 
+import selectors
 import socket
 import time
 
 from pyforward.obs.exporter import HEAD_TIMEOUT, MAX_SCRAPERS
-from tests.harness import Backend, connect, echo, fields, forwarder
+from tests.harness import TIMEOUT, Backend, connect, echo, fields, forwarder
 from tests.test_metrics import metrics_port, samples, scrape, wait_until
 
 FLOOD = 200
@@ -22,6 +23,23 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
         return False
     except ConnectionResetError:
         return True
+
+
+def still_open(socks: list[socket.socket], closing: int) -> list[socket.socket]:
+    """Wait until `closing` of `socks` are closed by the peer (or TIMEOUT passed); the rest."""
+    open_ = set(socks)
+    deadline = time.monotonic() + TIMEOUT
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while len(socks) - len(open_) < closing and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=deadline - time.monotonic()):
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                if closed_by_peer(ready, 0):
+                    selector.unregister(ready)
+                    open_.discard(ready)
+    return [sock for sock in socks if sock in open_]
 
 
 def forward(port: int, count: int) -> None:
@@ -48,7 +66,7 @@ def test_a_flood_of_idle_scrapers_neither_stops_forwarding_nor_scrapes_after_it(
         # Beyond the cap, each is closed as soon as it is accepted, and that is said once.
         busy = fields(fwd.wait_line("event=metrics-busy"))
         assert busy["level"] == "warning" and busy["serving"] == str(MAX_SCRAPERS)
-        held = [sock for sock in idle if not closed_by_peer(sock, 0.2)]
+        held = still_open(idle, FLOOD - MAX_SCRAPERS)
         assert len(held) == MAX_SCRAPERS
         # Forwarding goes on while the flood holds every scrape slot.
         forward(fwd.port, 20)
