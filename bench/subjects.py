@@ -20,6 +20,7 @@ from bench.udp_load import wait_answering
 REPO = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 10.0
 _STOP_GRACE = 2.0
+SCRAPE_INTERVAL = 1.0  # seconds; Prometheus's default is 15, so this is 15 times the load
 
 HAPROXY_CONFIG = """\
 global
@@ -54,6 +55,10 @@ class Subject:
     def forwards_udp(self) -> bool:
         return self.kind != "haproxy"  # HAProxy relays TCP (and QUIC it terminates) only
 
+    @property
+    def metrics(self) -> bool:
+        return "metrics" in self.options
+
 
 SUBJECTS = (
     Subject("none", "no forwarder", "none"),
@@ -62,6 +67,13 @@ SUBJECTS = (
     Subject("haproxy", "HAProxy splice-auto", "haproxy"),
     Subject("pyforward-splice", "pyforward splice uvloop", "pyforward", ("splice", "uvloop")),
     Subject("pyforward-copy", "pyforward copy uvloop", "pyforward", ("copy", "uvloop")),
+    # The same as pyforward-splice, with /metrics on and scraped every second throughout.
+    Subject(
+        "pyforward-splice-metrics",
+        "pyforward splice uvloop, metrics scraped 1/s",
+        "pyforward",
+        ("splice", "uvloop", "metrics"),
+    ),
     Subject(
         "pyforward-splice-asyncio", "pyforward splice asyncio", "pyforward", ("splice", "asyncio")
     ),
@@ -78,9 +90,16 @@ BASELINE = "socat"  # ratios are to socat as deployed
 
 
 def command(
-    subject: Subject, port: int, target: int, workdir: Path, transport: str = "tcp"
+    subject: Subject,
+    port: int,
+    target: int,
+    workdir: Path,
+    *,
+    transport: str = "tcp",
+    metrics_port: int = 0,
 ) -> list[str]:
-    """The command line that makes `subject` listen on `port` and forward to `target`."""
+    """The command line that makes `subject` listen on `port` and forward to `target`
+    (and, for a subject with metrics, serve them on `metrics_port`)."""
     if transport == "udp":
         return udp_command(subject, port, target)
     if subject.kind == "socat":
@@ -95,7 +114,8 @@ def command(
         config.write_text(HAPROXY_CONFIG.format(host=HOST, port=port, target=target))
         return ["haproxy", "-db", "-f", str(config)]
     if subject.kind == "pyforward":
-        relay, loop = subject.options
+        relay, loop = subject.options[:2]
+        metrics = ["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []
         return [
             sys.executable,
             "-m",
@@ -110,6 +130,7 @@ def command(
             "--loop",
             loop,
             "--quiet",
+            *metrics,
         ]
     if subject.kind in {s.kind for s in SNI_SUBJECTS}:
         return sni.command(subject.kind, port, target, workdir)
@@ -190,7 +211,10 @@ def running(
         return
     port = free_port()
     transport = "tcp" if udp_probe is None else "udp"
-    argv = command(subject, port, target, env.workdir, transport)
+    metrics_port = free_port() if subject.metrics else 0
+    argv = command(
+        subject, port, target, env.workdir, transport=transport, metrics_port=metrics_port
+    )
     processes = env.sets.new()
     log_path = env.workdir / f"{subject.key}-{port}.log"
     with log_path.open("wb") as log:
@@ -215,9 +239,53 @@ def running(
                 accepting = wait_answering(port, _START_TIMEOUT, udp_probe)
         except BenchError as exc:
             raise BenchError(f"{exc}; its output: {_tail(log_path)}") from None
-        yield Running(subject, port, processes, started, accepting)
+        with scraping(metrics_port):
+            yield Running(subject, port, processes, started, accepting)
     finally:
         stop(process, processes)
+
+
+# The scraper is a process of its own: a thread of the benchmark would take the GIL from the
+# clients that time the round trips, and charge the scrapes to the wrong side.
+_SCRAPER = """
+import sys, time, urllib.request
+url, interval = sys.argv[1], float(sys.argv[2])
+while True:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        answer.read()
+    print("scraped", flush=True)
+    time.sleep(interval)
+"""
+
+
+@contextlib.contextmanager
+def scraping(port: int, interval: float = SCRAPE_INTERVAL) -> Iterator[None]:
+    """GET /metrics on `port` every `interval` seconds until the block ends (nothing for
+    port 0). A scrape that fails is a benchmark error: the figures would not be what they
+    claim to be."""
+    if not port:
+        yield
+        return
+    url = f"http://{HOST}:{port}/metrics"
+    scraper = subprocess.Popen(
+        [sys.executable, "-c", _SCRAPER, url, str(interval)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert scraper.stdout is not None
+    try:
+        # Its interpreter's start and its first scrape are over before anything is measured.
+        failed = not scraper.stdout.readline()
+        if not failed:
+            yield
+            failed = scraper.poll() is not None
+    finally:
+        scraper.kill()
+        _, errors = scraper.communicate()  # its stdout: a line a second, never full
+    if failed:
+        last = errors.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise BenchError(f"scraping {url} failed: {last[0]}")
 
 
 def stop(process: subprocess.Popen[bytes], processes: ProcessSet) -> None:

@@ -146,3 +146,40 @@ def test_cpu_of_reaped_forks_and_live_processes_are_counted(use_cgroup: bool) ->
         time.sleep(0.01)  # the killed grandchild leaves its cgroup once reaped
     processes.close()
     factory.close()
+
+
+def test_the_metrics_subject_is_scraped_while_it_runs_and_a_failed_scrape_is_an_error() -> None:
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from bench.netutil import BenchError, free_port  # noqa: PLC0415
+    from bench.subjects import scraping  # noqa: PLC0415
+
+    paths: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        with scraping(server.server_address[1], interval=0.05):
+            assert paths[:1] == ["/metrics"]  # the first scrape is done before the block runs
+            deadline = time.monotonic() + 10
+            while len(paths) < 3:
+                assert time.monotonic() < deadline, "no further scrapes"
+                time.sleep(0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(BenchError, match="Connection refused"), scraping(free_port(), 0.05):
+        pass

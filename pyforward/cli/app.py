@@ -22,7 +22,7 @@ from pyforward import __version__
 from pyforward.cli import check as checking
 from pyforward.cli.help import TakesRunOptions, environment_epilog
 from pyforward.cli.options import flag_keys, flags_of, run_flags, with_options
-from pyforward.cli.service import register_service_commands
+from pyforward.cli.service import NameOpt, install_paths, register_service_commands
 from pyforward.config.load import config_from, load_settings
 from pyforward.config.settings import Settings, build_settings
 from pyforward.engine.loops import loop_factory
@@ -217,6 +217,32 @@ def socat(
 
 
 register_service_commands(app)  # install, status, uninstall
+
+
+@app.command()
+def top(
+    ctx: typer.Context,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="The HOST:PORT a pyforward serves metrics on [PYFORWARD_METRICS, else "
+            "`metrics` of --config, else of the installed service's config]."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    name: NameOpt = "pyforward",
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Print one view (rates over one interval) and exit."),
+    ] = False,
+) -> None:
+    """A live view of a running pyforward: each route's open connections, connections and
+    bytes per second each way, targets up or down. q or Ctrl-C quits."""
+    from pyforward.cli.top import metrics_address, run_top  # noqa: PLC0415 (rich)
+
+    address = metrics_address(metrics, config, dict(os.environ), name, install_paths(ctx))
+    run_top(address, interval, 1 if once else None)
 
 
 def main(argv: list[str] | None = None, *, paths: InstallPaths | None = None) -> None:

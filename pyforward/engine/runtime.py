@@ -7,7 +7,8 @@ STOPPING), the listening sockets systemd passes (socket activation), and the rou
 source (`targets.TargetSource`: the configuration's own, or discovery). In order:
 
 1. Signals: SIGTERM and SIGINT stop (a second one during the drain stops at once), SIGHUP
-   reloads, SIGUSR1 logs each route's counts. Only without an injected `shutdown_trigger`:
+   reloads, SIGUSR1 logs each route's counts
+   (and, at debug level, each open connection). Only without an injected `shutdown_trigger`:
    a caller that brings its own trigger (a test, an embedding program) keeps its signals.
 2. The target source starts: every route's targets are known before anything listens.
 3. The forwarder binds (or takes over) every listener and starts accepting.
@@ -36,6 +37,7 @@ from pyforward.engine.server import Forwarder, closed_counts, log_listeners
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource
 from pyforward.errors import PyforwardError
 from pyforward.obs.logfmt import logfmt
+from pyforward.obs.open_connections import open_connection_fields
 from pyforward.relay.connection import ResolvedTarget
 from pyforward.systemd.activation import take_passed_sockets
 from pyforward.systemd.notify import Reporter
@@ -141,7 +143,8 @@ class Runtime:
         self._reloading = asyncio.get_running_loop().create_task(self._reload())
 
     def log_counts(self) -> None:
-        """SIGUSR1: one line per route with its live counts; nothing else changes."""
+        """SIGUSR1: one line per route with its live counts, and at debug level one per open
+        connection; nothing else changes."""
         forwarder = self.forwarder
         if forwarder is None:
             log.info(logfmt({"event": "counts", "msg": "still starting"}))
@@ -149,6 +152,9 @@ class Runtime:
         udp = self.datagram.route_counts() if self.datagram is not None else []
         for fields in [*forwarder.route_counts(), *udp]:
             log.info(logfmt({"event": "counts", **fields}))
+        if log.isEnabledFor(logging.DEBUG):
+            for fields in open_connection_fields(forwarder.connections):
+                log.debug(logfmt(fields))
 
     # --- reload
 

@@ -100,3 +100,13 @@ def read_live(address: Address, timeout: float = SCRAPE_TIMEOUT) -> LiveState:
     if answer.status != 200:
         raise ScrapeError(f"/metrics answered {answer.status} {answer.reason}")
     return parse_scrape(body.decode("utf-8", "replace"))
+
+
+def duration(seconds: float) -> str:
+    """An uptime, as status and top show it: seconds, then minutes, then hours."""
+    seconds = max(int(seconds), 0)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

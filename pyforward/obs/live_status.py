@@ -13,7 +13,7 @@ import time
 
 from pyforward.config.addresses import Address, parse_target
 from pyforward.errors import ConfigError
-from pyforward.obs.live import LiveState, ScrapeError, read_live
+from pyforward.obs.live import LiveState, ScrapeError, duration, read_live
 from pyforward.systemd import procnet as ports
 from pyforward.systemd.install import PROBE_TIMEOUT
 from pyforward.systemd.status import Level, StatusReport
@@ -45,7 +45,7 @@ def add_live_checks(
         return None
     running = ""
     if state.started is not None:
-        running = f", running for {_duration(time.time() - state.started)}"
+        running = f", running for {duration(time.time() - state.started)}"
     report.add(subject, Level.OK, f"a pyforward answers{running}")
     if state.discovery_degraded:
         report.add("discovery", Level.WARN, "degraded: forwarding to unconfirmed targets")
@@ -111,12 +111,3 @@ def _bytes(count: int) -> str:
         if size < 1024 or unit == "GiB":
             break
     return f"{size:.1f} {unit} ({count} B)"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

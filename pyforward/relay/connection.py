@@ -117,7 +117,6 @@ class Connection:
         "_stage",
         "_stage_began",
         "_stages",
-        "_started",
         "client",
         "client_address",
         "closed",
@@ -135,6 +134,7 @@ class Connection:
         "reason",
         "source",
         "source_counted",
+        "started",
         "target",
         "target_label",
         "targets",
@@ -178,7 +178,7 @@ class Connection:
         self.error = ""  # errno name of the failure, for the close line
         self.error_detail = ""  # what went wrong, when the failure is not an errno
         self.closed = False
-        self._started = time.monotonic()
+        self.started = time.monotonic()  # for the close line's dur= and SIGUSR1's age=
         # The routes of a shared address, until the server name picked one (admission waits).
         self.names = names
         if stages is None:
@@ -359,7 +359,7 @@ class Connection:
                 "target": self.target_label,
                 "up": up,
                 "down": down,
-                "dur": round(time.monotonic() - self._started, 6),
+                "dur": round(time.monotonic() - self.started, 6),
                 "relay": "copy" if "copy" in kinds else ("splice" if kinds else "-"),
                 "reason": reason,
             }
