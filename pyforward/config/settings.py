@@ -105,6 +105,7 @@ class Settings:
     max_connections_per_source: int | None = None
     discovery: DiscoverySettings | None = None  # set by the discovery feature when on
     metrics: Address | None = None  # where /metrics is served; None: nowhere
+    workers: int | None = 1  # processes serving the listeners; None: one per usable CPU
 
 
 # --- value converters: each takes a raw value (str from the environment, or a TOML value)
@@ -163,6 +164,19 @@ def _positive_int(value: object) -> int:
     if value < 0:
         raise ValueError(f"expected a non-negative whole number, got {value}")
     return value
+
+
+def _workers(value: object) -> int | None:
+    """A number of worker processes (1 or more), or `auto` (None): one per usable CPU."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        count = _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {_shown(value)}") from None
+    if count < 1:
+        raise ValueError(f"expected at least 1 process (or auto), got {count}")
+    return count
 
 
 def _boolean(value: object) -> bool:
@@ -408,6 +422,11 @@ OPTIONS: dict[str, Option] = {
         _duration,
         20.0,
         flag=Flag(float, "Seconds connections get to finish on SIGTERM [20]."),
+    ),
+    "workers": Option(
+        _workers,
+        1,
+        flag=Flag(str, "Processes serving the listeners: N, or auto (one per usable CPU) [1]."),
     ),
     "allow": Option(
         _network_list,
@@ -680,6 +699,14 @@ def build_settings(
     if backlog_from is not None and not 1 <= backlog <= MAX_BACKLOG:
         raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
+    per_source_from = source_of("max_connections_per_source")
+    workers_from = source_of("workers")
+    if pick("workers") != 1 and pick("max_connections_per_source") and per_source_from:
+        where = workers_from[1] if workers_from else "workers"
+        raise ConfigError(
+            f"{per_source_from[1]}: a per-source limit needs one process; "
+            f"{where} asks for more (see Worker processes in the README)"
+        )
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),
@@ -691,6 +718,7 @@ def build_settings(
         shutdown_timeout=pick("shutdown_timeout"),
         discovery=extension,
         metrics=None if pick("metrics") is None else parse_listen(pick("metrics")),
+        workers=pick("workers"),
     )
 
 

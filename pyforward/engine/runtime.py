@@ -57,6 +57,7 @@ class Runtime:
         max_accepts: int | None = None,
         loop_name: str = "",
         reporter: Reporter | None = None,
+        listeners: dict[int, list[socket.socket]] | None = None,
     ) -> None:
         self.settings = settings
         self.source: TargetSource = targets if targets is not None else StaticTargets()
@@ -72,6 +73,9 @@ class Runtime:
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
         self.targets_changed_at = time.time()  # Unix time; the metrics show it for discovery
+        # Listening sockets bound elsewhere, by route index (a worker's, from the main
+        # process); None: systemd's, if it passed any.
+        self.listeners = listeners
 
     # --- what systemd's status line says
 
@@ -120,6 +124,10 @@ class Runtime:
                 )
             )
             self.forwarder.close()
+
+    async def stop_requested(self) -> None:
+        """Until `request_stop`: the trigger of a caller that installs its own signals."""
+        await self._stop.wait()
 
     def request_reload(self) -> None:
         """SIGHUP: reload now, or once more after the reload under way."""
@@ -184,7 +192,10 @@ class Runtime:
         signals = _Signals(loop, self) if shutdown_trigger is None else None
         passed: dict[int, list[socket.socket]] = {}
         try:
-            passed = take_passed_sockets(self.settings.routes)
+            if self.listeners is not None:
+                passed, self.listeners = self.listeners, None
+            else:
+                passed = take_passed_sockets(self.settings.routes)
             try:
                 return await self._serve(
                     loop, shutdown_trigger or self._stop.wait, on_ready, passed

@@ -140,22 +140,7 @@ class Forwarder:
             ids = route_ids(settings.routes)
             for index, route in enumerate(settings.routes):
                 targets = await self._resolve(route)
-                passed = self.passed_sockets.pop(index, None)
-                if passed:
-                    self.listeners += [
-                        Listener(
-                            s,
-                            format_peer(s.getsockname()),
-                            ids[index],
-                            route,
-                            targets,
-                            route.policy,
-                            route.access,
-                        )
-                        for s in passed
-                    ]
-                else:
-                    self.listeners += self._open_route(ids[index], route, targets)
+                self.listeners += self._open_route(ids[index], route, targets, index)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
@@ -167,8 +152,18 @@ class Forwarder:
         return [await resolve_target(self.loop, target) for target in route.targets]
 
     def _open_route(
-        self, rid: RouteId, route: Route, targets: list[ResolvedTarget]
+        self, rid: RouteId, route: Route, targets: list[ResolvedTarget], index: int
     ) -> list[Listener]:
+        """The route's listeners: the sockets passed for its index (systemd's, or a worker's
+        from the main process), else bound here."""
+        passed = self.passed_sockets.pop(index, None)
+        if passed:
+            return [
+                Listener(
+                    s, format_peer(s.getsockname()), rid, route, targets, route.policy, route.access
+                )
+                for s in passed
+            ]
         backlog = self.settings.backlog or system_backlog()
         opened: list[Listener] = []
         try:
@@ -210,9 +205,9 @@ class Forwarder:
         current = {listener.route_id for listener in self.listeners}
         opened: list[Listener] = []
         try:
-            for rid, route in new_routes.items():
+            for index, (rid, route) in enumerate(new_routes.items()):
                 if rid not in current:
-                    opened += self._open_route(rid, route, resolved[rid])
+                    opened += self._open_route(rid, route, resolved[rid], index)
         except BaseException:
             close_all([listener.sock for listener in opened])
             raise
