@@ -1,0 +1,266 @@
+"""`--workers N`: N processes accept on the same listeners, the main process owns the rest.
+
+Real processes and sockets on 127.0.0.1: the workers are told apart by the `pid=` every one
+of their lines carries (the close lines among them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from tests.harness import TIMEOUT, Backend, ForwarderProcess, connect, echo, recv_all, run_cli
+from tests.test_metrics import metrics_port, samples, scrape, wait_until
+from tests.test_reload import ask, routes, tagged
+
+_STARTED = re.compile(r"event=worker-started worker=(\d+) pid=(\d+)")
+
+
+@contextmanager
+def with_workers(*args: str) -> Iterator[ForwarderProcess]:
+    """`pyforward run --workers 2 ARGS`, once every worker accepts."""
+    process = ForwarderProcess(["run", "--workers", "2", *args])
+    try:
+        process.wait_line(r"level=info event=ready workers=2")
+        yield process
+    finally:
+        process.stop(signal.SIGTERM)
+        for pid in started_pids(process):
+            with _suppress_gone():
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def _suppress_gone() -> Iterator[None]:
+    with suppress(ProcessLookupError):
+        yield
+
+
+def started_pids(process: ForwarderProcess) -> list[int]:
+    return [int(match.group(2)) for line in process.lines if (match := _STARTED.search(line))]
+
+
+def main_port(process: ForwarderProcess) -> int:
+    line = process.wait_line(r"level=info event=listen address=")
+    return int(line.rsplit(":", 1)[1])
+
+
+def is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = TIMEOUT) -> None:
+    wait_until(lambda: all(is_gone(pid) for pid in pids), f"exit of {pids}", timeout)
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(word) for word in text.split()]
+
+
+def exchange(port: int, payload: bytes) -> None:
+    with connect(port) as client:
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == payload
+
+
+def test_two_workers_share_the_load_and_their_counts_add_up() -> None:
+    clients, payload = 300, b"x" * 1000
+    with (
+        Backend(echo) as backend,
+        with_workers(
+            "--listen", "127.0.0.1:0", "--target", backend.address, "--metrics", "127.0.0.1:0"
+        ) as fwd,
+    ):
+        workers = started_pids(fwd)
+        assert len(workers) == 2
+        assert sorted(children(fwd.proc.pid)) == sorted(workers)
+        port, scrape_port = main_port(fwd), metrics_port(fwd)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda _: exchange(port, payload), range(clients)))
+        closes = fwd.closes(clients)
+        by_pid = {int(close["pid"]) for close in closes}
+        assert by_pid == set(workers), "both workers accept"
+        found = samples(scrape(scrape_port))
+        listen = f'listen="127.0.0.1:{port}"'
+        assert found[f'pyforward_connections_total{{{listen},reason="eof"}}'] == clients
+        assert found[f'pyforward_bytes_total{{direction="up",{listen}}}'] == clients * len(payload)
+        assert found[f'pyforward_bytes_total{{direction="down",{listen}}}'] == clients * len(
+            payload
+        )
+        assert found[f"pyforward_active_connections{{{listen}}}"] == 0
+        assert found[f'pyforward_target_up{{{listen},target="{backend.address}"}}'] == 1
+
+
+def test_a_reload_reaches_every_worker_and_a_bad_one_none(tmp_path: Path) -> None:
+    config = tmp_path / "pyforward.toml"
+    with Backend(tagged(b"one:")) as one, Backend(tagged(b"two:")) as two:
+        config.write_text(routes((0, one.address)))
+        with with_workers("--config", str(config)) as fwd:
+            port = main_port(fwd)
+            held = connect(port)
+            assert ask(held, b"a") == b"one:a"
+            config.write_text(routes((0, two.address)))
+            fwd.proc.send_signal(signal.SIGHUP)
+            fwd.wait_line(r"level=info event=reloaded")
+            seen: set[str] = set()
+            deadline = time.monotonic() + TIMEOUT
+            while len(seen) < 2:  # new connections on every worker use the new targets
+                assert time.monotonic() < deadline, f"only {seen} answered"
+                before = len(fwd.close_lines)
+                with connect(port) as client:
+                    assert ask(client, b"b") == b"two:b"
+                seen.add(fwd.closes(before + 1)[before]["pid"])
+            assert ask(held, b"c") == b"one:c"  # an established connection is left alone
+            held.close()
+
+            mark = len(fwd.lines)
+            config.write_text("listen = [")
+            fwd.proc.send_signal(signal.SIGHUP)
+            fwd.wait_line(r"level=error event=reload-failed", start=mark)
+            # Refused in the main process: no worker so much as began a reload.
+            assert not [line for line in fwd.lines[mark:] if "worker=" in line and "reload" in line]
+            with connect(port) as client:
+                assert ask(client, b"d") == b"two:d"
+
+
+def test_sigterm_drains_and_stops_every_worker() -> None:
+    with (
+        Backend(echo) as backend,
+        with_workers("--listen", "127.0.0.1:0", "--target", backend.address) as fwd,
+    ):
+        workers = started_pids(fwd)
+        held = connect(main_port(fwd))
+        held.sendall(b"ping")
+        assert held.recv(4) == b"ping"
+        fwd.proc.send_signal(signal.SIGTERM)
+        fwd.wait_line(r"level=info event=stopping")
+        fwd.wait_line(r"event=draining active=1")
+        held.sendall(b"still")  # the drain lets it finish
+        assert held.recv(5) == b"still"
+        held.close()
+        assert fwd.proc.wait(TIMEOUT) == 0
+        wait_gone(workers)
+
+
+def test_no_worker_outlives_a_killed_main_process() -> None:
+    with (
+        Backend(echo) as backend,
+        with_workers("--listen", "127.0.0.1:0", "--target", backend.address) as fwd,
+    ):
+        workers = started_pids(fwd)
+        fwd.proc.kill()
+        fwd.proc.wait(TIMEOUT)
+        wait_gone(workers)
+
+
+def test_a_killed_worker_is_logged_and_restarted() -> None:
+    with (
+        Backend(echo) as backend,
+        with_workers("--listen", "127.0.0.1:0", "--target", backend.address) as fwd,
+    ):
+        port = main_port(fwd)
+        first = started_pids(fwd)
+        mark = len(fwd.lines)
+        os.kill(first[0], signal.SIGKILL)
+        fwd.wait_line(rf'event=worker-exited worker=0 pid={first[0]} status="signal SIGKILL"')
+        line = fwd.wait_line(r"event=worker-started worker=0 pid=(\d+)", start=mark)
+        match = _STARTED.search(line)
+        assert match is not None and int(match.group(2)) != first[0]
+        new = int(match.group(2))
+        fwd.wait_line(rf"pid={new} event=start ")
+        wait_gone([first[0]])
+        # The new worker serves: clients reach it (the listeners never closed).
+        deadline = time.monotonic() + TIMEOUT
+        while str(new) not in {close["pid"] for close in fwd.close_lines}:
+            assert time.monotonic() < deadline, "the restarted worker never accepted"
+            exchange(port, b"hello")
+            fwd.closes(len(fwd.close_lines) + 1)
+
+
+def test_max_connections_holds_for_the_forwarder_as_a_whole() -> None:
+    with (
+        Backend(echo) as backend,
+        with_workers(
+            "--listen", "127.0.0.1:0", "--target", backend.address, "--max-connections", "2"
+        ) as fwd,
+    ):
+        port = main_port(fwd)
+        first, second = connect(port), connect(port)
+        for client in (first, second):
+            assert ask(client, b"in") == b"in"
+        third = connect(port)  # queued in the backlog: two are open, the cap
+        third.sendall(b"wait")
+        third.settimeout(0.5)
+        try:
+            got = third.recv(4)
+        except TimeoutError:
+            got = b""
+        assert got == b"", "a third connection was served past max_connections=2"
+        first.close()  # a slot frees: the queued client is served
+        third.settimeout(TIMEOUT)
+        assert third.recv(4) == b"wait"
+        second.close()
+        third.close()
+
+
+def test_one_worker_is_one_process() -> None:
+    with Backend(echo) as backend:
+        fwd = ForwarderProcess(
+            ["run", "--workers", "1", "-l", "127.0.0.1:0", "-t", backend.address]
+        )
+        try:
+            exchange(fwd.port, b"one")
+            assert children(fwd.proc.pid) == []
+            assert not [line for line in fwd.lines if "worker" in line]
+        finally:
+            fwd.stop()
+
+
+def test_the_socat_command_line_stays_one_process() -> None:
+    with Backend(echo) as backend:
+        fwd = ForwarderProcess(
+            ["socat", "TCP-LISTEN:0,bind=127.0.0.1,fork", f"TCP:{backend.address}"],
+            env={"PYFORWARD_WORKERS": "2"},
+        )
+        try:
+            exchange(fwd.port, b"socat")
+            assert children(fwd.proc.pid) == []
+        finally:
+            fwd.stop()
+
+
+def test_bad_worker_counts_are_one_line() -> None:
+    cases = [
+        (["--workers", "0"], "--workers"),
+        (["--workers", "many"], "--workers"),
+        (["--workers", "2", "--max-connections-per-source", "3"], "--max-connections-per-source"),
+    ]
+    for args, where in cases:
+        done = run_cli("run", "-l", "127.0.0.1:0", "-t", "127.0.0.1:1", *args)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and where in lines[0], lines
+    done = run_cli("run", "-l", "127.0.0.1:0", "-t", "127.0.0.1:1", env={"PYFORWARD_WORKERS": "-1"})
+    assert done.returncode == 2 and "PYFORWARD_WORKERS" in done.stderr
+
+
+def test_a_stuck_port_fails_in_the_main_process_before_any_worker() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_cli("run", "--workers", "2", "-l", f"127.0.0.1:{port}", "-t", "127.0.0.1:1")
+    assert done.returncode == 1
+    assert "already in use" in done.stderr
+    assert "worker-started" not in done.stderr
