@@ -18,6 +18,7 @@ from pathlib import Path
 from tests.harness import TIMEOUT, Backend, ForwarderProcess, connect, echo, recv_all, run_cli
 from tests.test_metrics import metrics_port, samples, scrape, wait_until
 from tests.test_reload import ask, routes, tagged
+from tests.test_sdnotify import NotifyListener
 
 _STARTED = re.compile(r"event=worker-started worker=(\d+) pid=(\d+)")
 
@@ -264,3 +265,36 @@ def test_a_stuck_port_fails_in_the_main_process_before_any_worker() -> None:
     assert done.returncode == 1
     assert "already in use" in done.stderr
     assert "worker-started" not in done.stderr
+
+
+def test_systemd_hears_one_forwarder_and_no_watchdog_while_a_worker_is_missing(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "notify")
+    listener = NotifyListener(path)
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    with Backend(echo) as backend:
+        fwd = ForwarderProcess(
+            ["run", "--workers", "2", "-l", "127.0.0.1:0", "-t", backend.address], env=env
+        )
+        try:
+            ready = listener.until("READY")
+            assert [note for note in ready if "READY" in note] == [ready[-1]]
+            # Sent once the main process heard both workers accept: no worker is missing.
+            assert "serving" not in ready[-1]["STATUS"]
+            assert listener.until("WATCHDOG")[-1] == {"WATCHDOG": "1"}
+            pid = started_pids(fwd)[0]
+            os.kill(pid, signal.SIGKILL)
+            missing = listener.until("STATUS")
+            while "1 of 2 serving" not in missing[-1]["STATUS"]:
+                missing = listener.until("STATUS")
+            back = listener.until("STATUS")
+            while "serving" in back[-1]["STATUS"]:
+                back += listener.until("STATUS")
+            # Between the death and the restarted worker's first accept: no ping.
+            assert not [note for note in back if "WATCHDOG" in note]
+            assert listener.until("WATCHDOG")[-1] == {"WATCHDOG": "1"}
+            exchange(main_port(fwd), b"after")
+        finally:
+            fwd.stop()
+            listener.sock.close()
