@@ -16,6 +16,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tests.harness import TIMEOUT, Backend, ForwarderProcess, connect, echo, recv_all, run_cli
+from tests.kubeapi import KubeApi, node, service
+from tests.test_discovery_cli import clean_env
+from tests.test_discovery_forwarding import SERVICES
+from tests.test_discovery_reload import config_text
 from tests.test_metrics import metrics_port, samples, scrape, wait_until
 from tests.test_reload import ask, routes, tagged
 from tests.test_sdnotify import NotifyListener
@@ -298,3 +302,43 @@ def test_systemd_hears_one_forwarder_and_no_watchdog_while_a_worker_is_missing(
         finally:
             fwd.stop()
             listener.sock.close()
+
+
+def served_by_each(fwd: ForwarderProcess, port: int, expected: bytes) -> None:
+    """Connect until both workers have answered, every answer `expected` + what was sent."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + TIMEOUT
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"only {seen} answered"
+        before = len(fwd.close_lines)
+        with connect(port) as client:
+            assert ask(client, b"q") == expected + b"q"
+        seen.add(fwd.closes(before + 1)[before]["pid"])
+
+
+def test_discovery_is_one_watch_and_its_targets_reach_every_worker(tmp_path: Path) -> None:
+    kube = KubeApi(tmp_path)
+    kube.start()
+    try:
+        with Backend(tagged(b"old:")) as old, Backend(tagged(b"new:")) as new:
+            kube.put_node(node("node-a", "127.0.0.1"))
+            kube.put_service(service(ports=(("https", 443, old.port),)))
+            config = tmp_path / "pyforward.toml"
+            text = config_text(kube, tmp_path).replace(
+                "discover = true", "discover = true\nworkers = 2"
+            )
+            config.write_text(text)
+            fwd = ForwarderProcess(["run", "--config", str(config)], env=clean_env(tmp_path))
+            try:
+                fwd.wait_line(r"level=info event=ready workers=2")
+                port = main_port(fwd)
+                served_by_each(fwd, port, b"old:")
+                kube.put_service(service(ports=(("https", 443, new.port),)))
+                fwd.wait_line(r"level=info event=target-change")
+                served_by_each(fwd, port, b"new:")
+                # One watch of the Service for the whole forwarder, not one per worker.
+                assert len(kube.watches(SERVICES)) == 1
+            finally:
+                fwd.stop()
+    finally:
+        kube.stop()
