@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import time
@@ -166,9 +167,28 @@ def test_no_worker_outlives_a_killed_main_process() -> None:
         with_workers("--listen", "127.0.0.1:0", "--target", backend.address) as fwd,
     ):
         workers = started_pids(fwd)
+        held = connect(main_port(fwd))
+        assert ask(held, b"before") == b"before"
         fwd.proc.kill()
         fwd.proc.wait(TIMEOUT)
+        # Its worker drains: the open connection finishes, then every worker exits.
+        assert ask(held, b"after") == b"after"
+        held.close()
         wait_gone(workers)
+
+
+def test_a_stop_before_every_worker_accepts_stops_the_start() -> None:
+    with Backend(echo) as backend:
+        fwd = ForwarderProcess(
+            ["run", "--workers", "2", "-l", "127.0.0.1:0", "-t", backend.address]
+        )
+        try:
+            fwd.wait_line(r"event=worker-started worker=1 ")
+            fwd.proc.send_signal(signal.SIGTERM)
+            assert fwd.proc.wait(TIMEOUT) == 0
+            wait_gone(started_pids(fwd))
+        finally:
+            fwd.stop()
 
 
 def test_a_killed_worker_is_logged_and_restarted() -> None:
@@ -342,3 +362,25 @@ def test_discovery_is_one_watch_and_its_targets_reach_every_worker(tmp_path: Pat
                 fwd.stop()
     finally:
         kube.stop()
+
+
+def test_socket_activated_sockets_are_shared_by_every_worker() -> None:
+    activate = shutil.which("systemd-socket-activate")
+    assert activate is not None, "systemd-socket-activate is missing (Debian package systemd)"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Backend(tagged(b"on:")) as backend:
+        prefix = [activate, "-l", f"127.0.0.1:{port}", "--fdname=web"]
+        args = ["run", "--workers", "2", "-l", f"127.0.0.1:{port}", "-t", backend.address]
+        fwd = ForwarderProcess(args, prefix=prefix)
+        try:
+            fwd.wait_line("Listening on")
+            # The first client starts the forwarder; it waits in the passed socket's backlog.
+            with connect(port) as first:
+                assert ask(first, b"1") == b"on:1"
+            fwd.wait_line(rf"event=socket-activated address=127.0.0.1:{port} name=web")
+            fwd.wait_line(r"level=info event=ready workers=2")
+            served_by_each(fwd, port, b"on:")
+        finally:
+            fwd.stop()

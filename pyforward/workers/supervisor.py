@@ -84,6 +84,7 @@ class Supervisor:
         self._all_gone = asyncio.Event()
         self._started: asyncio.Future[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
         self._serial = 0
 
     # --- what systemd is told
@@ -139,8 +140,10 @@ class Supervisor:
         if self.reload_settings is None or self._started is None or self._stopping:
             log.warning(logfmt({"event": "reload-ignored", "msg": "starting or stopping"}))
             return
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.get_running_loop().create_task(self._reload())
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True  # once more after the one under way
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload())
 
     def log_counts(self) -> None:
         for worker in self.workers.values():
@@ -198,10 +201,18 @@ class Supervisor:
             self._started = loop.create_future()
             for index in range(self.count):
                 self._spawn(index)
-            await self._started
-            self.reporter.ready()
-            log.info(logfmt({"event": "ready", "workers": self.count}))
-            await self._stop.wait()
+            stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+            either: list[asyncio.Future[Any]] = [self._started, stop]
+            try:
+                # A stop before every worker accepts (one in a crash loop) stops the start.
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if self._started.done():
+                self._started.result()  # a worker that could not start: its error
+                self.reporter.ready()
+                log.info(logfmt({"event": "ready", "workers": self.count}))
+                await self._stop.wait()
             # 1. Tell systemd; 2. close this process's copies of the listeners, so new
             # clients are refused once the workers close theirs; 3. every worker drains.
             self._stopping = True
@@ -338,9 +349,13 @@ class Supervisor:
     # --- reload
 
     async def _reload(self) -> None:
-        self.reporter.reloading()
-        self.last_reload_error = await self._apply_reload()
-        self.reporter.reloaded()
+        while True:
+            self._reload_again = False
+            self.reporter.reloading()
+            self.last_reload_error = await self._apply_reload()
+            self.reporter.reloaded()
+            if not self._reload_again:
+                return
 
     async def _apply_reload(self) -> str | None:
         """Load and check the new configuration here; only then send it to every worker."""

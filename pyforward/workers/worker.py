@@ -67,6 +67,7 @@ class Worker:
         self._next: tuple[Settings, dict[int, list[socket.socket]]] | None = None
         self._pending_targets: dict[RouteId, Sequence[ResolvedTarget]] = {}
         self._stop_asked = False
+        self._sigterm_seen = False
         self.runtime = Runtime(
             start.settings,
             reload_settings=self._reloaded_settings,
@@ -85,9 +86,9 @@ class Worker:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         loop.add_signal_handler(signal.SIGUSR1, self.runtime.log_counts)
-        self.channel.listen(loop, self._on_message, self.stop)
+        self.channel.listen(loop, self._on_message, self.drain)
         timer = loop.call_later(LOAD_INTERVAL, self._report_load)
         try:
             await self.runtime.run(self.runtime.stop_requested, self._ready)
@@ -102,12 +103,20 @@ class Worker:
         self._pending_targets.clear()
         self.channel.send(m.Ready(os.getpid()))
 
-    def stop(self) -> None:
-        """SIGTERM, the main process's Stop, or its death: drain; a second SIGTERM or an
-        explicit Stop(now) resets what is open."""
+    def drain(self) -> None:
+        """The first stop, whoever asks (SIGTERM, the main process's Stop, its death): stop
+        accepting, let connections finish for `shutdown_timeout`."""
         if not self._stop_asked:
             self._stop_asked = True
-        self.runtime.request_stop()
+            self.runtime.request_stop()
+
+    def on_sigterm(self) -> None:
+        """SIGTERM drains; a second one resets what is open. systemd's stop signals every
+        process of the unit and the main process passes the stop on: that is one stop."""
+        if self._sigterm_seen:
+            self.runtime.request_stop()
+        self._sigterm_seen = True
+        self.drain()
 
     def _on_message(self, message: m.Message, socks: list[socket.socket]) -> None:
         if isinstance(message, m.Targets):
@@ -119,9 +128,9 @@ class Worker:
             self._next = (message.settings, by_route(message.sockets, socks))
             self.runtime.request_reload()
         elif isinstance(message, m.Stop):
-            # The same stop again (systemd signalled every process) must not hurry the drain.
-            if message.now or not self._stop_asked:
-                self.stop()
+            self.drain()
+            if message.now:
+                self.runtime.request_stop()  # during the drain: reset what is open
         elif isinstance(message, m.SnapshotAsk):
             self.channel.send(m.Snapshot(message.serial, self._families()))
 
