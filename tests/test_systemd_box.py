@@ -523,6 +523,9 @@ def test_two_workers_are_ready_together_and_live_in_the_unit_cgroup(
             return all(f"pid={pid} event=close " in lines for pid in workers)
 
         box.wait_for("a connection served by each worker", both_served)
+        code, report = status_json(box, name)
+        assert code == 0, report
+        assert all(f"pid {pid} (pyforward-w" in json.dumps(report) for pid in workers), report
 
         box.systemctl("stop", unit)
         gone = box.run(["cat", f"/sys/fs/cgroup{props['ControlGroup']}/cgroup.procs"], check=False)

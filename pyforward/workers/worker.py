@@ -10,6 +10,7 @@ process's, which passes on what they ask for. It dies with the main process (PR_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from pyforward.config.settings import Settings
 from pyforward.engine.loops import loop_factory
@@ -165,6 +167,8 @@ def main(argv: Sequence[str]) -> int:
     fd, parent, index = (int(word) for word in argv)
     if not die_with_parent(parent):
         return 0  # the main process is gone already: serve no one
+    with contextlib.suppress(OSError):  # what ps, top and `pyforward status` name it
+        Path("/proc/self/comm").write_text(f"pyforward-w{index}"[:15])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: main's
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     channel = Channel(socket.socket(fileno=fd))
