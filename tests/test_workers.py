@@ -384,3 +384,28 @@ def test_socket_activated_sockets_are_shared_by_every_worker() -> None:
             served_by_each(fwd, port, b"on:")
         finally:
             fwd.stop()
+
+
+def test_counts_stay_exact_across_a_killed_and_restarted_worker() -> None:
+    with (
+        Backend(echo) as backend,
+        with_workers(
+            "--listen", "127.0.0.1:0", "--target", backend.address, "--metrics", "127.0.0.1:0"
+        ) as fwd,
+    ):
+        port, scrape_port = main_port(fwd), metrics_port(fwd)
+        eof = f'pyforward_connections_total{{listen="127.0.0.1:{port}",reason="eof"}}'
+        for _ in range(20):
+            exchange(port, b"one")
+        fwd.closes(20)
+        assert samples(scrape(scrape_port))[eof] == 20  # each worker told its counts
+        victim = started_pids(fwd)[0]
+        mark = len(fwd.lines)
+        os.kill(victim, signal.SIGKILL)
+        fwd.wait_line(r"event=worker-started worker=0 ", start=mark)
+        fwd.wait_line(r"level=info event=ready|worker=0 pid=\d+ event=start ", start=mark)
+        for _ in range(20):
+            exchange(port, b"two")
+        fwd.closes(40)
+        # The dead worker's 20-odd connections stay counted; the total never goes down.
+        assert samples(scrape(scrape_port))[eof] == 40
