@@ -3,6 +3,8 @@ this process's own, and discovery's state, refreshed from every worker at each s
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -13,10 +15,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pyforward.config.addresses import Address
 from pyforward.obs.exporter import MetricsServer
 from pyforward.obs.metrics import DiscoveryState, ForwarderCollector
+from pyforward.workers.messages import SnapshotAsk
 from pyforward.workers.metrics import merge
 
 if TYPE_CHECKING:
     from pyforward.workers.supervisor import Supervisor
+
+SNAPSHOT_TIMEOUT = 2.0  # seconds a scrape waits for a worker's counts
 
 
 class _WorkersCollector(Collector):
@@ -42,9 +47,25 @@ async def start_worker_metrics(address: Address, supervisor: Supervisor) -> Metr
         degraded = bool(getattr(source, "degraded", False))
         return DiscoveryState(degraded, supervisor.targets_changed_at)
 
+    serials = itertools.count(1)
+
+    async def refresh() -> None:
+        """Ask every worker for its counts now; a worker slower than SNAPSHOT_TIMEOUT is
+        shown with its last ones."""
+        loop = asyncio.get_running_loop()
+        serial = next(serials)
+        waits = []
+        for worker in supervisor.workers.values():
+            future: asyncio.Future[None] = loop.create_future()
+            worker.replies[serial] = future
+            if worker.channel.send(SnapshotAsk(serial)):
+                waits.append(future)
+        if waits:
+            await asyncio.wait(waits, timeout=SNAPSHOT_TIMEOUT)
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_WorkersCollector(supervisor))
     registry.register(ForwarderCollector(lambda: None, discovery))
-    server = MetricsServer(address, registry, refresh=supervisor.refresh)
+    server = MetricsServer(address, registry, refresh=refresh)
     await server.start()
     return server

@@ -27,14 +27,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from pyforward import __version__
 from pyforward.config.addresses import format_peer
 from pyforward.config.settings import Settings
-from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
-from pyforward.engine.server import resolve_target
+from pyforward.engine.listeners import close_all
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource, route_ids
 from pyforward.errors import PyforwardError, StartupError
 from pyforward.obs.logfmt import logfmt
@@ -43,14 +41,14 @@ from pyforward.systemd.activation import take_passed_sockets
 from pyforward.systemd.notify import Reporter
 from pyforward.systemd.status_text import format_status
 from pyforward.workers import messages as m
+from pyforward.workers import reload
+from pyforward.workers.listeners import Listeners, bind_routes, sockets_for
 from pyforward.workers.plan import worker_settings
 from pyforward.workers.process import Backoff, WorkerProcess, spawn
 
 log = logging.getLogger("pyforward")
 
 _STOP_GRACE = 5.0  # seconds past shutdown_timeout before a worker still running is killed
-_REPLY_TIMEOUT = 30.0  # seconds a worker gets to apply a reload
-_SNAPSHOT_TIMEOUT = 2.0  # seconds a scrape waits for a worker's counts
 
 
 class Supervisor:
@@ -72,7 +70,7 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.reporter = Reporter.from_environment(self.status, self.all_serving)
         self.workers: dict[int, WorkerProcess] = {}
-        self.listeners: dict[RouteId, list[socket.socket]] = {}
+        self.listeners: Listeners = {}
         self.pushed: dict[RouteId, Sequence[ResolvedTarget]] = {}
         self.retired: list[list[Any]] = []  # counters of workers that died
         self.source_note: str | None = None
@@ -85,7 +83,6 @@ class Supervisor:
         self._started: asyncio.Future[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
-        self._serial = 0
 
     # --- what systemd is told
 
@@ -180,7 +177,7 @@ class Supervisor:
         self, loop: asyncio.AbstractEventLoop, passed: dict[int, list[socket.socket]]
     ) -> None:
         self.settings = await self.source.start(self.settings)
-        self.listeners = self._bind(self.settings, passed)
+        self.listeners = bind_routes(self.settings, passed)
         log.info(
             logfmt(
                 {
@@ -242,49 +239,12 @@ class Supervisor:
             worker.proc.wait()
         log.info(logfmt({"event": "stopped", "workers": self.count}))
 
-    def _bind(
-        self, settings: Settings, passed: dict[int, list[socket.socket]]
-    ) -> dict[RouteId, list[socket.socket]]:
-        """Every route's listening sockets: systemd's, or bound here, once for all workers."""
-        bound: dict[RouteId, list[socket.socket]] = {}
-        backlog = settings.backlog or system_backlog()
-        try:
-            for index, (rid, route) in enumerate(
-                zip(route_ids(settings.routes), settings.routes, strict=True)
-            ):
-                socks = passed.pop(index, None)
-                if socks is None:
-                    socks = bound[rid] = []
-                    for family, sockaddr in bind_addresses(route.listen):
-                        socks.append(open_listener(route.listen, family, sockaddr, backlog))
-                bound[rid] = socks
-                for sock in socks:
-                    log.info(
-                        logfmt({"event": "listen", "address": format_peer(sock.getsockname())})
-                    )
-        except BaseException:
-            close_all([sock for socks in bound.values() for sock in socks])
-            raise
-        return bound
-
-    def _sockets_of(
-        self, settings: Settings, only: set[RouteId] | None = None
-    ) -> tuple[dict[int, int], list[socket.socket]]:
-        counts: dict[int, int] = {}
-        socks: list[socket.socket] = []
-        for index, rid in enumerate(route_ids(settings.routes)):
-            if only is not None and rid not in only:
-                continue
-            counts[index] = len(self.listeners[rid])
-            socks += self.listeners[rid]
-        return counts, socks
-
     # --- the workers
 
     def _spawn(self, index: int) -> None:
         if self._stopping:
             return
-        counts, socks = self._sockets_of(self.settings)
+        counts, socks = sockets_for(self.listeners, self.settings)
         settings = worker_settings(self.settings, self.count, index)
         start = m.Start(settings, index, counts, self.settings.metrics is not None)
         worker = spawn(asyncio.get_running_loop(), start, socks, self._on_message, self._exited)
@@ -361,15 +321,8 @@ class Supervisor:
         """Load and check the new configuration here; only then send it to every worker."""
         assert self.reload_settings is not None
         log.info(logfmt({"event": "reloading"}))
-        opened: dict[RouteId, list[socket.socket]] = {}
         try:
-            new = self.source.fill(self.reload_settings())
-            loop = asyncio.get_running_loop()
-            for route in new.routes:  # a name that does not resolve fails here, not in a worker
-                for target in route.targets:
-                    await resolve_target(loop, target)
-            added = {rid for rid in route_ids(new.routes) if rid not in self.listeners}
-            opened = self._bind_new(new, added)
+            new, opened = await reload.checked(self.reload_settings(), self.source, self.listeners)
         except PyforwardError as exc:
             log.error(
                 logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
@@ -380,7 +333,9 @@ class Supervisor:
         removed = set(self.listeners) - set(route_ids(new.routes))
         self.listeners.update(opened)
         self.settings = new
-        errors = await self._send_reload(new, set(opened))
+        errors = await reload.send(
+            self.workers.values(), new, self.count, self.listeners, set(opened)
+        )
         for rid in removed:
             close_all(self.listeners.pop(rid))
         if errors:
@@ -391,51 +346,6 @@ class Supervisor:
             return errors[0]
         log.info(logfmt({"event": "reloaded", "listeners": sum(map(len, self.listeners.values()))}))
         return None
-
-    def _bind_new(
-        self, settings: Settings, added: set[RouteId]
-    ) -> dict[RouteId, list[socket.socket]]:
-        ids = route_ids(settings.routes)
-        routes = tuple(
-            route for rid, route in zip(ids, settings.routes, strict=True) if rid in added
-        )
-        bound = self._bind(replace(settings, routes=routes), {})
-        # _bind names routes by their place among `routes`; give them their own ids back.
-        return dict(zip([rid for rid in ids if rid in added], bound.values(), strict=True))
-
-    async def _send_reload(self, settings: Settings, opened: set[RouteId]) -> list[str]:
-        loop = asyncio.get_running_loop()
-        waits = []
-        for worker in self.workers.values():
-            counts, socks = self._sockets_of(settings, opened)
-            share = worker_settings(settings, self.count, worker.index)
-            worker.reloaded = loop.create_future()
-            worker.channel.send(m.Reload(share, counts), socks)
-            waits.append(worker.reloaded)
-        errors = []
-        for wait in waits:
-            try:
-                error = await asyncio.wait_for(wait, _REPLY_TIMEOUT)
-            except (TimeoutError, asyncio.CancelledError):
-                continue  # that worker died or hangs: a restart gets the new configuration
-            if error is not None:
-                errors.append(error)
-        return errors
-
-    # --- metrics
-
-    async def refresh(self) -> None:
-        """Ask every worker for its counts now (a scrape)."""
-        loop = asyncio.get_running_loop()
-        self._serial += 1
-        waits = []
-        for worker in self.workers.values():
-            future: asyncio.Future[None] = loop.create_future()
-            worker.replies[self._serial] = future
-            if worker.channel.send(m.SnapshotAsk(self._serial)):
-                waits.append(future)
-        if waits:
-            await asyncio.wait(waits, timeout=_SNAPSHOT_TIMEOUT)
 
 
 async def supervise(
