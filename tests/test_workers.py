@@ -213,6 +213,11 @@ def test_a_killed_worker_is_logged_and_restarted() -> None:
             assert time.monotonic() < deadline, "the restarted worker never accepted"
             exchange(port, b"hello")
             fwd.closes(len(fwd.close_lines) + 1)
+        # Dying again soon after its start: the next restart waits twice as long.
+        os.kill(new, signal.SIGKILL)
+        again = fwd.wait_line(rf"event=worker-exited worker=0 pid={new} ")
+        assert "restart_in=0.2" in again, again
+        assert "restart_in=0.1" in fwd.wait_line(rf"event=worker-exited worker=0 pid={first[0]} ")
 
 
 def test_max_connections_holds_for_the_forwarder_as_a_whole() -> None:

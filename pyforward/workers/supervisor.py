@@ -247,7 +247,19 @@ class Supervisor:
         counts, socks = sockets_for(self.listeners, self.settings)
         settings = worker_settings(self.settings, self.count, index)
         start = m.Start(settings, index, counts, self.settings.metrics is not None)
-        worker = spawn(asyncio.get_running_loop(), start, socks, self._on_message, self._exited)
+        try:
+            worker = spawn(asyncio.get_running_loop(), start, socks, self._on_message, self._exited)
+        except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): try again later
+            self._schedule_restart(
+                index,
+                {
+                    "event": "worker-start-failed",
+                    "worker": index,
+                    "error": exc.strerror or str(exc),
+                },
+                0.0,
+            )
+            return
         for route, targets in self.pushed.items():
             worker.channel.send(m.Targets(route, list(targets)))
         self.workers[index] = worker
@@ -286,7 +298,7 @@ class Supervisor:
             if future is not None and not future.done():
                 future.cancel()
         lived = time.monotonic() - worker.started
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        how = f"signal {_signal_name(-code)}" if code < 0 else f"exit {code}"
         fields: dict[str, object] = {
             "event": "worker-exited",
             "worker": worker.index,
@@ -299,12 +311,16 @@ class Supervisor:
             if not self.workers:
                 self._all_gone.set()
             return
-        deaths = 1 if lived >= self.backoff.steady else self._deaths.get(worker.index, 0) + 1
-        self._deaths[worker.index] = deaths
+        self._schedule_restart(worker.index, fields, lived)
+
+    def _schedule_restart(self, index: int, fields: dict[str, object], lived: float) -> None:
+        """Log why worker `index` is gone and start it again after the back-off."""
+        deaths = 1 if lived >= self.backoff.steady else self._deaths.get(index, 0) + 1
+        self._deaths[index] = deaths
         delay = self.backoff.delay(deaths)
         log.warning(logfmt({**fields, "restart_in": round(delay, 2)}))
         self.reporter.status_changed()
-        asyncio.get_running_loop().call_later(delay, self._spawn, worker.index)
+        asyncio.get_running_loop().call_later(delay, self._spawn, index)
 
     # --- reload
 
@@ -346,6 +362,13 @@ class Supervisor:
             return errors[0]
         log.info(logfmt({"event": "reloaded", "listeners": sum(map(len, self.listeners.values()))}))
         return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 async def supervise(
