@@ -211,8 +211,9 @@ def test_a_killed_worker_is_logged_and_restarted() -> None:
         deadline = time.monotonic() + TIMEOUT
         while str(new) not in {close["pid"] for close in fwd.close_lines}:
             assert time.monotonic() < deadline, "the restarted worker never accepted"
+            before = len(fwd.close_lines)
             exchange(port, b"hello")
-            fwd.closes(len(fwd.close_lines) + 1)
+            fwd.closes(before + 1)
         # Dying again soon after its start: the next restart waits twice as long.
         os.kill(new, signal.SIGKILL)
         again = fwd.wait_line(rf"event=worker-exited worker=0 pid={new} ")
