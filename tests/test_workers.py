@@ -415,3 +415,25 @@ def test_counts_stay_exact_across_a_killed_and_restarted_worker() -> None:
         fwd.closes(40)
         # The dead worker's 20-odd connections stay counted; the total never goes down.
         assert samples(scrape(scrape_port))[eof] == 40
+
+
+def test_a_reload_opens_and_closes_listeners_for_every_worker(tmp_path: Path) -> None:
+    config = tmp_path / "pyforward.toml"
+    with socket.socket() as probe_a, socket.socket() as probe_b:
+        probe_a.bind(("127.0.0.1", 0))
+        probe_b.bind(("127.0.0.1", 0))
+        port_a, port_b = probe_a.getsockname()[1], probe_b.getsockname()[1]
+    with Backend(tagged(b"a:")) as one, Backend(tagged(b"b:")) as two:
+        config.write_text(routes((port_a, one.address)))
+        with with_workers("--config", str(config)) as fwd:
+            served_by_each(fwd, port_a, b"a:")
+            # B is new (bound by the main process, sent to each worker), A is gone.
+            config.write_text(routes((port_b, two.address)))
+            fwd.proc.send_signal(signal.SIGHUP)
+            fwd.wait_line(r"level=info event=reloaded")
+            served_by_each(fwd, port_b, b"b:")
+            try:
+                connect(port_a).close()
+                raise AssertionError("the removed listener still accepts")
+            except ConnectionRefusedError:
+                pass
