@@ -16,7 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from tests.harness import TIMEOUT, Backend, ForwarderProcess, connect, echo, recv_all, run_cli
+from tests.harness import (
+    TIMEOUT,
+    Backend,
+    ForwarderProcess,
+    connect,
+    echo,
+    fields,
+    reads_until_closed,
+    recv_all,
+    run_cli,
+)
 from tests.kubeapi import KubeApi, node, service
 from tests.test_discovery_cli import clean_env
 from tests.test_discovery_forwarding import SERVICES
@@ -277,7 +287,6 @@ def test_bad_worker_counts_are_one_line() -> None:
     cases = [
         (["--workers", "0"], "--workers"),
         (["--workers", "many"], "--workers"),
-        (["--workers", "2", "--max-connections-per-source", "3"], "--max-connections-per-source"),
     ]
     for args, where in cases:
         done = run_cli("run", "-l", "127.0.0.1:0", "-t", "127.0.0.1:1", *args)
@@ -437,3 +446,57 @@ def test_a_reload_opens_and_closes_listeners_for_every_worker(tmp_path: Path) ->
                 raise AssertionError("the removed listener still accepts")
             except ConnectionRefusedError:
                 pass
+
+
+def active_by_worker(fwd: ForwarderProcess) -> dict[str, int]:
+    """Each worker's open connections, from the `event=counts` line SIGUSR1 makes it log."""
+    mark = len(fwd.lines)
+    os.kill(fwd.proc.pid, signal.SIGUSR1)
+    found: dict[str, int] = {}
+    while len(found) < 2:
+        line = fwd.wait_line(r"worker=\d+ pid=\d+ event=counts ", start=mark)
+        mark = fwd.lines.index(line, mark) + 1
+        found[fields(line)["pid"]] = int(fields(line)["active"])
+    return found
+
+
+def served(port: int, payload: bytes) -> bool:
+    """Whether a new connection is served (False: reset at once, refused)."""
+    try:
+        with connect(port) as client:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            data, error = reads_until_closed(client)
+    except ConnectionError:  # the reset can come before the send or the shutdown returns
+        return False
+    return data == payload and error is None
+
+
+def wait_served(port: int) -> None:
+    """A worker logs a close line a moment before it gives the client's slot back (and the
+    other worker may take the next client in between): wait for the slot."""
+    wait_until(lambda: served(port, b"back"), "a freed per-source slot")
+
+
+def test_the_per_source_limit_holds_for_the_forwarder_as_a_whole() -> None:
+    args = ["--listen", "127.0.0.1:0", "--max-connections-per-source", "2"]
+    with Backend(echo) as backend, with_workers(*args, "--target", backend.address) as fwd:
+        port = main_port(fwd)
+        while True:  # until one worker holds each of the client's two connections
+            held = [connect(port), connect(port)]
+            for client in held:
+                assert ask(client, b"in") == b"in"
+            if sorted(active_by_worker(fwd).values()) == [1, 1]:
+                break
+            for client in held:
+                client.close()
+            wait_served(port)
+        try:
+            # A third is refused whichever worker takes it: the limit is the forwarder's.
+            for _ in range(6):
+                assert not served(port, b"x"), "served past the per-source limit"
+            held[0].close()
+            wait_served(port)  # its slot is given back
+        finally:
+            for client in held:
+                client.close()

@@ -8,10 +8,13 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pyforward.config.settings import build_settings
+from pyforward.engine.sources import LocalSourceCounts
 from pyforward.errors import ConfigError
+from pyforward.workers import sourcetable
 from pyforward.workers.metrics import counters_of, merge
 from pyforward.workers.plan import connection_share, worker_count
 from pyforward.workers.process import Backoff, worker_environment
+from pyforward.workers.sourcetable import SharedSourceCounts
 
 ROUTE = {"listen": "127.0.0.1:8080", "target": ["127.0.0.1:9000"]}
 
@@ -81,3 +84,42 @@ def test_metrics_add_up_but_a_target_is_up_only_where_every_worker_has_it_up() -
 def test_a_dead_worker_leaves_its_counters_not_its_gauges() -> None:
     left = counters_of(_snapshot(5, 9, 1))
     assert [f.name for f in left] == ["pyforward_connections"]
+
+
+def test_the_shared_source_table_counts_for_every_process_that_maps_it() -> None:
+    fd = sourcetable.create(sourcetable.table_size(None))
+    first, second = SharedSourceCounts(fd), SharedSourceCounts(os.dup(fd))
+    try:
+        assert first.take("10.0.0.1", 2) and second.take("10.0.0.1", 2)
+        assert not first.take("10.0.0.1", 2) and not second.take("10.0.0.1", 2)
+        assert second.take("10.0.0.2", 2)  # another address has its own count
+        first.give_back("10.0.0.1")
+        assert second.count("10.0.0.1") == 1
+        assert second.take("10.0.0.1", 2)
+    finally:
+        first.close()
+        second.close()
+        os.close(fd)
+
+
+def test_a_full_probe_chain_reuses_slots_whose_count_fell_to_zero() -> None:
+    fd = sourcetable.create(4)  # four slots: every address collides with some other
+    table = SharedSourceCounts(fd)
+    try:
+        sources = [f"10.0.0.{n}" for n in range(4)]
+        assert all(table.take(source, 1) for source in sources)
+        assert not table.take("10.0.0.9", 1)  # full: refused, never counted elsewhere
+        table.give_back(sources[1])
+        assert table.take("10.0.0.9", 1)  # the freed slot serves a new address
+        assert [table.count(source) for source in sources] == [1, 0, 1, 1]
+        assert not table.take(sources[0], 1)
+    finally:
+        table.close()
+        os.close(fd)
+
+
+def test_one_process_counts_the_same_way() -> None:
+    counts = LocalSourceCounts()
+    assert counts.take("a", 1) and not counts.take("a", 1)
+    counts.give_back("a")
+    assert counts.take("a", 1)

@@ -699,14 +699,6 @@ def build_settings(
     if backlog_from is not None and not 1 <= backlog <= MAX_BACKLOG:
         raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
-    per_source_from = source_of("max_connections_per_source")
-    workers_from = source_of("workers")
-    if pick("workers") != 1 and pick("max_connections_per_source") and per_source_from:
-        where = workers_from[1] if workers_from else "workers"
-        raise ConfigError(
-            f"{per_source_from[1]}: a per-source limit needs one process; "
-            f"{where} asks for more (see Worker processes in the README)"
-        )
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),

@@ -32,6 +32,7 @@ from pyforward import __version__
 from pyforward.config.settings import Settings
 from pyforward.engine.fdlimit import raise_fd_limit
 from pyforward.engine.server import Forwarder, closed_counts, log_listeners
+from pyforward.engine.sources import SourceCounts
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource
 from pyforward.errors import PyforwardError
 from pyforward.obs.logfmt import logfmt
@@ -58,6 +59,7 @@ class Runtime:
         loop_name: str = "",
         reporter: Reporter | None = None,
         listeners: dict[int, list[socket.socket]] | None = None,
+        source_counts: SourceCounts | None = None,
     ) -> None:
         self.settings = settings
         self.source: TargetSource = targets if targets is not None else StaticTargets()
@@ -76,6 +78,7 @@ class Runtime:
         # Listening sockets bound elsewhere, by route index (a worker's, from the main
         # process); None: systemd's, if it passed any.
         self.listeners = listeners
+        self.source_counts = source_counts  # None: the forwarder counts in this process
 
     # --- what systemd's status line says
 
@@ -225,7 +228,13 @@ class Runtime:
             from pyforward.obs.serve_metrics import start_metrics  # noqa: PLC0415
         fd_limit = raise_fd_limit()
         settings = await self.source.start(self.settings)
-        forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
+        forwarder = Forwarder(
+            settings,
+            loop,
+            max_accepts=self.max_accepts,
+            passed_sockets=passed,
+            source_counts=self.source_counts,
+        )
         await forwarder.start()
         log.info(
             logfmt(

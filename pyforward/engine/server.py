@@ -22,6 +22,7 @@ from pyforward.config.settings import RelayMode, Route, Settings
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
+from pyforward.engine.sources import LocalSourceCounts, SourceCounts
 from pyforward.engine.targets import RouteId, route_ids
 from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
@@ -89,6 +90,7 @@ class Forwarder:
         *,
         max_accepts: int | None = None,
         passed_sockets: Mapping[int, list[socket.socket]] | None = None,
+        source_counts: SourceCounts | None = None,
     ) -> None:
         self.settings = settings
         self.loop = loop
@@ -112,7 +114,8 @@ class Forwarder:
         self._accepting = False  # whether the listeners are registered with the loop
         self._drained: asyncio.Event | None = None
         self._closed = False
-        self._per_source: Counter[str] = Counter()
+        # Open connections per client address (shared by worker processes, when given).
+        self.source_counts: SourceCounts = source_counts or LocalSourceCounts()
         # Connections of trusted load balancers, until their PROXY header names the client:
         # the access list of the route that accepted each.
         self._awaiting_admission: dict[Connection, AccessList] = {}
@@ -317,10 +320,8 @@ class Forwarder:
         if access and not access.permits(source):
             return CloseReason.DENIED
         cap = self.settings.max_connections_per_source
-        if cap is not None:
-            if self._per_source[source] >= cap:
-                return CloseReason.SOURCE_LIMIT
-            self._per_source[source] += 1
+        if cap is not None and not self.source_counts.take(source, cap):
+            return CloseReason.SOURCE_LIMIT
         return None
 
     def admit(self, connection: Connection) -> CloseReason | None:
@@ -421,9 +422,7 @@ class Forwarder:
             connection.reason or CloseReason.ERROR, up, down, connection.connect_seconds
         )
         if connection.source_counted:
-            self._per_source[connection.source] -= 1
-            if not self._per_source[connection.source]:
-                del self._per_source[connection.source]
+            self.source_counts.give_back(connection.source)
         if self._drained is not None:
             if not self.connections:
                 self._drained.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import socket
 import zlib
@@ -36,12 +37,15 @@ class Channel:
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def send(self, message: Message, socks: Sequence[socket.socket] = ()) -> bool:
-        """Send one message; False when the other end is gone."""
+    def send(
+        self, message: Message, socks: Sequence[socket.socket] = (), extra: Sequence[int] = ()
+    ) -> bool:
+        """Send one message, with `socks` and then the descriptors `extra` (a Start's table
+        of connections per source); False when the other end is gone."""
         if self.closed:
             return False
         data = zlib.compress(pickle.dumps(message, pickle.HIGHEST_PROTOCOL), 1)
-        fds = [sock.fileno() for sock in socks]
+        fds = [sock.fileno() for sock in socks] + list(extra)
         try:
             self.sock.settimeout(_SEND_TIMEOUT)
             for start in range(0, max(len(fds), 1), _MAX_FDS):
@@ -55,8 +59,9 @@ class Channel:
                 self.sock.setblocking(False)
         return True
 
-    def receive(self) -> tuple[Message, list[socket.socket]] | None:
-        """Block for one message and its sockets (a worker's first one); None at EOF."""
+    def receive(self) -> tuple[Message, list[socket.socket], list[int]] | None:
+        """Block for one message, its sockets and other descriptors (a worker's first
+        one); None at EOF."""
         self.sock.setblocking(True)
         try:
             return self._read()
@@ -80,11 +85,14 @@ class Channel:
                     self.close()
                     on_eof()
                     return
-                on_message(*got)
+                message, socks, extra = got
+                for fd in extra:
+                    os.close(fd)  # only a Start carries any
+                on_message(message, socks)
 
         loop.add_reader(self.sock.fileno(), readable)
 
-    def _read(self) -> tuple[Message, list[socket.socket]] | None:
+    def _read(self) -> tuple[Message, list[socket.socket], list[int]] | None:
         try:
             data, fds, _, _ = socket.recv_fds(self.sock, _MAX_PACKET, _MAX_FDS)
         except BlockingIOError:
@@ -93,19 +101,19 @@ class Channel:
             return None
         if not data:
             return None
-        socks = [socket.socket(fileno=fd) for fd in fds]
         message = pickle.loads(zlib.decompress(data))
-        if isinstance(message, Start | Reload):
-            wanted = sum(message.sockets.values())
-            while len(socks) < wanted:
-                # More sockets than one packet carries: they follow, in order.
-                self.sock.setblocking(True)
-                _, more, _, _ = socket.recv_fds(self.sock, 16, _MAX_FDS)
-                socks += [socket.socket(fileno=fd) for fd in more]
-                if not more:
-                    break
+        sockets = sum(message.sockets.values()) if isinstance(message, Start | Reload) else 0
+        wanted = sockets + (1 if isinstance(message, Start) and message.source_table else 0)
+        while len(fds) < wanted:
+            # More descriptors than one packet carries: they follow, in order.
+            self.sock.setblocking(True)
+            _, more, _, _ = socket.recv_fds(self.sock, 16, _MAX_FDS)
             self.sock.setblocking(False)
-        return message, socks
+            if not more:
+                break
+            fds += more
+        socks = [socket.socket(fileno=fd) for fd in fds[:sockets]]
+        return message, socks, list(fds[sockets:])
 
     def close(self) -> None:
         if self.closed:

@@ -22,6 +22,8 @@ class Start:
     index: int
     sockets: dict[int, int]
     metrics: bool  # whether to answer `SnapshotAsk`
+    # Whether the table of connections per source (sourcetable.py) follows the sockets.
+    source_table: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -62,7 +63,9 @@ class WorkerProcess:
 def spawn(
     loop: asyncio.AbstractEventLoop,
     start: m.Start,
-    socks: Sequence[object],
+    socks: Sequence[socket.socket],
+    extra: Sequence[int],
+    *,
     on_message: Callable[[WorkerProcess, m.Message], None],
     on_exit: Callable[[WorkerProcess, int], None],
 ) -> WorkerProcess:
@@ -86,7 +89,7 @@ def spawn(
         theirs.close()
     worker = WorkerProcess(start.index, proc, Channel(ours))
     # The packet waits in the socket until the worker reads it.
-    worker.channel.send(start, socks)  # type: ignore[arg-type]
+    worker.channel.send(start, socks, extra)
 
     def ended() -> None:
         # The channel closes as the process exits; its exit status follows a moment later.

@@ -41,7 +41,7 @@ from pyforward.systemd.activation import take_passed_sockets
 from pyforward.systemd.notify import Reporter
 from pyforward.systemd.status_text import format_status
 from pyforward.workers import messages as m
-from pyforward.workers import reload
+from pyforward.workers import reload, sourcetable
 from pyforward.workers.listeners import Listeners, bind_routes, sockets_for
 from pyforward.workers.plan import worker_settings
 from pyforward.workers.process import Backoff, WorkerProcess, spawn
@@ -71,6 +71,7 @@ class Supervisor:
         self.reporter = Reporter.from_environment(self.status, self.all_serving)
         self.workers: dict[int, WorkerProcess] = {}
         self.listeners: Listeners = {}
+        self.source_table = -1  # the memfd of the shared counts per source, once made
         self.pushed: dict[RouteId, Sequence[ResolvedTarget]] = {}
         self.retired: list[list[Any]] = []  # counters of workers that died
         self.source_note: str | None = None
@@ -178,6 +179,10 @@ class Supervisor:
     ) -> None:
         self.settings = await self.source.start(self.settings)
         self.listeners = bind_routes(self.settings, passed)
+        # max_connections_per_source, coordinated: one table for every worker.
+        self.source_table = sourcetable.create(
+            sourcetable.table_size(self.settings.max_connections)
+        )
         log.info(
             logfmt(
                 {
@@ -217,6 +222,8 @@ class Supervisor:
             log.info(logfmt({"event": "stopping", "active": self.active()}))
             for socks in self.listeners.values():
                 close_all(socks)
+            if self.source_table >= 0:
+                os.close(self.source_table)
             for worker in self.workers.values():
                 worker.channel.send(m.Stop(now=False))
         finally:
@@ -246,9 +253,17 @@ class Supervisor:
             return
         counts, socks = sockets_for(self.listeners, self.settings)
         settings = worker_settings(self.settings, self.count, index)
-        start = m.Start(settings, index, counts, self.settings.metrics is not None)
+        start = m.Start(settings, index, counts, self.settings.metrics is not None, True)
+        extra = [self.source_table]
         try:
-            worker = spawn(asyncio.get_running_loop(), start, socks, self._on_message, self._exited)
+            worker = spawn(
+                asyncio.get_running_loop(),
+                start,
+                socks,
+                extra,
+                on_message=self._on_message,
+                on_exit=self._exited,
+            )
         except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): try again later
             self._schedule_restart(
                 index,

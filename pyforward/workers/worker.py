@@ -24,6 +24,7 @@ from pyforward.config.settings import Settings
 from pyforward.engine.loops import loop_factory
 from pyforward.engine.runtime import Runtime
 from pyforward.engine.server import Forwarder
+from pyforward.engine.sources import SourceCounts
 from pyforward.engine.targets import RouteId
 from pyforward.errors import PyforwardError
 from pyforward.obs.logsetup import setup_logging
@@ -32,6 +33,7 @@ from pyforward.systemd.notify import Notifier, Reporter
 from pyforward.workers import messages as m
 from pyforward.workers.channel import Channel
 from pyforward.workers.pdeathsig import die_with_parent
+from pyforward.workers.sourcetable import SharedSourceCounts
 
 LOAD_INTERVAL = 1.0  # seconds between the worker's reports of its open connections
 
@@ -61,7 +63,13 @@ class _WorkerReporter(Reporter):
 class Worker:
     """One worker's runtime and what its control channel asks of it."""
 
-    def __init__(self, channel: Channel, start: m.Start, socks: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        start: m.Start,
+        socks: list[socket.socket],
+        source_counts: SourceCounts | None = None,
+    ) -> None:
         self.channel = channel
         self.index = start.index
         self.metrics = start.metrics
@@ -76,6 +84,7 @@ class Worker:
             loop_name="",
             reporter=_WorkerReporter(self),
             listeners=by_route(start.sockets, socks),
+            source_counts=source_counts,
         )
 
     def _reloaded_settings(self) -> Settings:
@@ -175,12 +184,14 @@ def main(argv: Sequence[str]) -> int:
     first = channel.receive()
     if first is None or not isinstance(first[0], m.Start):
         return 0
-    start, socks = first[0], first[1]
+    start, socks, extra = first[0], first[1], first[2]
+    # The table of connections per source the workers share (sourcetable.py).
+    counts = SharedSourceCounts(extra[0]) if start.source_table and extra else None
     setup_logging(start.settings.log_level)
     for handler in logging.getLogger("pyforward").handlers:
         handler.addFilter(_WorkerField(index))
     factory, _ = loop_factory(start.settings.loop)
-    worker = Worker(channel, replace(start, index=index), socks)
+    worker = Worker(channel, replace(start, index=index), socks, counts)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(worker.serve())
