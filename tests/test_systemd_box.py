@@ -501,8 +501,20 @@ def test_two_workers_are_ready_together_and_live_in_the_unit_cgroup(
     unit = f"{name}.service"
     target = f"{NODE_ADDRESS}:{backend.port}"
     try:
+        # With a per-source limit: the table the workers share runs under the unit's hardening.
         pyforward(
-            box, "install", "--name", name, "--listen", "8443", "--target", target, "--workers", "2"
+            box,
+            "install",
+            "--name",
+            name,
+            "--listen",
+            "8443",
+            "--target",
+            target,
+            "--workers",
+            "2",
+            "--max-connections-per-source",
+            "8",
         )
         # install returned once systemd had READY=1: by then every worker accepted, and the
         # status line sent with READY says so (it names workers not yet serving).
