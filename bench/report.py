@@ -12,7 +12,7 @@ from bench.bars import judge
 from bench.model import Figure, Metric
 from bench.scenarios import Scenario
 from bench.stats import Summary
-from bench.subjects import BASELINE, Subject
+from bench.subjects import BASELINE, SECOND_BASELINE, Subject
 
 _BETTER = {"higher": "higher is better", "lower": "lower is better", "": "for context"}
 
@@ -34,12 +34,17 @@ def table(
     subjects: Sequence[Subject],
     summaries: Sequence[Summary],
     rounds: int,
+    second: Sequence[Summary] = (),
 ) -> str:
-    """Medians with min and max over the rounds, and the ratio to socat as deployed."""
+    """Medians with min and max over the rounds, and the ratio to socat as deployed (and,
+    with `second`, to HAProxy at its default thread count)."""
     found = {(s.metric, s.subject): s for s in summaries}
+    other = {(s.metric, s.subject): s for s in second}
     width = max(len(s.label) for s in subjects) + 2
     lines = []
     header = f"  {'subject':<{width}}{'median':>10}{'min':>10}{'max':>10}{'vs socat':>10}"
+    if other:
+        header += f"{'vs HAProxy':>12}"
     for scenario in scenarios:
         lines += ["", f"== {scenario.title} ==", header]
         for metric in scenario.metrics:
@@ -52,12 +57,25 @@ def table(
                     continue
                 shown = summary.ratio is not None and metric.better
                 ratio = f"{summary.ratio:.2f}x" if shown else "-"
-                lines.append(
+                row = (
                     f"  {subject.label:<{width}}{number(summary.median):>10}"
                     f"{number(summary.low):>10}{number(summary.high):>10}{ratio:>10}"
                 )
+                if other:
+                    against = other.get((metric.key, subject.key))
+                    known = against is not None and against.ratio is not None and metric.better
+                    row += f"{f'{against.ratio:.2f}x' if known and against else '-':>12}"
+                lines.append(row)
     note = f"medians of {rounds} rounds" if rounds > 1 else "one round: min = max = median"
+    cores = os.cpu_count() or 0
     lines.insert(0, f"{note}; ratios are to socat as deployed ({BASELINE})")
+    if other:
+        lines.insert(1, f"and to HAProxy at its default thread count ({SECOND_BASELINE})")
+    lines.insert(
+        len(lines) if not lines else 1 + bool(other),
+        f"on {cores} cores the load generator and the backend share the CPUs with the "
+        "forwarder: the no-forwarder row is the ceiling",
+    )
     return "\n".join(lines)
 
 

@@ -25,7 +25,14 @@ from bench.model import PLANS, Plan
 from bench.netutil import BenchError
 from bench.report import bar_table, table, write_json
 from bench.stats import summarize
-from bench.subjects import BASELINE, Environment, Subject, select
+from bench.subjects import (
+    BASELINE,
+    NGINX_STREAM_MODULE,
+    SECOND_BASELINE,
+    Environment,
+    Subject,
+    select,
+)
 from bench.suite import all_metrics, all_scenarios, run_suite
 from pyforward.engine.fdlimit import raise_fd_limit
 
@@ -84,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
 
     programs = sorted(
         {tool for scenario in scenarios for tool in scenario.tools}
-        | {s.kind for s in subjects if s.kind in ("socat", "haproxy")}
+        | {s.kind for s in subjects if s.kind in ("socat", "haproxy", "nginx")}
         | {s.kind.removesuffix("-sni") for s in subjects if s.kind in ("haproxy-sni", "nginx-sni")}
     )
     needs_pyforward = any(s.kind.startswith("pyforward") for s in subjects)
     problems = tools.problems(programs, chart=True, pyforward=needs_pyforward)
+    if any(s.kind == "nginx" for s in subjects) and not NGINX_STREAM_MODULE.exists():
+        problems.append(
+            f"nginx's stream module {NGINX_STREAM_MODULE} is missing "
+            "(Debian/Ubuntu: apt-get install libnginx-mod-stream)"
+        )
     if problems:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "accounting": sets.method,
         "load_before": tools.load_average(),
         "baseline": BASELINE,
+        "second_baseline": SECOND_BASELINE,
     }
     began = time.monotonic()
     try:
@@ -120,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = all_metrics(scenarios)
     keys = [s.key for s in subjects]
     summaries = summarize(figures, metrics, keys, BASELINE)
+    against_haproxy = summarize(figures, metrics, keys, SECOND_BASELINE)
     print(_heading(meta, plan, subjects))
-    print(table(scenarios, subjects, summaries, plan.rounds))
+    print(table(scenarios, subjects, summaries, plan.rounds, against_haproxy))
     print(bar_table(subjects, summaries))
     json_path = args.results / "latest.json"
     chart_path = args.results / "latest.png"

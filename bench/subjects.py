@@ -24,8 +24,7 @@ SCRAPE_INTERVAL = 1.0  # seconds; Prometheus's default is 15, so this is 15 time
 
 HAPROXY_CONFIG = """\
 global
-    nbthread 1
-    maxconn 4096
+{threads}    maxconn 4096
 defaults
     mode tcp
     option splice-auto
@@ -37,6 +36,24 @@ listen forward
     server backend {host}:{target}
 """
 
+# nginx's stream proxy as its documentation sets it up: a worker per core, one shared
+# listening socket (no reuseport), default buffers.
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+NGINX_STREAM_CONFIG = """\
+load_module {module};
+daemon off;
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log error;
+events {{ worker_connections 4096; }}
+stream {{
+    server {{
+        listen {host}:{port};
+        proxy_pass {host}:{target};
+    }}
+}}
+"""
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -44,8 +61,11 @@ class Subject:
 
     key: str  # short name: JSON, command line, chart
     label: str  # what the table prints
-    kind: str  # none, socat, haproxy, pyforward
+    kind: str  # none, socat, haproxy, nginx, pyforward
     options: tuple[str, ...] = ()
+    # A line its log shows once it serves, when accepting a connection is not proof of that
+    # (pyforward's workers: the main process binds before the workers start).
+    ready_line: str = ""
 
     @property
     def forwarder(self) -> bool:
@@ -65,6 +85,8 @@ SUBJECTS = (
     Subject("socat", "socat as deployed", "socat"),
     Subject("socat-b256k", "socat -b262144", "socat", ("-b262144",)),
     Subject("haproxy", "HAProxy splice-auto", "haproxy"),
+    Subject("haproxy-default", "HAProxy default threads", "haproxy", ("default",)),
+    Subject("nginx-stream", "nginx stream auto", "nginx"),
     Subject("pyforward-splice", "pyforward splice uvloop", "pyforward", ("splice", "uvloop")),
     Subject("pyforward-copy", "pyforward copy uvloop", "pyforward", ("copy", "uvloop")),
     # The same as pyforward-splice, with /metrics on and scraped every second throughout.
@@ -78,6 +100,13 @@ SUBJECTS = (
         "pyforward-splice-asyncio", "pyforward splice asyncio", "pyforward", ("splice", "asyncio")
     ),
     Subject("pyforward-copy-asyncio", "pyforward copy asyncio", "pyforward", ("copy", "asyncio")),
+    Subject(
+        "pyforward-workers",
+        "pyforward --workers auto",
+        "pyforward",
+        ("splice", "uvloop", "auto"),
+        ready_line="event=ready workers=",
+    ),
 )
 # Routing by TLS server name (bench/sni.py): run only when named, for the https scenario.
 SNI_SUBJECTS = (
@@ -87,6 +116,7 @@ SNI_SUBJECTS = (
     Subject("pyforward-sni-pp2", "pyforward sni + PROXY v2", "pyforward-sni-pp2"),
 )
 BASELINE = "socat"  # ratios are to socat as deployed
+SECOND_BASELINE = "haproxy-default"  # and to HAProxy as it runs by default
 
 
 def command(
@@ -111,11 +141,24 @@ def command(
         ]
     if subject.kind == "haproxy":
         config = workdir / f"haproxy-{port}.cfg"
-        config.write_text(HAPROXY_CONFIG.format(host=HOST, port=port, target=target))
+        threads = "" if subject.options == ("default",) else "    nbthread 1\n"
+        text = HAPROXY_CONFIG.format(threads=threads, host=HOST, port=port, target=target)
+        config.write_text(text)
         return ["haproxy", "-db", "-f", str(config)]
+    if subject.kind == "nginx":
+        directory = workdir / f"nginx-stream-{port}"
+        directory.mkdir()
+        config = directory / "nginx.conf"
+        config.write_text(
+            NGINX_STREAM_CONFIG.format(
+                module=NGINX_STREAM_MODULE, dir=directory, host=HOST, port=port, target=target
+            )
+        )
+        return ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
     if subject.kind == "pyforward":
         relay, loop = subject.options[:2]
         metrics = ["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []
+        workers = ["--workers", *subject.options[2:], "--log-connections", "none"]
         return [
             sys.executable,
             "-m",
@@ -129,7 +172,8 @@ def command(
             relay,
             "--loop",
             loop,
-            "--quiet",
+            # With workers: info lines, to see them all serving (`ready_line`), but no close lines.
+            *(workers if len(subject.options) > 2 else ["--quiet"]),
             *metrics,
         ]
     if subject.kind in {s.kind for s in SNI_SUBJECTS}:
@@ -237,6 +281,8 @@ def running(
                 accepting = wait_accepting(port, _START_TIMEOUT, process, subject.label)
             else:
                 accepting = wait_answering(port, _START_TIMEOUT, udp_probe)
+            if subject.ready_line:
+                accepting = wait_line(log_path, subject.ready_line, _START_TIMEOUT, process)
         except BenchError as exc:
             raise BenchError(f"{exc}; its output: {_tail(log_path)}") from None
         with scraping(metrics_port):
@@ -286,6 +332,18 @@ def scraping(port: int, interval: float = SCRAPE_INTERVAL) -> Iterator[None]:
     if failed:
         last = errors.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise BenchError(f"scraping {url} failed: {last[0]}")
+
+
+def wait_line(path: Path, text: str, timeout: float, process: subprocess.Popen[bytes]) -> float:
+    """Poll `path` until a line holds `text`; the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise BenchError(f"exited with code {process.returncode} before {text!r}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"no {text!r} in its log in {timeout}s")
+        time.sleep(0.005)
+    return time.monotonic()
 
 
 def stop(process: subprocess.Popen[bytes], processes: ProcessSet) -> None:

@@ -53,7 +53,8 @@ def test_every_scenario_yields_a_figure_for_every_subject(
 ) -> None:
     _, document, _ = smoke_run
     subjects = [s["key"] for s in document["subjects"]]
-    assert {"none", "socat", "socat-b256k", "haproxy", "pyforward-splice"} <= set(subjects)
+    wanted = {"none", "socat", "socat-b256k", "haproxy", "haproxy-default", "nginx-stream"}
+    assert wanted | {"pyforward-splice", "pyforward-workers"} <= set(subjects)
     figures = {(f["metric"], f["subject"]): f for f in document["figures"]}
     scenarios = {f["scenario"] for f in document["figures"]}
     expected_scenarios = {"throughput", "connrate", "latency", "memory-idle"}
@@ -87,6 +88,9 @@ def test_socat_forks_count_and_pyforward_stays_one_process(
     assert processes["socat"] >= large
     assert processes["pyforward-splice"] == 1
     assert processes["haproxy"] == 1
+    # A main process and a worker per usable CPU; nginx's master and a worker per core.
+    assert processes["pyforward-workers"] == 1 + len(os.sched_getaffinity(0))
+    assert processes["nginx-stream"] >= 2
 
 
 def test_table_chart_and_versions_are_written(
@@ -96,6 +100,7 @@ def test_table_chart_and_versions_are_written(
     for label in ("no forwarder", "socat as deployed", "HAProxy splice-auto"):
         assert label in stdout
     assert "vs socat" in stdout
+    assert "vs HAProxy" in stdout and "the no-forwarder row is the ceiling" in stdout
     assert "pyforward against its bars" in stdout
     socat_rate = [
         s for s in document["summary"] if s["metric"] == "connrate.rate" and s["subject"] == "socat"

@@ -491,3 +491,57 @@ def test_cannot_run_is_a_failure_where_required(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv(REQUIRE_ENV)
     with pytest.raises(pytest.skip.Exception):
         require_or_skip("needs root")
+
+
+def test_two_workers_are_ready_together_and_live_in_the_unit_cgroup(
+    box_lab: tuple[Network, SystemdBox], backend: Backend
+) -> None:
+    net, box = box_lab
+    name = "pyf-workers"
+    unit = f"{name}.service"
+    target = f"{NODE_ADDRESS}:{backend.port}"
+    try:
+        # With a per-source limit: the table the workers share runs under the unit's hardening.
+        pyforward(
+            box,
+            "install",
+            "--name",
+            name,
+            "--listen",
+            "8443",
+            "--target",
+            target,
+            "--workers",
+            "2",
+            "--max-connections-per-source",
+            "8",
+        )
+        # install returned once systemd had READY=1: by then every worker accepted, and the
+        # status line sent with READY says so (it names workers not yet serving).
+        props = box.show(unit, "ActiveState", "StatusText", "MainPID", "ControlGroup")
+        assert props["ActiveState"] == "active", props
+        assert "serving" not in props["StatusText"], props
+        main = props["MainPID"]
+        workers = box.run(["cat", f"/proc/{main}/task/{main}/children"]).stdout.split()
+        assert len(workers) == 2
+        procs = box.run(["cat", f"/sys/fs/cgroup{props['ControlGroup']}/cgroup.procs"])
+        assert set(procs.stdout.split()) == {main, *workers}
+        shown = box.systemctl("status", unit, "--no-pager", "--lines=0", check=False).stdout
+        assert all(f"{pid} " in shown for pid in workers), shown
+
+        def both_served() -> bool:
+            assert exchange(net, 8443) == b"node:hello"
+            lines = journal(box, "info", unit)
+            return all(f"pid={pid} event=close " in lines for pid in workers)
+
+        box.wait_for("a connection served by each worker", both_served)
+        code, report = status_json(box, name)
+        assert code == 0, report
+        assert all(f"pid {pid} (pyforward-w" in json.dumps(report) for pid in workers), report
+
+        box.systemctl("stop", unit)
+        gone = box.run(["cat", f"/sys/fs/cgroup{props['ControlGroup']}/cgroup.procs"], check=False)
+        assert gone.stdout.split() == []
+    finally:
+        pyforward(box, "uninstall", "--name", name, check=False)
+    assert leftovers(box, name) == []

@@ -33,6 +33,7 @@ from pyforward.obs.logfmt import logfmt
 from pyforward.obs.logsetup import priority_prefix, setup_logging, writes_to_journal
 from pyforward.socat.args import parse_socat_args, summarize, to_flags
 from pyforward.systemd.install import InstallPaths
+from pyforward.workers.plan import worker_count
 
 app = typer.Typer(
     name="pyforward",
@@ -88,7 +89,15 @@ def run(config: ConfigOpt = None, **options: Any) -> None:
     # SIGHUP re-reads the same flags, environment and config file (under discovery too:
     # discovered routes keep their targets, see Discovery.fill).
     reload = functools.partial(_load, flags, config)
+    count = worker_count(settings)
     with asyncio.Runner(loop_factory=factory) as runner:
+        if count > 1:
+            # Imported here: one process loads nothing of the workers.
+            from pyforward.workers.supervisor import supervise  # noqa: PLC0415
+
+            # The main process of `count` workers: pyforward/workers/supervisor.py.
+            runner.run(supervise(settings, count, targets=targets, reload_settings=reload))
+            return
         # Signals, reload, systemd's notifications, socket activation: engine/runtime.py.
         runner.run(serve(settings, targets=targets, reload_settings=reload, loop_name=loop_name))
 

@@ -127,6 +127,7 @@ class Settings:
     max_connections_per_source: int | None = None
     discovery: DiscoverySettings | None = None  # set by the discovery feature when on
     metrics: Address | None = None  # where /metrics is served; None: nowhere
+    workers: int | None = 1  # processes serving the listeners; None: one per usable CPU
 
 
 # --- value converters: each takes a raw value (str from the environment, or a TOML value)
@@ -192,6 +193,19 @@ def _whole_positive(value: object) -> int:
     if number == 0:
         raise ValueError("expected a whole number of 1 or more, got 0")
     return number
+
+
+def _workers(value: object) -> int | None:
+    """A number of worker processes (1 or more), or `auto` (None): one per usable CPU."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        count = _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {_shown(value)}") from None
+    if count < 1:
+        raise ValueError(f"expected at least 1 process (or auto), got {count}")
+    return count
 
 
 def _boolean(value: object) -> bool:
@@ -441,6 +455,11 @@ OPTIONS: dict[str, Option] = {
         _duration,
         20.0,
         flag=Flag(float, "Seconds connections get to finish on SIGTERM [20]."),
+    ),
+    "workers": Option(
+        _workers,
+        1,
+        flag=Flag(str, "Processes serving the listeners: N, or auto (one per usable CPU) [1]."),
     ),
     "allow": Option(
         _network_list,
@@ -758,6 +777,14 @@ def build_settings(
     if backlog_from is not None and not 1 <= backlog <= MAX_BACKLOG:
         raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
+    workers: int | None = pick("workers")
+    if workers != 1 and any(route.protocol is Transport.UDP for route in routes):
+        place = source_of("workers")
+        raise ConfigError(
+            f"{place[1] if place else 'workers'}: workers = {workers or 'auto'} with a UDP "
+            "route: a UDP flow lives in the one process that owns its socket, so UDP routes "
+            "are served with workers = 1 (a pyforward of their own beside the TCP one)"
+        )
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),
@@ -769,6 +796,7 @@ def build_settings(
         shutdown_timeout=pick("shutdown_timeout"),
         discovery=extension,
         metrics=None if pick("metrics") is None else parse_listen(pick("metrics")),
+        workers=workers,
     )
 
 

@@ -34,6 +34,7 @@ from pyforward.config.settings import Settings
 from pyforward.datagram.server import DatagramForwarder
 from pyforward.engine.fdlimit import raise_fd_limit
 from pyforward.engine.server import Forwarder, closed_counts, log_listeners
+from pyforward.engine.sources import SourceCounts
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource
 from pyforward.errors import PyforwardError
 from pyforward.obs.logfmt import logfmt
@@ -60,6 +61,8 @@ class Runtime:
         max_accepts: int | None = None,
         loop_name: str = "",
         reporter: Reporter | None = None,
+        listeners: dict[int, list[socket.socket]] | None = None,
+        source_counts: SourceCounts | None = None,
     ) -> None:
         self.settings = settings
         self.source: TargetSource = targets if targets is not None else StaticTargets()
@@ -76,6 +79,10 @@ class Runtime:
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
         self.targets_changed_at = time.time()  # Unix time; the metrics show it for discovery
+        # Listening sockets bound elsewhere, by route index (a worker's, from the main
+        # process); None: systemd's, if it passed any.
+        self.listeners = listeners
+        self.source_counts = source_counts  # None: the forwarder counts in this process
 
     # --- what systemd's status line says
 
@@ -126,6 +133,10 @@ class Runtime:
                 )
             )
             self.forwarder.close()
+
+    async def stop_requested(self) -> None:
+        """Until `request_stop`: the trigger of a caller that installs its own signals."""
+        await self._stop.wait()
 
     def request_reload(self) -> None:
         """SIGHUP: reload now, or once more after the reload under way."""
@@ -197,7 +208,10 @@ class Runtime:
         signals = _Signals(loop, self) if shutdown_trigger is None else None
         passed: dict[int, list[socket.socket]] = {}
         try:
-            passed = take_passed_sockets(self.settings.routes)
+            if self.listeners is not None:
+                passed, self.listeners = self.listeners, None
+            else:
+                passed = take_passed_sockets(self.settings.routes)
             try:
                 return await self._serve(
                     loop, shutdown_trigger or self._stop.wait, on_ready, passed
@@ -227,7 +241,13 @@ class Runtime:
             from pyforward.obs.serve_metrics import start_metrics  # noqa: PLC0415
         fd_limit = raise_fd_limit()
         settings = await self.source.start(self.settings)
-        forwarder = Forwarder(settings, loop, max_accepts=self.max_accepts, passed_sockets=passed)
+        forwarder = Forwarder(
+            settings,
+            loop,
+            max_accepts=self.max_accepts,
+            passed_sockets=passed,
+            source_counts=self.source_counts,
+        )
         await forwarder.start()
         datagram = DatagramForwarder(
             settings, loop, max_flows_total=self.max_accepts, passed_sockets=passed

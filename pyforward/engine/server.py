@@ -24,6 +24,7 @@ from pyforward.engine.by_name import build_names, followers, name_groups
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
+from pyforward.engine.sources import LocalSourceCounts, SourceCounts
 from pyforward.engine.targets import RouteId, route_ids
 from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
@@ -115,6 +116,7 @@ class Forwarder:
         *,
         max_accepts: int | None = None,
         passed_sockets: Mapping[int, list[socket.socket]] | None = None,
+        source_counts: SourceCounts | None = None,
     ) -> None:
         self.settings = settings
         self.loop = loop
@@ -138,7 +140,8 @@ class Forwarder:
         self._accepting = False  # whether the listeners are registered with the loop
         self._drained: asyncio.Event | None = None
         self._closed = False
-        self._per_source: Counter[str] = Counter()
+        # Open connections per client address (shared by worker processes, when given).
+        self.source_counts: SourceCounts = source_counts or LocalSourceCounts()
         # Connections of trusted load balancers, until their PROXY header names the client:
         # the access list of the route that accepted each.
         self._awaiting_admission: dict[Connection, AccessList] = {}
@@ -173,22 +176,7 @@ class Forwarder:
                 targets = resolved[ids[index]] = await self._resolve(route)
                 if index in sharing:
                     continue  # served by the listener of its address's first route
-                passed = self.passed_sockets.pop(index, None)
-                if passed:
-                    self.listeners += [
-                        Listener(
-                            s,
-                            format_peer(s.getsockname()),
-                            ids[index],
-                            route,
-                            targets,
-                            route.policy,
-                            route.access,
-                        )
-                        for s in passed
-                    ]
-                else:
-                    self.listeners += self._open_route(ids[index], route, targets)
+                self.listeners += self._open_route(ids[index], route, targets, index)
         except BaseException:
             close_all([listener.sock for listener in self.listeners])
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
@@ -203,8 +191,18 @@ class Forwarder:
         return [await resolve_target(self.loop, target) for target in route.targets]
 
     def _open_route(
-        self, rid: RouteId, route: Route, targets: list[ResolvedTarget]
+        self, rid: RouteId, route: Route, targets: list[ResolvedTarget], index: int
     ) -> list[Listener]:
+        """The route's listeners: the sockets passed for its index (systemd's, or a worker's
+        from the main process), else bound here."""
+        passed = self.passed_sockets.pop(index, None)
+        if passed:
+            return [
+                Listener(
+                    s, format_peer(s.getsockname()), rid, route, targets, route.policy, route.access
+                )
+                for s in passed
+            ]
         backlog = self.settings.backlog or system_backlog()
         opened: list[Listener] = []
         try:
@@ -247,9 +245,9 @@ class Forwarder:
         sharing = {ids[index] for index in followers(name_groups(settings.routes, ids))}
         opened: list[Listener] = []
         try:
-            for rid, route in new_routes.items():
+            for index, (rid, route) in enumerate(new_routes.items()):
                 if rid not in current and rid not in sharing and route.protocol is Transport.TCP:
-                    opened += self._open_route(rid, route, resolved[rid])
+                    opened += self._open_route(rid, route, resolved[rid], index)
         except BaseException:
             close_all([listener.sock for listener in opened])
             raise
@@ -406,10 +404,8 @@ class Forwarder:
         if access and not access.permits(source):
             return CloseReason.DENIED
         cap = self.settings.max_connections_per_source
-        if cap is not None:
-            if self._per_source[source] >= cap:
-                return CloseReason.SOURCE_LIMIT
-            self._per_source[source] += 1
+        if cap is not None and not self.source_counts.take(source, cap):
+            return CloseReason.SOURCE_LIMIT
         return None
 
     def admit(self, connection: Connection) -> CloseReason | None:
@@ -510,9 +506,7 @@ class Forwarder:
             connection.reason or CloseReason.ERROR, up, down, connection.connect_seconds
         )
         if connection.source_counted:
-            self._per_source[connection.source] -= 1
-            if not self._per_source[connection.source]:
-                del self._per_source[connection.source]
+            self.source_counts.give_back(connection.source)
         if self._drained is not None:
             if not self.connections:
                 self._drained.set()

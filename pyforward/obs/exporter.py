@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -49,9 +50,16 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class MetricsServer:
     """Serves `registry` at /metrics on `address` until `close`."""
 
-    def __init__(self, address: Address, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        address: Address,
+        registry: CollectorRegistry,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.address = address
         self.registry = registry
+        # Awaited before each scrape: worker processes send their counts to the main one.
+        self.refresh = refresh
         self.labels: list[str] = []
         self._servers: list[asyncio.Server] = []
         self.serving = 0  # connections being served now
@@ -120,6 +128,8 @@ class MetricsServer:
         elif method not in ("GET", "HEAD"):
             status, body, kind = "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
         else:
+            if self.refresh is not None:
+                await self.refresh()  # the workers' counts, with --workers
             status, body, kind = "200 OK", generate_latest(self.registry), _CONTENT_TYPE
         headers = (
             f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"

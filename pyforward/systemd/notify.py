@@ -124,19 +124,28 @@ class Reporter:
     """
 
     def __init__(
-        self, notifier: Notifier, status: Callable[[], str], watchdog: float | None = None
+        self,
+        notifier: Notifier,
+        status: Callable[[], str],
+        watchdog: float | None = None,
+        alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self.notifier = notifier
         self.status = status
         self.watchdog = watchdog
+        # Whether to ping the watchdog now (worker processes: only while every one serves).
+        self.alive = alive
         self._ready = False
         self._last_status = ""
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     @classmethod
-    def from_environment(cls, status: Callable[[], str]) -> Reporter:
+    def from_environment(
+        cls, status: Callable[[], str], alive: Callable[[], bool] = lambda: True
+    ) -> Reporter:
         """The reporter for this process: $NOTIFY_SOCKET, $WATCHDOG_USEC, $WATCHDOG_PID."""
-        return cls(Notifier.from_environment(), status, watchdog_interval(os.environ, os.getpid()))
+        interval = watchdog_interval(os.environ, os.getpid())
+        return cls(Notifier.from_environment(), status, interval, alive)
 
     def ready(self) -> None:
         """Every listener accepts: READY=1, then the status refresh and watchdog pings."""
@@ -180,7 +189,8 @@ class Reporter:
 
     def _watchdog_tick(self) -> None:
         assert self.watchdog is not None
-        self.notifier.send(message(WATCHDOG="1"))
+        if self.alive():
+            self.notifier.send(message(WATCHDOG="1"))
         self._schedule("watchdog", self.watchdog, self._watchdog_tick)
 
     def _status_tick(self) -> None:
