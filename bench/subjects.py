@@ -73,7 +73,11 @@ class Subject:
 
     @property
     def forwards_udp(self) -> bool:
-        return self.kind != "haproxy"  # HAProxy relays TCP (and QUIC it terminates) only
+        # HAProxy relays TCP (and QUIC it terminates) only, nginx's stream subject here TCP;
+        # pyforward's UDP routes are served by one process (workers = 1).
+        return self.kind in ("none", "socat", "pyforward") and not any(
+            option.startswith("workers=") for option in self.options
+        )
 
     @property
     def metrics(self) -> bool:
@@ -104,7 +108,7 @@ SUBJECTS = (
         "pyforward-workers",
         "pyforward --workers auto",
         "pyforward",
-        ("splice", "uvloop", "auto"),
+        ("splice", "uvloop", "workers=auto"),
         ready_line="event=ready workers=",
     ),
 )
@@ -131,7 +135,7 @@ def command(
     """The command line that makes `subject` listen on `port` and forward to `target`
     (and, for a subject with metrics, serve them on `metrics_port`)."""
     if transport == "udp":
-        return udp_command(subject, port, target)
+        return udp_command(subject, port, target, metrics_port)
     if subject.kind == "socat":
         return [
             "socat",
@@ -158,7 +162,8 @@ def command(
     if subject.kind == "pyforward":
         relay, loop = subject.options[:2]
         metrics = ["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []
-        workers = ["--workers", *subject.options[2:], "--log-connections", "none"]
+        counts = [o.removeprefix("workers=") for o in subject.options if o.startswith("workers=")]
+        workers = ["--workers", *counts, "--log-connections", "none"] if counts else ["--quiet"]
         return [
             sys.executable,
             "-m",
@@ -173,7 +178,7 @@ def command(
             "--loop",
             loop,
             # With workers: info lines, to see them all serving (`ready_line`), but no close lines.
-            *(workers if len(subject.options) > 2 else ["--quiet"]),
+            *workers,
             *metrics,
         ]
     if subject.kind in {s.kind for s in SNI_SUBJECTS}:
@@ -181,7 +186,7 @@ def command(
     raise ValueError(f"{subject.key} runs no program")
 
 
-def udp_command(subject: Subject, port: int, target: int) -> list[str]:
+def udp_command(subject: Subject, port: int, target: int, metrics_port: int = 0) -> list[str]:
     """The UDP forward: socat forks a child per peer; pyforward keeps a flow per peer."""
     if subject.kind == "socat":
         return [
@@ -191,7 +196,7 @@ def udp_command(subject: Subject, port: int, target: int) -> list[str]:
             f"UDP:{HOST}:{target}",
         ]
     if subject.kind == "pyforward":
-        _relay, loop = subject.options
+        loop = subject.options[1]
         return [
             sys.executable,
             "-m",
@@ -206,6 +211,7 @@ def udp_command(subject: Subject, port: int, target: int) -> list[str]:
             "--loop",
             loop,
             "--quiet",
+            *(["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []),
         ]
     raise ValueError(f"{subject.key} forwards no UDP")
 

@@ -17,6 +17,10 @@ from typing import Any
 
 import pytest
 
+from bench.subjects import SUBJECTS
+
+SUBJECTS_BY_KEY = {subject.key: subject for subject in SUBJECTS}
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "bench" / "run.py"
 PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx", "dnsmasq")
@@ -63,8 +67,8 @@ def test_every_scenario_yields_a_figure_for_every_subject(
     )
     for metric in document["metrics"]:
         for subject in subjects:
-            udp_without_haproxy = metric["key"].startswith("udp-") and subject == "haproxy"
-            if (metric["forwarder_only"] and subject == "none") or udp_without_haproxy:
+            no_udp = metric["key"].startswith("udp-") and not SUBJECTS_BY_KEY[subject].forwards_udp
+            if (metric["forwarder_only"] and subject == "none") or no_udp:
                 assert (metric["key"], subject) not in figures
                 continue
             figure = figures.get((metric["key"], subject))
