@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
-from pyforward.config.addresses import Address
+from pyforward.config.addresses import Address, Endpoint, UnixAddress
 from pyforward.config.settings import Settings, env_name
 from pyforward.engine.listeners import bind_addresses, bind_error
+from pyforward.engine.unix_listener import connect_problem, listen_problem
 from pyforward.errors import ConfigError, StartupError
 from pyforward.systemd import procnet as ports
 
@@ -124,9 +125,12 @@ def check_settings(load: Callable[[], Settings]) -> tuple[Settings | None, list[
     ]
 
 
-def check_listen(address: Address, invocation: Invocation) -> Finding:
+def check_listen(address: Endpoint, invocation: Invocation) -> Finding:
     """Whether `run` could listen on `address` now, or this configuration already does."""
     subject = f"listen {address}"
+    if isinstance(address, UnixAddress):
+        taken = listen_problem(address)
+        return Finding(Level.OK if taken is None else Level.ERROR, subject, taken or "free")
     if address.port == 0:
         return Finding(Level.OK, subject, "port 0: the system picks a free port")
     try:
@@ -184,9 +188,21 @@ def _held(address: Address, invocation: Invocation, refusal: str) -> Finding:
     return Finding(Level.ERROR, subject, refusal)
 
 
-def check_target(address: Address, timeout: float) -> list[Finding]:
+def check_target(address: Endpoint, timeout: float) -> list[Finding]:
     """Whether a target resolves (else `run` refuses) and accepts a connection now."""
     subject = f"target {address}"
+    if isinstance(address, UnixAddress):
+        problem = connect_problem(address, timeout)
+        if problem is None:
+            return [Finding(Level.OK, subject, "accepts connections")]
+        return [
+            Finding(
+                Level.WARNING,
+                subject,
+                f"does not accept connections ({problem}); run would start, "
+                "and clients would be turned away",
+            )
+        ]
     assert address.host is not None
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
@@ -253,7 +269,7 @@ def check(load: Callable[[], Settings], invocation: Invocation) -> list[Finding]
     if settings.metrics is not None:
         metrics = check_listen(settings.metrics, invocation)
         findings.append(replace(metrics, subject=f"metrics {settings.metrics}"))
-    seen: set[Address] = set()
+    seen: set[Endpoint] = set()
     for route in settings.routes:
         for target in route.targets:
             if target not in seen:

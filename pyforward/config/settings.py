@@ -28,9 +28,17 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyforward.config.access import AccessList, parse_network
-from pyforward.config.addresses import Address, parse_listen, parse_target
+from pyforward.config.addresses import (
+    Address,
+    Endpoint,
+    UnixAddress,
+    parse_listen,
+    parse_listen_endpoint,
+    parse_target_endpoint,
+)
 from pyforward.config.overlap import overlapping_listens
 from pyforward.config.policy import Policy, ProxyProtocol
+from pyforward.config.unix import check_unix_route, file_mode, owner
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import LogConnections
 
@@ -65,12 +73,16 @@ class LogLevel(StrEnum):
 class Route:
     """One listener, where its connections go, and what each connection needs to know."""
 
-    listen: Address
-    targets: tuple[Address, ...]
+    listen: Endpoint
+    targets: tuple[Endpoint, ...]
     policy: Policy
     access: AccessList = field(default_factory=AccessList)
     # Discovered routes: no static targets; the Service port (name or number) to follow.
     service_port: str | None = None
+    # A unix: listener's socket file: its mode and owner (None: as bind() leaves them).
+    unix_mode: int | None = None
+    unix_user: str | None = None
+    unix_group: str | None = None
 
     @property
     def connect_timeout(self) -> float:
@@ -214,9 +226,9 @@ def _route_list(value: object) -> list[str]:
             raise ValueError(
                 f"invalid route {item!r}: expected LISTEN=TARGET, e.g. 443=10.0.0.5:32653"
             )
-        _checked(parse_listen, listen_text)
+        _checked(parse_listen_endpoint, listen_text)
         for text in target_text.split(","):
-            _checked(parse_target, text)
+            _checked(parse_target_endpoint, text)
     return routes
 
 
@@ -230,14 +242,15 @@ def _checked(parse: Callable[[str], object], text: str) -> None:
 def _listen_text(value: object) -> str:
     """A listen address, checked; kept as written (a config file is written from it)."""
     text = _string(value)
-    _checked(parse_listen, text)
+    _checked(parse_listen_endpoint, text)
     return text
 
 
 def _metrics_text(value: object) -> str:
     """The metrics listener's address: a host is required, so it is reachable only where
     the user says (a bare port would be every interface)."""
-    text = _listen_text(value)
+    text = _string(value)
+    _checked(parse_listen, text)
     if parse_listen(text).host is None:
         raise ValueError(
             f"{text!r} is every interface; give HOST:PORT, e.g. 127.0.0.1:{text.strip()}"
@@ -251,7 +264,7 @@ def _target_list(value: object) -> list[str]:
     if not targets:
         raise ValueError("no target given (an empty list); give at least one HOST:PORT")
     for text in targets:
-        _checked(parse_target, text)
+        _checked(parse_target_endpoint, text)
     return targets
 
 
@@ -345,14 +358,17 @@ OPTIONS: dict[str, Option] = {
         None,
         flag=Flag(
             list[str],
-            "[HOST:]PORT to listen on (bare PORT: every interface); once (several: --route).",
+            "[HOST:]PORT (bare PORT: every interface) or unix:PATH to listen on; "
+            "once (several: --route).",
             short="-l",
         ),
     ),
     "target": Option(
         _target_list,
         None,
-        flag=Flag(list[str], "HOST:PORT to forward to; repeat for failover.", short="-t"),
+        flag=Flag(
+            list[str], "HOST:PORT or unix:PATH to forward to; repeat for failover.", short="-t"
+        ),
     ),
     "route": Option(
         _route_list,
@@ -469,6 +485,30 @@ OPTIONS: dict[str, Option] = {
         route_field=RouteField.POLICY,
         shown="(no one)",
         flag=Flag(list[str], "Peers (CIDR) whose PROXY header is believed; repeatable."),
+    ),
+    "unix_mode": Option(
+        file_mode,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(0777 less the umask)",
+        flag=Flag(str, "Mode of a unix: listener's socket file, in octal (0660)."),
+    ),
+    "unix_user": Option(
+        owner,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(pyforward's user)",
+        flag=Flag(str, "Owner of a unix: listener's socket file (a name or uid)."),
+    ),
+    "unix_group": Option(
+        owner,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(pyforward's group)",
+        flag=Flag(str, "Group of a unix: listener's socket file (a name or gid)."),
     ),
     "log_level": Option(
         _choice(LogLevel),
@@ -666,11 +706,11 @@ def build_settings(
         raise ConfigError(
             "no route to forward: give --listen PORT --target HOST:PORT, --route, or --config FILE"
         )
-    listens = [route.listen for route in routes if route.listen.port != 0]
+    listens = [r.listen for r in routes if isinstance(r.listen, UnixAddress) or r.listen.port]
     duplicates = {str(a) for a in listens if listens.count(a) > 1}
     if duplicates:
         raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
-    overlap = overlapping_listens(listens)
+    overlap = overlapping_listens([a for a in listens if isinstance(a, Address)])
     if overlap is not None:
         raise ConfigError(overlap)
 
@@ -842,9 +882,11 @@ def _route(
             "(--proxy-protocol-from CIDR): the load balancers whose PROXY header to believe; "
             "a header from anyone else is never honoured"
         )
+    listen = parse_listen_endpoint(listen_text)
+    check_unix_route(listen, values, where)
     return Route(
-        listen=parse_listen(listen_text),
-        targets=tuple(parse_target(text) for text in target_texts),
+        listen=listen,
+        targets=tuple(parse_target_endpoint(text) for text in target_texts),
         policy=Policy(**_route_values(RouteField.POLICY, values)),
         access=AccessList.parse(values["allow"], values["deny"]),
         **_route_values(RouteField.ROUTE, values),

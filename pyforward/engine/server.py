@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyforward.config.access import AccessList
-from pyforward.config.addresses import Address, client_host, format_peer
+from pyforward.config.addresses import Endpoint, UnixAddress, client_host, format_peer
 from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.engine.targets import RouteId, route_ids
+from pyforward.engine.unix_listener import UnixFile, UnixOwnership, open_unix_listener, peer_source
 from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
@@ -53,10 +54,25 @@ class Listener:
     targets: list[ResolvedTarget]
     policy: Policy
     access: AccessList
+    unix_file: UnixFile | None = None  # the socket file it made, removed when it closes
 
 
-def literal_target(address: Address) -> ResolvedTarget | None:
+def close_listeners(listeners: Sequence[Listener]) -> None:
+    """Close listening sockets, and remove the socket files they made."""
+    close_all([listener.sock for listener in listeners])
+    for listener in listeners:
+        if listener.unix_file is not None:
+            listener.unix_file.remove()
+
+
+def unix_target(address: UnixAddress) -> ResolvedTarget:
+    return ResolvedTarget(socket.AF_UNIX, address.sockaddr, str(address))
+
+
+def literal_target(address: Endpoint) -> ResolvedTarget | None:
     """The target of an IP-literal address, without a name lookup; None for a host name."""
+    if isinstance(address, UnixAddress):
+        return unix_target(address)
     assert address.host is not None
     try:
         ip = ipaddress.ip_address(address.host)
@@ -67,7 +83,9 @@ def literal_target(address: Address) -> ResolvedTarget | None:
     return ResolvedTarget(socket.AF_INET, (str(ip), address.port), str(address))
 
 
-async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> ResolvedTarget:
+async def resolve_target(loop: asyncio.AbstractEventLoop, address: Endpoint) -> ResolvedTarget:
+    if isinstance(address, UnixAddress):
+        return unix_target(address)
     assert address.host is not None
     try:
         infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
@@ -157,7 +175,7 @@ class Forwarder:
                 else:
                     self.listeners += self._open_route(ids[index], route, targets)
         except BaseException:
-            close_all([listener.sock for listener in self.listeners])
+            close_listeners(self.listeners)
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
         self._summary_timer = self.loop.call_later(SUMMARY_INTERVAL, self._log_close_summary)
@@ -170,6 +188,14 @@ class Forwarder:
         self, rid: RouteId, route: Route, targets: list[ResolvedTarget]
     ) -> list[Listener]:
         backlog = self.settings.backlog or system_backlog()
+        if isinstance(route.listen, UnixAddress):
+            ownership = UnixOwnership(route.unix_mode, route.unix_user, route.unix_group)
+            sock, made = open_unix_listener(route.listen, ownership, backlog)
+            return [
+                Listener(
+                    sock, str(route.listen), rid, route, targets, route.policy, route.access, made
+                )
+            ]
         opened: list[Listener] = []
         try:
             for family, sockaddr in bind_addresses(route.listen):
@@ -179,7 +205,7 @@ class Forwarder:
                     Listener(sock, label, rid, route, targets, route.policy, route.access)
                 )
         except BaseException:
-            close_all([listener.sock for listener in opened])
+            close_listeners(opened)
             raise
         return opened
 
@@ -214,7 +240,7 @@ class Forwarder:
                 if rid not in current:
                     opened += self._open_route(rid, route, resolved[rid])
         except BaseException:
-            close_all([listener.sock for listener in opened])
+            close_listeners(opened)
             raise
         kept: list[Listener] = []
         for listener in self.listeners:
@@ -222,7 +248,7 @@ class Forwarder:
             if new_route is None:
                 if self._accepting:
                     self.loop.remove_reader(listener.sock.fileno())
-                listener.sock.close()
+                close_listeners([listener])
                 continue
             listener.route, listener.targets = new_route, resolved[listener.route_id]
             listener.policy, listener.access = new_route.policy, new_route.access
@@ -271,7 +297,10 @@ class Forwarder:
                     return
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             self.stats.accepted += 1
-            source = client_host(peer[0])
+            if client.family == socket.AF_UNIX:
+                source, client_label = peer_source(client)
+            else:
+                source, client_label = client_host(peer[0]), format_peer(peer)
             # A trusted load balancer's connection is admitted once its PROXY header
             # names the client (`admit`); every other one here, by its own address.
             proxied = listener.policy.reads_proxy_header(source)
@@ -293,7 +322,7 @@ class Forwarder:
             connection = Connection(
                 self,
                 client,
-                client_label=format_peer(peer),
+                client_label=client_label,
                 listen_label=listener.label,
                 targets=targets,
                 policy=listener.policy,
@@ -371,7 +400,7 @@ class Forwarder:
         self.gate.close()
         self._follow_gate()
         self._accepts_done = True
-        close_all([listener.sock for listener in self.listeners])
+        close_listeners(self.listeners)
         log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
     def _refuse(self, client: socket.socket, reason: CloseReason, source: str, listen: str) -> None:
@@ -494,7 +523,7 @@ class Forwarder:
             self._drained = asyncio.Event()
         self.gate.close()
         self._follow_gate()
-        close_all([listener.sock for listener in self.listeners])
+        close_listeners(self.listeners)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let connections finish for up to `timeout`, then close them."""

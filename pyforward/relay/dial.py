@@ -23,6 +23,8 @@ from pyforward.relay.stages import Stage, StageHost, contained
 
 log = logging.getLogger("pyforward.relay.connection")
 
+# A UNIX target without a file, or with a full backlog, refuses as a closed port does.
+_REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 # getaddrinfo's error codes by value, for a gaierror's name in the close line.
 _GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
@@ -31,7 +33,7 @@ _GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.starts
 @dataclass(frozen=True)
 class ResolvedTarget:
     family: int
-    sockaddr: tuple[object, ...]
+    sockaddr: tuple[object, ...] | str  # a str: a UNIX socket's path or abstract name
     label: str
 
 
@@ -45,7 +47,7 @@ class ConnectFailure:
 
     @classmethod
     def of_errno(cls, code: int) -> ConnectFailure:
-        if code == errno.ECONNREFUSED:
+        if code in _REFUSED_ERRNOS:
             reason = CloseReason.REFUSED
         elif code == errno.ETIMEDOUT:
             reason = CloseReason.CONNECT_TIMEOUT

@@ -28,6 +28,8 @@ def set_keepalive(sock: socket.socket) -> None:
 def prepare(sock: socket.socket, *, keepalive: bool) -> None:
     """Non-blocking, no Nagle delay, and keepalive probes when the route asks for them."""
     sock.setblocking(False)
+    if sock.family == socket.AF_UNIX:
+        return  # no Nagle delay, no keepalive: a local stream
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive:
         set_keepalive(sock)

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
-from pyforward.config.addresses import format_peer
+from pyforward.config.addresses import UnixAddress, format_peer
 from pyforward.config.settings import Route
 from pyforward.engine.listeners import bind_addresses, is_listener_for
 from pyforward.errors import StartupError
@@ -67,6 +67,8 @@ class BoundSocket:
 
     @property
     def label(self) -> str:
+        if self.host.startswith(("/", "@")):
+            return f"unix:{self.host}"
         return format_peer((self.host, self.port))
 
 
@@ -106,7 +108,10 @@ def assign(routes: Sequence[RouteAddresses], sockets: Sequence[BoundSocket]) -> 
 
 
 def route_addresses(route: Route) -> RouteAddresses:
-    """The numeric addresses of a route's listen address (a name is looked up)."""
+    """The numeric addresses of a route's listen address (a name is looked up); a UNIX
+    socket's is its path or abstract name, with port 0."""
+    if isinstance(route.listen, UnixAddress):
+        return RouteAddresses(frozenset({route.listen.name}), 0)
     if route.listen.host is None:
         return RouteAddresses(None, route.listen.port)
     hosts = frozenset(str(sockaddr[0]) for _, sockaddr in bind_addresses(route.listen))
@@ -121,18 +126,28 @@ def _adopt(fd: int, name: str) -> tuple[socket.socket, BoundSocket]:
     listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     if (
         sock.type != socket.SOCK_STREAM
-        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
         or not listening
     ):
         sock.detach()
         raise StartupError(
-            f"fd {fd} ({name}) passed by systemd is not a listening TCP socket; "
-            "the .socket unit needs ListenStream= and Accept=no"
+            f"fd {fd} ({name}) passed by systemd is not a listening TCP or UNIX stream "
+            "socket; the .socket unit needs ListenStream= and Accept=no"
         )
     sock.set_inheritable(False)
     sock.setblocking(False)
+    if sock.family == socket.AF_UNIX:
+        return sock, BoundSocket(fd, name, unix_name(sock.getsockname()), 0)
     host, port = sock.getsockname()[:2]
     return sock, BoundSocket(fd, name, str(host), int(port))
+
+
+def unix_name(sockname: str | bytes) -> str:
+    """A UNIX socket's name as a listen address writes it: a path, or `@` and an abstract
+    name (which getsockname gives as bytes with a leading NUL)."""
+    if isinstance(sockname, bytes):
+        return "@" + sockname[1:].decode(errors="replace")
+    return sockname
 
 
 def take_passed_sockets(
