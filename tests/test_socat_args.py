@@ -15,7 +15,9 @@ from pyforward.config.addresses import Address
 from pyforward.config.settings import LogLevel, Settings, build_settings
 from pyforward.errors import ConfigError
 from pyforward.socat.args import (
+    ConnectAddress,
     Family,
+    ListenAddress,
     SocatCommand,
     format_socat_args,
     parse_socat_args,
@@ -110,6 +112,7 @@ def test_listen_options_reach_the_settings() -> None:
 def test_option_names_are_case_insensitive_with_socat_aliases(options: str) -> None:
     command = parse_socat_line(f"TCP-LISTEN:443,{options} TCP:10.0.0.5:80")
     listen = command.listen
+    assert isinstance(listen, ListenAddress)
     assert (listen.fork, listen.reuseaddr, listen.keepalive, listen.nodelay) == (
         True,
         True,
@@ -147,6 +150,7 @@ def test_max_children_zero_means_no_limit_as_in_socat() -> None:
 )
 def test_target_forms(address: str, target: Address, family: Family) -> None:
     command = parse_socat_line(f"TCP-LISTEN:443,fork {address}")
+    assert isinstance(command.connect, ConnectAddress)
     assert command.connect.family is family
     assert settings_of(f"TCP-LISTEN:443,fork {address}").routes[0].targets == (target,)
 
@@ -249,6 +253,8 @@ def test_c_escapes_are_solved_as_socat_does() -> None:
 
 def test_brackets_keep_colons_and_commas_inside_one_parameter() -> None:
     command = parse_socat_args(["TCP-LISTEN:443,bind=[::1],fork", "TCP:[fd00::1]:80"])
+    assert isinstance(command.listen, ListenAddress)
+    assert isinstance(command.connect, ConnectAddress)
     assert command.listen.bind == "::1"
     assert command.connect.host == "fd00::1"
 
@@ -286,8 +292,48 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "UDP-LISTEN is not supported: pyforward forwards TCP, not UDP",
         ),
         (
-            "TCP-LISTEN:443 UNIX-CONNECT:/run/app.sock",
-            "UNIX-CONNECT is not supported: pyforward forwards TCP, not Unix sockets",
+            "TCP-LISTEN:443 UNIX-SENDTO:/run/app.sock",
+            "UNIX-SENDTO is not supported: pyforward forwards UNIX stream sockets "
+            "(UNIX-LISTEN, UNIX-CONNECT), not datagrams",
+        ),
+        (
+            "TCP-LISTEN:443 -,echo=0",
+            "- (STDIO) is not supported: pyforward forwards between TCP sockets, "
+            "not files or terminals",
+        ),
+        (
+            "TCP-LISTEN:443 UNIX-CONNECT:run/app.sock",
+            "address 'UNIX-CONNECT:run/app.sock': give the socket's absolute path "
+            "('run/app.sock' is relative to a working directory a service does not have)",
+        ),
+        (
+            "UNIX-LISTEN:/run/a.sock,mode=999 TCP:10.0.0.5:80",
+            "address 'UNIX-LISTEN:/run/a.sock,mode=999': mode=999: expected an octal file mode "
+            "such as 0660, got '999'",
+        ),
+        (
+            "ABSTRACT-LISTEN:x,mode=0600 TCP:10.0.0.5:80",
+            "address 'ABSTRACT-LISTEN:x,mode=0600': an abstract socket has no file to give a "
+            "mode or owner",
+        ),
+        (
+            "UNIX-LISTEN:/run/a.sock,range=10.0.0.0/8 TCP:10.0.0.5:80",
+            "address 'UNIX-LISTEN:/run/a.sock,range=10.0.0.0/8': option range does not apply "
+            "to UNIX-LISTEN",
+        ),
+        (
+            "TCP-LISTEN:443,range=10.0.0.0/33 TCP:10.0.0.5:80",
+            "address 'TCP-LISTEN:443,range=10.0.0.0/33': range=10.0.0.0/33: expected "
+            "ADDRESS/BITS, e.g. range=10.0.0.0/8",
+        ),
+        (
+            "TCP4-LISTEN:443,ipv6-v6only TCP:10.0.0.5:80",
+            "address 'TCP4-LISTEN:443,ipv6-v6only': ipv6-v6only applies to TCP6-LISTEN, "
+            "not TCP4-LISTEN",
+        ),
+        (
+            "TCP-LISTEN:443 TCP:10.0.0.5:80,retry=many",
+            "address 'TCP:10.0.0.5:80,retry=many': retry: expected a whole number, got 'many'",
         ),
         (
             "TCP-LISTEN:443 EXEC:/bin/cat",
@@ -318,17 +364,19 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         (
             "TCP-LISTN:443 TCP:10.0.0.5:80",
             "unknown address type 'TCP-LISTN' in 'TCP-LISTN:443': "
-            "pyforward-socat takes TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]",
+            "pyforward-socat takes TCP-LISTEN:PORT or UNIX-LISTEN:PATH [,OPTIONS], then "
+            "TCP:HOST:PORT or UNIX-CONNECT:PATH [,OPTIONS]",
         ),
         # the roles of the two addresses
         (
             "TCP:10.0.0.5:80 TCP-LISTEN:443",
-            "the first address must be TCP-LISTEN (pyforward listens, then connects to the "
-            "target for each client), got TCP",
+            "the first address must be TCP-LISTEN or UNIX-LISTEN (pyforward listens, then "
+            "connects to the target for each client), got TCP",
         ),
         (
             "TCP-LISTEN:443 TCP-LISTEN:444",
-            "the second address must be TCP:HOST:PORT (the target), got TCP-LISTEN",
+            "the second address must be TCP:HOST:PORT or UNIX-CONNECT:PATH (the target), "
+            "got TCP-LISTEN",
         ),
         (
             "TCP-LISTEN:443 TCP:10.0.0.5:80!!TCP:10.0.0.6:80",
@@ -422,10 +470,10 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "address 'TCP-LISTEN:443,forks': unknown option 'forks' (did you mean 'fork'?)",
         ),
         (
-            "TCP-LISTEN:443,range=10.0.0.0/8 TCP:10.0.0.5:80",
-            "address 'TCP-LISTEN:443,range=10.0.0.0/8': option 'range' is not supported; on "
+            "TCP-LISTEN:443,cool-write TCP:10.0.0.5:80",
+            "address 'TCP-LISTEN:443,cool-write': option 'cool-write' is not supported; on "
             "TCP-LISTEN pyforward-socat takes fork, reuseaddr, bind, backlog, max-children, "
-            "keepalive, nodelay",
+            "keepalive, nodelay, range, su, ipv6-v6only",
         ),
         (
             "TCP-LISTEN:443 TCP:10.0.0.5:80,fork",
