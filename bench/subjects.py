@@ -31,7 +31,7 @@ defaults
     timeout server 5m
 listen forward
     bind {host}:{port}
-    server backend {host}:{target}
+    server backend {server}
 """
 
 
@@ -63,19 +63,37 @@ SUBJECTS = (
 )
 BASELINE = "socat"  # ratios are to socat as deployed
 
+# Where a subject forwards: a port on 127.0.0.1, or the path of a UNIX stream socket.
+Target = int | str
 
-def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str]:
+_TARGET_FORMS = {
+    "socat": ("TCP:{host}:{port}", "UNIX-CONNECT:{path}"),
+    "haproxy": ("{host}:{port}", "{path}"),  # HAProxy reads an absolute path as UNIX
+    "pyforward": ("{host}:{port}", "unix:{path}"),
+}
+
+
+def target_word(kind: str, target: Target) -> str:
+    """How `kind` names `target` on its command line or in its config."""
+    tcp, unix = _TARGET_FORMS[kind]
+    if isinstance(target, str):
+        return unix.format(path=target)
+    return tcp.format(host=HOST, port=target)
+
+
+def command(subject: Subject, port: int, target: Target, workdir: Path) -> list[str]:
     """The command line that makes `subject` listen on `port` and forward to `target`."""
     if subject.kind == "socat":
         return [
             "socat",
             *subject.options,
             f"TCP-LISTEN:{port},fork,reuseaddr,bind={HOST}",
-            f"TCP:{HOST}:{target}",
+            target_word("socat", target),
         ]
     if subject.kind == "haproxy":
         config = workdir / f"haproxy-{port}.cfg"
-        config.write_text(HAPROXY_CONFIG.format(host=HOST, port=port, target=target))
+        server = target_word("haproxy", target)
+        config.write_text(HAPROXY_CONFIG.format(host=HOST, port=port, server=server))
         return ["haproxy", "-db", "-f", str(config)]
     if subject.kind == "pyforward":
         relay, loop = subject.options
@@ -87,7 +105,7 @@ def command(subject: Subject, port: int, target: int, workdir: Path) -> list[str
             "--listen",
             f"{HOST}:{port}",
             "--target",
-            f"{HOST}:{target}",
+            target_word("pyforward", target),
             "--relay",
             relay,
             "--loop",
@@ -109,10 +127,11 @@ class Running:
     """A started subject: where clients connect, and how to count what it uses."""
 
     subject: Subject
-    port: int
+    port: int  # 0: none, the client goes to `unix` itself
     processes: ProcessSet | None
     started: float = 0.0  # monotonic time of exec
     accepting: float = 0.0  # monotonic time the first connection was accepted
+    unix: str | None = None  # the UNIX socket of the backend, for the no-forwarder subject
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by every process of the forwarder (0 with none)."""
@@ -132,10 +151,13 @@ class Environment:
 
 
 @contextlib.contextmanager
-def running(subject: Subject, target: int, env: Environment) -> Iterator[Running]:
-    """Start `subject` forwarding to 127.0.0.1:target; stop it and all its processes after."""
+def running(subject: Subject, target: Target, env: Environment) -> Iterator[Running]:
+    """Start `subject` forwarding to `target`; stop it and all its processes after."""
     if not subject.forwarder:
-        yield Running(subject, target, None)
+        if isinstance(target, str):
+            yield Running(subject, 0, None, unix=target)
+        else:
+            yield Running(subject, target, None)
         return
     port = free_port()
     argv = command(subject, port, target, env.workdir)

@@ -12,6 +12,7 @@ from bench.scenarios.latency import Latency
 from bench.scenarios.memory import IdleMemory, StreamingMemory
 from bench.scenarios.startup import Startup
 from bench.scenarios.throughput import Throughput
+from bench.scenarios.unix_target import UnixTarget
 from bench.subjects import Environment, Subject, running
 
 
@@ -24,6 +25,7 @@ def all_scenarios(plan: Plan) -> list[Scenario]:
         IdleMemory(plan),
         StreamingMemory(plan),
         Startup(),
+        UnixTarget(plan),
     ]
 
 

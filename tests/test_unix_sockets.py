@@ -9,13 +9,17 @@ import grp
 import os
 import pwd
 import re
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.echo import NamedEcho
 from tests.harness import (
     Backend,
     echo,
@@ -25,6 +29,7 @@ from tests.harness import (
     recv_all,
     run_cli,
 )
+from tests.peers_edge import free_port
 from tests.peers_unix import curl, file_nginx, sha256
 
 SIZE = 16 << 20
@@ -232,3 +237,48 @@ def test_bad_unix_settings_get_one_line(args: list[str], words: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert words in lines[0]
+
+
+def test_socket_activation_of_a_unix_listen_stream(tmp_path: Path) -> None:
+    """A UNIX socket handed over as systemd hands it (ListenStream=/path), beside a TCP one:
+    each goes to the route whose address it has."""
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.fail("systemd-socket-activate is missing (Debian package systemd)")
+    path = tmp_path / "activated.sock"
+    port = free_port()
+    first, second = NamedEcho(b"tcp"), NamedEcho(b"unix")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYFORWARD_", "NOTIFY_"))}
+    pyforward = str(Path(sys.prefix) / "bin" / "pyforward")
+    routes = ["--route", f"unix:{path}=127.0.0.1:{second.port}"]
+    routes += ["--route", f"127.0.0.1:{port}=127.0.0.1:{first.port}"]
+    proc = subprocess.Popen(
+        [activate, "-l", f"127.0.0.1:{port}", "-l", str(path), pyforward, "run", *routes],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for _ in range(2):
+            assert "Listening on" in proc.stderr.readline()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            client.connect(str(path))
+            client.sendall(b"hi")
+            assert client.recv(64) == b"unix:hi"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"hi")
+            assert client.recv(64) == b"tcp:hi"
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        first.close()
+        second.close()
+    assert f"event=socket-activated address=unix:{path}" in log
