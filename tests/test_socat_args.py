@@ -545,8 +545,11 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         (f"-b 0 {SEED}", "-b must be 1-2147483647, got 0"),
         (f"-b big {SEED}", "-b: expected a whole number, got 'big'"),
         (f"-t x {SEED}", "-t: expected a number of seconds, got 'x'"),
-        (f"-v {SEED}", "socat option -v is not supported: pyforward does not dump traffic"),
-        (f"-x {SEED}", "socat option -x is not supported: pyforward does not dump traffic"),
+        (
+            f"-r /tmp/r {SEED}",
+            "socat option -r is not supported: pyforward writes its dump (-v, -x) to stderr, "
+            "not to a file",
+        ),
         (f"-u {SEED}", "socat option -u is not supported: pyforward relays both directions"),
         (
             f"-lf /var/log/socat.log {SEED}",
@@ -566,12 +569,12 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         (
             f"-q {SEED}",
             "unknown socat option '-q': pyforward-socat takes -d, -T SECONDS, -t SECONDS, "
-            "-b SIZE, -ls",
+            "-b SIZE, -ls, -v, -x",
         ),
         (
             f"-dx {SEED}",
             "unknown socat option '-dx': pyforward-socat takes -d, -T SECONDS, -t SECONDS, "
-            "-b SIZE, -ls",
+            "-b SIZE, -ls, -v, -x",
         ),
         # lexical errors
         (

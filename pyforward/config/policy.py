@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from pyforward.config.access import AccessList
 from pyforward.obs.closelog import LogConnections
+from pyforward.obs.dump import DumpMode
 
 
 class ProxyProtocol(StrEnum):
@@ -35,6 +36,7 @@ class Policy:
     # served as themselves. Only with accept_proxy_protocol, which requires some.
     accept_proxy_protocol: bool = False
     proxy_protocol_from: AccessList = field(default_factory=AccessList)
+    dump: DumpMode = DumpMode.OFF  # the bytes to stderr, as socat -v / -x (copy relay only)
 
     def reads_proxy_header(self, peer: str) -> bool:
         """Whether a connection from `peer` must start with a PROXY header."""

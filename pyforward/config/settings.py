@@ -41,6 +41,7 @@ from pyforward.config.policy import Policy, ProxyProtocol
 from pyforward.config.unix import check_unix_route, file_mode, owner
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import LogConnections
+from pyforward.obs.dump import DumpMode
 
 if TYPE_CHECKING:  # a type only: the core loads nothing of discovery
     from pyforward.discovery.options import DiscoverySettings
@@ -531,6 +532,17 @@ OPTIONS: dict[str, Option] = {
             "the rest are counted in an event=closed-summary line every 10 s [all].",
         ),
     ),
+    "dump": Option(
+        _choice(DumpMode),
+        DumpMode.OFF,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(
+            DumpMode,
+            "Write the bytes to stderr as socat -v (text), -x (hex) or -v -x (text-hex); "
+            "relays by copy [off].",
+        ),
+    ),
     "metrics": Option(
         _metrics_text,
         None,
@@ -720,10 +732,18 @@ def build_settings(
     if backlog_from is not None and not 1 <= backlog <= MAX_BACKLOG:
         raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
+    relay: RelayMode = pick("relay")
+    if any(route.policy.dump is not DumpMode.OFF for route in routes):
+        if relay is RelayMode.SPLICE:
+            raise ConfigError(
+                f"{_source_name(source_of, 'relay')}: splice moves bytes in the kernel, where "
+                "dump cannot show them; leave relay at auto (dump relays by copy)"
+            )
+        relay = RelayMode.COPY
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),
-        relay=pick("relay"),
+        relay=relay,
         loop=pick("loop"),
         log_level=level,
         backlog=backlog,
@@ -735,6 +755,11 @@ def build_settings(
 
 
 SourceOf = Callable[[str], "tuple[int, str] | None"]
+
+
+def _source_name(source_of: SourceOf, key: str) -> str:
+    found = source_of(key)
+    return found[1] if found is not None else key
 
 
 def _feature_on(pick: Callable[[str], Any]) -> Feature | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 from pyforward.obs.stats import Stats
 from pyforward.relay.pipes import SPLICE_FLAGS, Pipe, PipePool
@@ -22,6 +23,8 @@ class Direction:
     """Moves bytes from `src` to `dst`; the driver calls fill() and flush()."""
 
     kind = ""
+    # Shown each batch read (a dump, obs/dump.py); only the copy path has the bytes to show.
+    tap: Callable[[memoryview], None] | None = None
 
     def __init__(self, src: socket.socket, dst: socket.socket, stats: Stats) -> None:
         self.src = src
@@ -101,6 +104,8 @@ class CopyDirection(Direction):
 
     def fill(self) -> int:
         received = self.src.recv_into(self._scratch)
+        if received and self.tap is not None:
+            self.tap(self._scratch[:received])
         self._data = self._scratch
         self._start = 0
         self.pending = received

@@ -35,6 +35,7 @@ from pyforward.config.access import parse_network
 from pyforward.config.addresses import PortError, host_port, parse_listen, parse_target, port_number
 from pyforward.config.settings import MAX_BACKLOG
 from pyforward.errors import ConfigError
+from pyforward.obs.dump import DumpMode
 from pyforward.socat.unix import (
     UNIX_CONNECT_TYPES,
     UNIX_LISTEN_OPTIONS,
@@ -116,6 +117,14 @@ class SocatCommand:
     verbosity: int = 0  # number of -d
     buffer_size: int | None = None  # -b: accepted, not used
     close_delay: float | None = None  # -t: accepted, not used
+    dump_text: bool = False  # -v: the bytes to stderr as text
+    dump_hex: bool = False  # -x: ... as hex
+
+    @property
+    def dump(self) -> DumpMode:
+        if self.dump_text:
+            return DumpMode.TEXT_HEX if self.dump_hex else DumpMode.TEXT
+        return DumpMode.HEX if self.dump_hex else DumpMode.OFF
 
     @property
     def max_accepts(self) -> int | None:
@@ -680,10 +689,8 @@ def _reason(exc: ConfigError) -> str:
 
 _OPTIONS_WITH_VALUE = ("-T", "-t", "-b")
 _REFUSED_OPTIONS = {
-    "-v": "pyforward does not dump traffic",
-    "-x": "pyforward does not dump traffic",
-    "-r": "pyforward does not dump traffic",
-    "-R": "pyforward does not dump traffic",
+    "-r": "pyforward writes its dump (-v, -x) to stderr, not to a file",
+    "-R": "pyforward writes its dump (-v, -x) to stderr, not to a file",
     "-u": "pyforward relays both directions",
     "-U": "pyforward relays both directions",
     "-s": "pyforward stops on every configuration error",
@@ -715,6 +722,7 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
     idle_timeout: float | None = None
     close_delay: float | None = None
     buffer_size: int | None = None
+    dumps: set[str] = set()
     index = 0
     # As in socat, options come first; the first word not starting with "-" (or a
     # lone "-", which is the STDIO address, also with options: "-,echo=0") begins the
@@ -742,6 +750,9 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
             continue
         if arg == "-ls":
             continue  # log to stderr: what pyforward does anyway
+        if arg in ("-v", "-x"):
+            dumps.add(arg)
+            continue
         refused = arg[:3] if arg[:3] in _REFUSED_OPTIONS else arg[:2]
         if refused in _REFUSED_OPTIONS:
             raise ConfigError(
@@ -749,7 +760,7 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
             )
         raise ConfigError(
             f"unknown socat option {arg!r}: pyforward-socat takes -d, -T SECONDS, "
-            "-t SECONDS, -b SIZE, -ls"
+            "-t SECONDS, -b SIZE, -ls, -v, -x"
         )
     addresses = list(argv[index:])
     if len(addresses) != 2:
@@ -780,6 +791,8 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
         verbosity=verbosity,
         buffer_size=buffer_size,
         close_delay=close_delay,
+        dump_text="-v" in dumps,
+        dump_hex="-x" in dumps,
     )
 
 
@@ -837,6 +850,7 @@ def format_socat_args(command: SocatCommand) -> list[str]:
         argv += ["-t", _seconds_text(command.close_delay)]
     if command.buffer_size is not None:
         argv += ["-b", str(command.buffer_size)]
+    argv += ["-v"] * command.dump_text + ["-x"] * command.dump_hex
     argv.append(",".join(_listen_words(command.listen)))
     argv.append(",".join(_connect_words(command.connect)))
     return argv
@@ -959,6 +973,8 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
         flags["keepalive"] = True
     if command.verbosity >= _DEBUG_VERBOSITY:
         flags["log_level"] = "debug"
+    if command.dump is not DumpMode.OFF:
+        flags["dump"] = command.dump.value
     return flags
 
 
@@ -1027,6 +1043,9 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
     if "keepalive" in flags:
         carried.append("keepalive on both legs")
     dropped += _connect_dropped(connect)
+    if command.dump is not DumpMode.OFF:
+        shown = " ".join(["-v"] * command.dump_text + ["-x"] * command.dump_hex)
+        carried.append(f"{shown}: the bytes are written to stderr as socat does (relay by copy)")
     if command.verbosity >= _DEBUG_VERBOSITY:
         carried.append("log level debug (-dddd)")
     elif command.verbosity:
