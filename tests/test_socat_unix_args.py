@@ -117,14 +117,21 @@ def test_su_is_kept_for_the_socat_command_and_dropped_for_a_service() -> None:
     assert "su=nobody: the service runs as its own unprivileged user" in dropped
 
 
-def test_retry_and_sourceport_are_read_and_reported() -> None:
-    command = parse_socat_line("TCP-L:443,fork TCP:10.0.0.5:80,retry=5,interval=2,sp=2000")
+def test_retry_reaches_the_settings_and_sourceport_is_reported() -> None:
+    line = "TCP-L:443,fork TCP:10.0.0.5:80,retry=5,interval=2,sp=2000"
+    command = parse_socat_line(line)
     assert command.connect.retry == Retry(5, 2.0)
-    forever = parse_socat_line("TCP-L:443,fork UNIX-CONNECT:/run/a.sock,forever")
+    policy = settings_of(line).routes[0].policy
+    assert (policy.connect_retries, policy.connect_retry_interval) == (5, 2.0)
+    forever_line = "TCP-L:443,fork UNIX-CONNECT:/run/a.sock,forever"
+    forever = parse_socat_line(forever_line)
     assert forever.connect == UnixConnectAddress("/run/a.sock", retry=Retry(None))
-    dropped = summarize(command).dropped
-    assert any(line.startswith("retry=5: a client whose target refuses") for line in dropped)
-    assert any(line.startswith("sourceport=2000:") for line in dropped)
+    assert settings_of(forever_line).routes[0].policy.connect_retries is None
+    assert any(
+        line.startswith("retry=5: a refused dial is tried again every 2s")
+        for line in summarize(command).carried
+    )
+    assert any(line.startswith("sourceport=2000:") for line in summarize(command).dropped)
 
 
 def test_format_gives_canonical_unix_words() -> None:

@@ -23,6 +23,7 @@ from tests.harness import (
     TIMEOUT,
     Backend,
     ForwarderProcess,
+    connect_and_read,
     echo,
     fields,
     pattern_bytes,
@@ -173,3 +174,37 @@ def test_install_from_unit_carries_a_unix_listener_over(
     assert "ListenStream=/run/app/api.sock\n" in socket_unit
     assert "SocketMode=0660\n" in socket_unit
     assert "SocketGroup=adm\n" in socket_unit
+
+
+@pytest.mark.parametrize("retry", ["retry=200", "forever"])
+def test_retry_waits_for_a_target_that_starts_late(tmp_path: Path, retry: str) -> None:
+    path = tmp_path / "late.sock"
+    fwd = _socat("TCP-LISTEN:0,fork,bind=127.0.0.1", f"UNIX-CONNECT:{path},{retry},interval=0.05")
+    try:
+        port = fwd.port
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(b"waited")
+            fwd.wait_line("event=target-down ")  # the first dial found no socket
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(str(path))
+            server.listen()
+            with Backend.on_socket(server, echo):
+                assert client.recv(64) == b"waited"
+                client.shutdown(socket.SHUT_WR)
+                assert reads_until_closed(client) == (b"", None)
+                [close] = fwd.closes(1)
+    finally:
+        assert fwd.stop() == 0
+    assert (close["reason"], close["up"], close["down"]) == ("eof", "6", "6")
+
+
+def test_without_retry_a_missing_target_is_refused_at_once(tmp_path: Path) -> None:
+    fwd = _socat("TCP-LISTEN:0,fork,bind=127.0.0.1", f"UNIX-CONNECT:{tmp_path}/none.sock")
+    try:
+        data, error = connect_and_read(fwd.port)
+        assert isinstance(error, ConnectionResetError)  # refused: reset, not a clean EOF
+        [close] = fwd.closes(1)
+    finally:
+        assert fwd.stop() == 0
+    assert data == b""
+    assert (close["reason"], close["error"]) == ("refused", "ENOENT")

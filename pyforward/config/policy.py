@@ -36,6 +36,8 @@ class Policy:
     # served as themselves. Only with accept_proxy_protocol, which requires some.
     accept_proxy_protocol: bool = False
     proxy_protocol_from: AccessList = field(default_factory=AccessList)
+    connect_retries: int | None = 0  # dials again when every target failed; None: forever
+    connect_retry_interval: float = 1.0
     dump: DumpMode = DumpMode.OFF  # the bytes to stderr, as socat -v / -x (copy relay only)
 
     def reads_proxy_header(self, peer: str) -> bool:

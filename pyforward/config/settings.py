@@ -178,6 +178,16 @@ def _positive_int(value: object) -> int:
     return value
 
 
+def _retries(value: object) -> int | None:
+    """A count of retries, or `forever` (None)."""
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return None
+    try:
+        return _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number or forever, got {_shown(value)}") from None
+
+
 def _boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -392,6 +402,21 @@ OPTIONS: dict[str, Option] = {
         per_route=True,
         route_field=RouteField.POLICY,
         flag=Flag(float, "Seconds to wait for the target to accept [10]."),
+    ),
+    "connect_retries": Option(
+        _retries,
+        0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        shown="0 (none)",
+        flag=Flag(str, "When every target failed, dial again this many times, or forever [0]."),
+    ),
+    "connect_retry_interval": Option(
+        _positive_duration,
+        1.0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(float, "Seconds between those dials [1]."),
     ),
     "idle_timeout": Option(
         _duration,

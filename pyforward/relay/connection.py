@@ -82,7 +82,13 @@ def stages_for(policy: Policy, failover_log: Every, *, proxied: bool = False) ->
         client_side.append(ReadProxyHeader())
     if policy.first_byte_timeout:
         client_side.append(FirstByteGate(policy.first_byte_timeout))
-    dial = Dial(policy.connect_timeout, keepalive=policy.keepalive, failover_log=failover_log)
+    dial = Dial(
+        policy.connect_timeout,
+        keepalive=policy.keepalive,
+        failover_log=failover_log,
+        retries=policy.connect_retries,
+        retry_interval=policy.connect_retry_interval,
+    )
     target_side: list[Stage] = []
     if policy.proxy_protocol is not ProxyProtocol.OFF:
         target_side.append(SendProxyHeader(policy.proxy_protocol))

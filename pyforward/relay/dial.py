@@ -5,6 +5,10 @@ The targets come in the order to try them (healthy ones first, see engine/health
 The route's `connect_timeout` is the budget of the whole dial, not of each attempt: each
 attempt gets an equal share of what is left, so a dead first target cannot use it all,
 and a target that fails at once gives its share to the ones after it.
+
+With `connect_retries` (socat's `retry=N`, `forever`), a dial in which every target failed
+starts again after `connect_retry_interval`, with a new budget, until the retries are used
+up; the client waits meanwhile (its bytes wait in the kernel, unread).
 """
 
 from __future__ import annotations
@@ -72,8 +76,18 @@ class Dial(Stage):
 
     side = "dial"
 
-    def __init__(self, connect_timeout: float, *, keepalive: bool, failover_log: Every) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        *,
+        keepalive: bool,
+        failover_log: Every,
+        retries: int | None = 0,
+        retry_interval: float = 1.0,
+    ) -> None:
         self.connect_timeout = connect_timeout
+        self._retries_left = retries  # None: forever
+        self._retry_interval = retry_interval
         self.keepalive = keepalive
         self._failover_log = failover_log  # shared by the route's connections
         self._attempt = 0
@@ -109,7 +123,20 @@ class Dial(Stage):
                 self._attempt_timer = loop.call_at(self._attempt_deadline, self._on_timeout)
                 return
             self._failed(failure)
+        if self._retries_left is None or self._retries_left > 0:
+            if self._retries_left is not None:
+                self._retries_left -= 1
+            self._attempt_timer = loop.call_later(self._retry_interval, self._retry)
+            return
         host.close(self._last_failure, reset=True)
+
+    @contained
+    def _retry(self) -> None:
+        """Every target failed: start over, with a new budget."""
+        self._attempt_timer = None
+        self._attempt = 0
+        self._deadline = self.host.loop.time() + self.connect_timeout
+        self._connect_next()
 
     def _begin(self, target: ResolvedTarget) -> ConnectFailure | None:
         """Begin a non-blocking connect to `target`; the failure, if it failed at once."""

@@ -975,6 +975,11 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
         flags["log_level"] = "debug"
     if command.dump is not DumpMode.OFF:
         flags["dump"] = command.dump.value
+    retry = connect.retry
+    if retry is not None:
+        flags["connect_retries"] = "forever" if retry.times is None else str(retry.times)
+        if retry.interval is not None:
+            flags["connect_retry_interval"] = retry.interval
     return flags
 
 
@@ -1043,6 +1048,13 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
     if "keepalive" in flags:
         carried.append("keepalive on both legs")
     dropped += _connect_dropped(connect)
+    if connect.retry is not None:
+        times = "forever" if connect.retry.times is None else f"retry={connect.retry.times}"
+        interval = _seconds_text(connect.retry.interval or 1.0)
+        carried.append(
+            f"{times}: a refused dial is tried again every {interval}s, the client waiting "
+            "(connect_retries, connect_retry_interval)"
+        )
     if command.dump is not DumpMode.OFF:
         shown = " ".join(["-v"] * command.dump_text + ["-x"] * command.dump_hex)
         carried.append(f"{shown}: the bytes are written to stderr as socat does (relay by copy)")
@@ -1094,13 +1106,6 @@ def _unix_listen_summary(listen: UnixListenAddress) -> list[str]:
 
 def _connect_dropped(connect: Connect) -> list[str]:
     dropped = []
-    retry = connect.retry
-    if retry is not None:
-        times = "forever" if retry.times is None else f"retry={retry.times}"
-        dropped.append(
-            f"{times}: a client whose target refuses is reset at once (with several targets, "
-            "the next is tried); the next client tries the target again"
-        )
     if isinstance(connect, ConnectAddress) and connect.sourceport is not None:
         dropped.append(
             f"sourceport={connect.sourceport}: the connect uses a port the system picks "
