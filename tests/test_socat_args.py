@@ -473,7 +473,7 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "TCP-LISTEN:443,cool-write TCP:10.0.0.5:80",
             "address 'TCP-LISTEN:443,cool-write': option 'cool-write' is not supported; on "
             "TCP-LISTEN pyforward-socat takes fork, reuseaddr, bind, backlog, max-children, "
-            "keepalive, nodelay, range, su, ipv6-v6only",
+            "keepalive, nodelay, range, su, ipv6-v6only, reuseport",
         ),
         (
             "TCP-LISTEN:443 TCP:10.0.0.5:80,fork",

@@ -191,6 +191,7 @@ unix_listen_options = st.one_of(
     st.sampled_from(["", "range=10.0.0.0/8", "bind=127.0.0.1", "cool-write"]),
 )
 tcp_listen_extra = st.one_of(
+    st.tuples(any_case("reuseport"), switch).map("".join),
     _opt("range", networks),
     _opt("su", owners),
     st.tuples(st.sampled_from(["ipv6-v6only", "ipv6only"]).flatmap(any_case), switch).map("".join),

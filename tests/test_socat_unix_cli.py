@@ -29,6 +29,7 @@ from tests.harness import (
     pattern_bytes,
     reads_until_closed,
 )
+from tests.peers_edge import require
 from tests.peers_unix import curl, file_nginx, sha256
 from tests.seed_in_netns import pyforward_socat
 from tests.test_service import IN_OPT
@@ -208,3 +209,33 @@ def test_without_retry_a_missing_target_is_refused_at_once(tmp_path: Path) -> No
         assert fwd.stop() == 0
     assert data == b""
     assert (close["reason"], close["error"]) == ("refused", "ENOENT")
+
+
+def test_reuseport_shares_the_port_with_socat(tmp_path: Path) -> None:
+    socat = require("socat")
+    with Backend(echo) as backend:
+        fwd = _socat("TCP-LISTEN:0,fork,reuseport,bind=127.0.0.1", f"TCP:{backend.address}")
+        try:
+            port = fwd.port
+            shared = subprocess.Popen(
+                [socat, f"TCP-LISTEN:{port},fork,reuseport,bind=127.0.0.1", "TCP:127.0.0.1:9"],
+                stderr=subprocess.PIPE,
+            )
+            try:
+                # Without reuseport the port is taken: pyforward says so and exits.
+                alone = subprocess.run(
+                    [*pyforward_socat(), f"TCP-LISTEN:{port},bind=127.0.0.1", "TCP:127.0.0.1:9"],
+                    capture_output=True,
+                    text=True,
+                    timeout=TIMEOUT,
+                    check=False,
+                )
+                assert alone.returncode != 0
+                assert f"port {port} is already in use" in alone.stderr
+                assert shared.poll() is None  # socat bound beside pyforward
+            finally:
+                shared.terminate()
+                _, socat_err = shared.communicate(timeout=TIMEOUT)
+            assert b"Address already in use" not in socat_err
+        finally:
+            assert fwd.stop() == 0

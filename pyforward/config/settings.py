@@ -80,6 +80,7 @@ class Route:
     access: AccessList = field(default_factory=AccessList)
     # Discovered routes: no static targets; the Service port (name or number) to follow.
     service_port: str | None = None
+    reuseport: bool = False  # SO_REUSEPORT on its TCP listeners
     # A unix: listener's socket file: its mode and owner (None: as bind() leaves them).
     unix_mode: int | None = None
     unix_user: str | None = None
@@ -511,6 +512,13 @@ OPTIONS: dict[str, Option] = {
         route_field=RouteField.POLICY,
         shown="(no one)",
         flag=Flag(list[str], "Peers (CIDR) whose PROXY header is believed; repeatable."),
+    ),
+    "reuseport": Option(
+        _boolean,
+        False,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        flag=Flag(bool, "SO_REUSEPORT: other processes may listen on the same port too."),
     ),
     "unix_mode": Option(
         file_mode,

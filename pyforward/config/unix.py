@@ -61,6 +61,8 @@ def check_unix_route(listen: Endpoint, values: Mapping[str, Any], where: str) ->
             f"{where}: {given[0]}: {listen} is an abstract socket, which has no file "
             "to give a mode or owner"
         )
+    if values.get("reuseport"):
+        raise ConfigError(f"{where}: reuseport applies to TCP listeners, not {listen}")
     if values.get("allow") or values.get("deny"):
         raise ConfigError(
             f"{where}: allow/deny match IP networks, and clients of {listen} have none; "

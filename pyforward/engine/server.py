@@ -199,7 +199,9 @@ class Forwarder:
         opened: list[Listener] = []
         try:
             for family, sockaddr in bind_addresses(route.listen):
-                sock = open_listener(route.listen, family, sockaddr, backlog)
+                sock = open_listener(
+                    route.listen, family, sockaddr, backlog, reuseport=route.reuseport
+                )
                 label = format_peer(sock.getsockname())
                 opened.append(
                     Listener(sock, label, rid, route, targets, route.policy, route.access)

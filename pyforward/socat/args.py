@@ -79,6 +79,7 @@ class ListenAddress:
     allow: str | None = None  # range=: the one network whose clients are served
     su: str | None = None  # su=: the user to become once the socket is bound
     ipv6_v6only: bool | None = None  # TCP6-LISTEN's IPV6_V6ONLY; None: not given
+    reuseport: bool = False
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,7 @@ _LISTEN_OPTIONS = (
     "range",
     "su",
     "ipv6-v6only",
+    "reuseport",
 )
 # forever, retry, interval and sourceport are read and reported (summarize): see there.
 _CONNECT_OPTIONS = (
@@ -524,6 +526,8 @@ def _parse_listen(raw: _RawAddress, family: Family) -> ListenAddress:
             address = replace(
                 address, su=owner_name(name, _needs(name, value, where, "nobody"), where)
             )
+        elif option == "reuseport":
+            address = replace(address, reuseport=_flag(name, value, where))
         elif option == "ipv6-v6only":
             if family is not Family.IPV6:
                 raise ConfigError(
@@ -896,6 +900,8 @@ def _listen_words(listen: Listen) -> list[str]:
             words.append(f"range={network}")
         if listen.ipv6_v6only is not None:
             words.append(f"ipv6-v6only={int(listen.ipv6_v6only)}")
+        if listen.reuseport:
+            words.append("reuseport")
     if listen.su is not None:
         words.append(f"su={_escape(listen.su)}")
     return words
@@ -967,8 +973,11 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
             flags["unix_user"] = listen.user
         if listen.group is not None:
             flags["unix_group"] = listen.group
-    elif listen.allow is not None:
-        flags["allow"] = [listen.allow]
+    else:
+        if listen.allow is not None:
+            flags["allow"] = [listen.allow]
+        if listen.reuseport:
+            flags["reuseport"] = True
     if _keepalive(command):
         flags["keepalive"] = True
     if command.verbosity >= _DEBUG_VERBOSITY:
@@ -1020,6 +1029,8 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
     if isinstance(listen, ListenAddress):
         if listen.reuseaddr:
             carried.append(f"reuseaddr: {_ALWAYS_ON['reuseaddr']}")
+        if listen.reuseport:
+            carried.append("reuseport: SO_REUSEPORT on the listener (reuseport)")
         if listen.allow is not None:
             carried.append(f"range={listen.allow}: only clients in it are served (allow)")
         if listen.ipv6_v6only is not None:
