@@ -131,7 +131,8 @@ def test_retry_reaches_the_settings_and_sourceport_is_reported() -> None:
         line.startswith("retry=5: a refused dial is tried again every 2s")
         for line in summarize(command).carried
     )
-    assert any(line.startswith("sourceport=2000:") for line in summarize(command).dropped)
+    assert any(line.startswith("sourceport=2000:") for line in summarize(command).carried)
+    assert policy.source_port == 2000
 
 
 def test_format_gives_canonical_unix_words() -> None:

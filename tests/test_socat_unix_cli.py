@@ -29,7 +29,7 @@ from tests.harness import (
     pattern_bytes,
     reads_until_closed,
 )
-from tests.peers_edge import require
+from tests.peers_edge import free_port, require
 from tests.peers_unix import curl, file_nginx, sha256
 from tests.seed_in_netns import pyforward_socat
 from tests.test_service import IN_OPT
@@ -239,3 +239,22 @@ def test_reuseport_shares_the_port_with_socat(tmp_path: Path) -> None:
             assert b"Address already in use" not in socat_err
         finally:
             assert fwd.stop() == 0
+
+
+def test_sourceport_is_the_port_the_target_sees() -> None:
+    source = free_port()
+    seen: list[int] = []
+
+    def note_peer(conn: socket.socket) -> None:
+        seen.append(conn.getpeername()[1])
+        echo(conn)
+
+    with Backend(note_peer) as backend:
+        fwd = _socat("TCP-LISTEN:0,fork,bind=127.0.0.1", f"TCP:{backend.address},sp={source}")
+        try:
+            with socket.create_connection(("127.0.0.1", fwd.port), timeout=TIMEOUT) as client:
+                client.sendall(b"from")
+                assert client.recv(4) == b"from"
+        finally:
+            assert fwd.stop() == 0
+    assert seen == [source]

@@ -38,6 +38,7 @@ class Policy:
     proxy_protocol_from: AccessList = field(default_factory=AccessList)
     connect_retries: int | None = 0  # dials again when every target failed; None: forever
     connect_retry_interval: float = 1.0
+    source_port: int | None = None  # the local port of each connect to a TCP target
     dump: DumpMode = DumpMode.OFF  # the bytes to stderr, as socat -v / -x (copy relay only)
 
     def reads_proxy_header(self, peer: str) -> bool:

@@ -179,6 +179,14 @@ def _positive_int(value: object) -> int:
     return value
 
 
+def _port_or_none(value: object) -> int:
+    """A port number 1-65535, or 0: any."""
+    port = _positive_int(value)
+    if port > 65535:
+        raise ValueError(f"a port is 1-65535 (0: any), got {port}")
+    return port
+
+
 def _retries(value: object) -> int | None:
     """A count of retries, or `forever` (None)."""
     if isinstance(value, str) and value.strip().lower() == "forever":
@@ -418,6 +426,15 @@ OPTIONS: dict[str, Option] = {
         per_route=True,
         route_field=RouteField.POLICY,
         flag=Flag(float, "Seconds between those dials [1]."),
+    ),
+    "source_port": Option(
+        _port_or_none,
+        0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        zero_is_off=True,
+        shown="0 (any)",
+        flag=Flag(int, "Connect to TCP targets from this local port [0 = any]."),
     ),
     "idle_timeout": Option(
         _duration,

@@ -88,6 +88,7 @@ def stages_for(policy: Policy, failover_log: Every, *, proxied: bool = False) ->
         failover_log=failover_log,
         retries=policy.connect_retries,
         retry_interval=policy.connect_retry_interval,
+        source_port=policy.source_port,
     )
     target_side: list[Stage] = []
     if policy.proxy_protocol is not ProxyProtocol.OFF:

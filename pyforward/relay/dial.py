@@ -71,6 +71,12 @@ class ConnectFailure:
         return cls(CloseReason.ERROR, type(exc).__name__, str(exc))
 
 
+def bind_source_port(sock: socket.socket, family: int, port: int) -> None:
+    """Connect from `port` (socat's sourceport=): one connection to a target at a time."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+
+
 class Dial(Stage):
     """Connect to the first of the host's `targets` that accepts; set `host.target`."""
 
@@ -84,7 +90,9 @@ class Dial(Stage):
         failover_log: Every,
         retries: int | None = 0,
         retry_interval: float = 1.0,
+        source_port: int | None = None,
     ) -> None:
+        self._source_port = source_port
         self.connect_timeout = connect_timeout
         self._retries_left = retries  # None: forever
         self._retry_interval = retry_interval
@@ -147,6 +155,8 @@ class Dial(Stage):
         self.host.target = sock
         try:
             prepare(sock, keepalive=self.keepalive)
+            if self._source_port is not None and target.family != socket.AF_UNIX:
+                bind_source_port(sock, target.family, self._source_port)
             # Besides OSError, a target the checks upstream let through may be one the
             # socket module refuses to take: a port above 65535 (OverflowError), a
             # zone no interface has (gaierror), an address of the wrong shape.

@@ -984,6 +984,8 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
         flags["log_level"] = "debug"
     if command.dump is not DumpMode.OFF:
         flags["dump"] = command.dump.value
+    if isinstance(connect, ConnectAddress) and connect.sourceport is not None:
+        flags["source_port"] = connect.sourceport
     retry = connect.retry
     if retry is not None:
         flags["connect_retries"] = "forever" if retry.times is None else str(retry.times)
@@ -1058,7 +1060,11 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
         carried.append(f"max connections {listen.max_children} (max-children)")
     if "keepalive" in flags:
         carried.append("keepalive on both legs")
-    dropped += _connect_dropped(connect)
+    if isinstance(connect, ConnectAddress) and connect.sourceport is not None:
+        carried.append(
+            f"sourceport={connect.sourceport}: connects from that port (source_port); one "
+            "connection to the target at a time, as with socat"
+        )
     if connect.retry is not None:
         times = "forever" if connect.retry.times is None else f"retry={connect.retry.times}"
         interval = _seconds_text(connect.retry.interval or 1.0)
@@ -1113,16 +1119,6 @@ def _unix_listen_summary(listen: UnixListenAddress) -> list[str]:
             "unlink-close: the socket file is removed on exit (always, as socat's default)"
         )
     return lines
-
-
-def _connect_dropped(connect: Connect) -> list[str]:
-    dropped = []
-    if isinstance(connect, ConnectAddress) and connect.sourceport is not None:
-        dropped.append(
-            f"sourceport={connect.sourceport}: the connect uses a port the system picks "
-            "(one fixed port would allow one connection to the target at a time)"
-        )
-    return dropped
 
 
 def _listen_display(listen: ListenAddress) -> str:
