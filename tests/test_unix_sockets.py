@@ -282,3 +282,24 @@ def test_socket_activation_of_a_unix_listen_stream(tmp_path: Path) -> None:
         first.close()
         second.close()
     assert f"event=socket-activated address=unix:{path}" in log
+
+
+def test_proxy_protocol_for_a_unix_client_says_unknown(tmp_path: Path) -> None:
+    """A UNIX client has no address to put in a PROXY header: v1 sends UNKNOWN, as HAProxy."""
+    path = tmp_path / "pp.sock"
+    received: list[bytes] = []
+
+    def keep(conn: socket.socket) -> None:
+        received.append(recv_all(conn))
+
+    with (
+        Backend(keep) as backend,
+        forwarder(
+            "--listen", f"unix:{path}", "--target", backend.address, "--proxy-protocol", "v1"
+        ) as fwd,
+    ):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))
+            client.sendall(b"payload")
+        fwd.closes(1)
+    assert received == [b"PROXY UNKNOWN\r\npayload"]
