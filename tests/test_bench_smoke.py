@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "bench" / "run.py"
-PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx")
+PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx", "curl")
 # Figures that may honestly be zero; every other one must be positive.
 MAY_BE_ZERO = {"connrate.errors", "throughput.retries", "latency.cpu", "connrate.cpu"}
 
@@ -100,7 +100,7 @@ def test_table_chart_and_versions_are_written(
 def test_missing_programs_are_named_with_how_to_get_them(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("socat", "haproxy", "iperf3"):  # no wrk, no nginx
+    for program in ("socat", "haproxy", "iperf3"):  # no wrk, no nginx, no curl
         found = shutil.which(program)
         assert found is not None
         (bin_dir / program).symlink_to(found)
@@ -114,7 +114,7 @@ def test_missing_programs_are_named_with_how_to_get_them(tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == 1
-    assert "missing programs: nginx, wrk" in done.stderr
-    assert "apt-get install nginx-light wrk" in done.stderr
+    assert "missing programs: curl, nginx, wrk" in done.stderr
+    assert "apt-get install curl nginx-light wrk" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists()
