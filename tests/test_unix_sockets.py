@@ -303,3 +303,22 @@ def test_proxy_protocol_for_a_unix_client_says_unknown(tmp_path: Path) -> None:
             client.sendall(b"payload")
         fwd.closes(1)
     assert received == [b"PROXY UNKNOWN\r\npayload"]
+
+
+def test_check_tries_unix_listen_and_target(tmp_path: Path) -> None:
+    live = tmp_path / "live.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(live))
+    server.listen()
+    try:
+        free = run_cli("check", "--listen", f"unix:{tmp_path}/new.sock", "--target", f"unix:{live}")
+        taken = run_cli(
+            "check", "--listen", f"unix:{live}", "--target", f"unix:{tmp_path}/none.sock"
+        )
+    finally:
+        server.close()
+    assert f"listen unix:{tmp_path}/new.sock" in free.stdout and "free" in free.stdout
+    assert f"target unix:{live}" in free.stdout and "accepts connections" in free.stdout
+    assert "a server is listening on" in taken.stdout
+    assert "does not accept connections (ENOENT)" in taken.stdout
+    assert taken.returncode != 0
