@@ -33,7 +33,7 @@ defaults
     timeout server 5m
 listen forward
     bind {host}:{port}
-    server backend {host}:{target}
+    server backend {server}
 """
 
 # nginx's stream proxy as its documentation sets it up: a worker per core, one shared
@@ -49,7 +49,7 @@ events {{ worker_connections 4096; }}
 stream {{
     server {{
         listen {host}:{port};
-        proxy_pass {host}:{target};
+        proxy_pass {upstream};
     }}
 }}
 """
@@ -122,11 +122,28 @@ SNI_SUBJECTS = (
 BASELINE = "socat"  # ratios are to socat as deployed
 SECOND_BASELINE = "haproxy-default"  # and to HAProxy as it runs by default
 
+# Where a subject forwards: a port on 127.0.0.1, or the path of a UNIX stream socket.
+Target = int | str
+
+_TARGET_FORMS = {
+    "socat": ("TCP:{host}:{port}", "UNIX-CONNECT:{path}"),
+    "haproxy": ("{host}:{port}", "{path}"),  # HAProxy reads an absolute path as UNIX
+    "pyforward": ("{host}:{port}", "unix:{path}"),
+}
+
+
+def target_word(kind: str, target: Target) -> str:
+    """How `kind` names `target` on its command line or in its config."""
+    tcp, unix = _TARGET_FORMS[kind]
+    if isinstance(target, str):
+        return unix.format(path=target)
+    return tcp.format(host=HOST, port=target)
+
 
 def command(
     subject: Subject,
     port: int,
-    target: int,
+    target: Target,
     workdir: Path,
     *,
     transport: str = "tcp",
@@ -135,18 +152,20 @@ def command(
     """The command line that makes `subject` listen on `port` and forward to `target`
     (and, for a subject with metrics, serve them on `metrics_port`)."""
     if transport == "udp":
+        assert isinstance(target, int), "a UDP target is a port"
         return udp_command(subject, port, target, metrics_port)
     if subject.kind == "socat":
         return [
             "socat",
             *subject.options,
             f"TCP-LISTEN:{port},fork,reuseaddr,bind={HOST}",
-            f"TCP:{HOST}:{target}",
+            target_word("socat", target),
         ]
     if subject.kind == "haproxy":
         config = workdir / f"haproxy-{port}.cfg"
         threads = "" if subject.options == ("default",) else "    nbthread 1\n"
-        text = HAPROXY_CONFIG.format(threads=threads, host=HOST, port=port, target=target)
+        server = target_word("haproxy", target)
+        text = HAPROXY_CONFIG.format(threads=threads, host=HOST, port=port, server=server)
         config.write_text(text)
         return ["haproxy", "-db", "-f", str(config)]
     if subject.kind == "nginx":
@@ -155,7 +174,11 @@ def command(
         config = directory / "nginx.conf"
         config.write_text(
             NGINX_STREAM_CONFIG.format(
-                module=NGINX_STREAM_MODULE, dir=directory, host=HOST, port=port, target=target
+                module=NGINX_STREAM_MODULE,
+                dir=directory,
+                host=HOST,
+                port=port,
+                upstream=f"unix:{target}" if isinstance(target, str) else f"{HOST}:{target}",
             )
         )
         return ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
@@ -172,7 +195,7 @@ def command(
             "--listen",
             f"{HOST}:{port}",
             "--target",
-            f"{HOST}:{target}",
+            target_word("pyforward", target),
             "--relay",
             relay,
             "--loop",
@@ -182,6 +205,7 @@ def command(
             *metrics,
         ]
     if subject.kind in {s.kind for s in SNI_SUBJECTS}:
+        assert isinstance(target, int), "the sni subjects forward to a TCP port"
         return sni.command(subject.kind, port, target, workdir)
     raise ValueError(f"{subject.key} runs no program")
 
@@ -228,10 +252,11 @@ class Running:
     """A started subject: where clients connect, and how to count what it uses."""
 
     subject: Subject
-    port: int
+    port: int  # 0: none, the client goes to `unix` itself
     processes: ProcessSet | None
     started: float = 0.0  # monotonic time of exec
     accepting: float = 0.0  # monotonic time the first connection was accepted
+    unix: str | None = None  # the UNIX socket of the backend, for the no-forwarder subject
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by every process of the forwarder (0 with none)."""
@@ -252,12 +277,15 @@ class Environment:
 
 @contextlib.contextmanager
 def running(
-    subject: Subject, target: int, env: Environment, udp_probe: bytes | None = None
+    subject: Subject, target: Target, env: Environment, udp_probe: bytes | None = None
 ) -> Iterator[Running]:
-    """Start `subject` forwarding to 127.0.0.1:target; stop it and all its processes after.
-    With `udp_probe`, it forwards UDP, and is ready once the probe comes back through it."""
+    """Start `subject` forwarding to `target`; stop it and all its processes after. With
+    `udp_probe`, it forwards UDP, and is ready once the probe comes back through it."""
     if not subject.forwarder:
-        yield Running(subject, target, None)
+        if isinstance(target, str):
+            yield Running(subject, 0, None, unix=target)
+        else:
+            yield Running(subject, target, None)
         return
     port = free_port()
     transport = "tcp" if udp_probe is None else "udp"

@@ -14,6 +14,7 @@ from bench.scenarios.memory import IdleMemory, StreamingMemory
 from bench.scenarios.startup import Startup
 from bench.scenarios.throughput import Throughput
 from bench.scenarios.udp import UdpQueries, UdpThroughput
+from bench.scenarios.unix_target import UnixTarget
 from bench.subjects import Environment, Subject, running
 
 
@@ -29,6 +30,7 @@ def all_scenarios(plan: Plan) -> list[Scenario]:
         Startup(),
         UdpQueries(),
         UdpThroughput(),
+        UnixTarget(plan),
     ]
 
 

@@ -29,6 +29,7 @@ TOOLS = {
         Tool("iperf3", "iperf3", ("iperf3", "--version")),
         Tool("wrk", "wrk", ("wrk", "-v")),
         Tool("nginx", "nginx-light", ("nginx", "-v")),
+        Tool("curl", "curl", ("curl", "--version")),
         Tool("dnsmasq", "dnsmasq", ("dnsmasq", "--version")),
         Tool("openssl", "openssl", ("openssl", "version")),
     )

@@ -23,7 +23,7 @@ SUBJECTS_BY_KEY = {subject.key: subject for subject in SUBJECTS}
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "bench" / "run.py"
-PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx", "dnsmasq")
+PROGRAMS = ("socat", "haproxy", "iperf3", "wrk", "nginx", "dnsmasq", "curl")
 # Figures that may honestly be zero; every other one must be positive.
 MAY_BE_ZERO = {
     "connrate.errors",
@@ -119,7 +119,7 @@ def test_table_chart_and_versions_are_written(
 def test_missing_programs_are_named_with_how_to_get_them(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("socat", "haproxy", "iperf3"):  # no wrk, no nginx
+    for program in ("socat", "haproxy", "iperf3"):  # no wrk, no nginx, no curl
         found = shutil.which(program)
         assert found is not None
         (bin_dir / program).symlink_to(found)
@@ -133,7 +133,7 @@ def test_missing_programs_are_named_with_how_to_get_them(tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == 1
-    assert "missing programs: dnsmasq, nginx, openssl, wrk" in done.stderr
-    assert "apt-get install dnsmasq nginx-light openssl wrk" in done.stderr
+    assert "missing programs: curl, dnsmasq, nginx, openssl, wrk" in done.stderr
+    assert "apt-get install curl dnsmasq nginx-light openssl wrk" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import build_settings, parse_config_text
+from pyforward.config.settings import Route, build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.errors import (
     BadObject,
@@ -34,6 +34,12 @@ from pyforward.discovery.watcher import backoff_delays
 from pyforward.engine.health import TargetHealth
 from pyforward.errors import ConfigError
 from tests.kubeapi import node, service
+
+
+def _port(route: Route) -> int:
+    assert isinstance(route.listen, Address)  # discovered routes listen on TCP
+    return route.listen.port
+
 
 GATEWAY = ServiceRef("istio-system", "istio-ingressgateway")
 NOBODY = HostIdentity(frozenset({"elsewhere"}), lambda address: False)
@@ -183,9 +189,9 @@ def test_settings_presets_and_routes() -> None:
     assert traefik.discovery.service == ServiceRef("kube-system", "traefik")
     assert traefik.discovery.state_dir == "/run/x"
     one = build_settings({"discover": True, "preset": "traefik", "listen": "8443"}, {})
-    assert [(r.listen.port, r.service_port) for r in one.routes] == [(8443, "websecure")]
+    assert [(_port(r), r.service_port) for r in one.routes] == [(8443, "websecure")]
     mixed = build_settings({"discover": True, "service_port": "http2"}, {})
-    assert [(r.listen.port, r.service_port) for r in mixed.routes] == [(443, "http2")]
+    assert [(_port(r), r.service_port) for r in mixed.routes] == [(443, "http2")]
 
 
 def test_config_file_routes_with_service_ports() -> None:
@@ -204,7 +210,7 @@ def test_config_file_routes_with_service_ports() -> None:
     target = "127.0.0.1:9001"
     """
     settings = build_settings({}, {}, parse_config_text(text, "f.toml"), "f.toml")
-    assert [(r.listen.port, r.service_port, len(r.targets)) for r in settings.routes] == [
+    assert [(_port(r), r.service_port, len(r.targets)) for r in settings.routes] == [
         (8443, "https", 0),
         (8080, "80", 0),
         (9000, None, 1),

@@ -15,7 +15,9 @@ from pyforward.config.addresses import Address
 from pyforward.config.settings import LogLevel, Settings, build_settings
 from pyforward.errors import ConfigError
 from pyforward.socat.args import (
+    ConnectAddress,
     Family,
+    ListenAddress,
     SocatCommand,
     format_socat_args,
     parse_socat_args,
@@ -110,6 +112,7 @@ def test_listen_options_reach_the_settings() -> None:
 def test_option_names_are_case_insensitive_with_socat_aliases(options: str) -> None:
     command = parse_socat_line(f"TCP-LISTEN:443,{options} TCP:10.0.0.5:80")
     listen = command.listen
+    assert isinstance(listen, ListenAddress)
     assert (listen.fork, listen.reuseaddr, listen.keepalive, listen.nodelay) == (
         True,
         True,
@@ -147,6 +150,7 @@ def test_max_children_zero_means_no_limit_as_in_socat() -> None:
 )
 def test_target_forms(address: str, target: Address, family: Family) -> None:
     command = parse_socat_line(f"TCP-LISTEN:443,fork {address}")
+    assert isinstance(command.connect, ConnectAddress)
     assert command.connect.family is family
     assert settings_of(f"TCP-LISTEN:443,fork {address}").routes[0].targets == (target,)
 
@@ -249,6 +253,8 @@ def test_c_escapes_are_solved_as_socat_does() -> None:
 
 def test_brackets_keep_colons_and_commas_inside_one_parameter() -> None:
     command = parse_socat_args(["TCP-LISTEN:443,bind=[::1],fork", "TCP:[fd00::1]:80"])
+    assert isinstance(command.listen, ListenAddress)
+    assert isinstance(command.connect, ConnectAddress)
     assert command.listen.bind == "::1"
     assert command.connect.host == "fd00::1"
 
@@ -287,8 +293,48 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "and a UDP:HOST:PORT target",
         ),
         (
-            "TCP-LISTEN:443 UNIX-CONNECT:/run/app.sock",
-            "UNIX-CONNECT is not supported: pyforward forwards TCP, not Unix sockets",
+            "TCP-LISTEN:443 UNIX-SENDTO:/run/app.sock",
+            "UNIX-SENDTO is not supported: pyforward forwards UNIX stream sockets "
+            "(UNIX-LISTEN, UNIX-CONNECT), not datagrams",
+        ),
+        (
+            "TCP-LISTEN:443 -,echo=0",
+            "- (STDIO) is not supported: pyforward forwards between TCP sockets, "
+            "not files or terminals",
+        ),
+        (
+            "TCP-LISTEN:443 UNIX-CONNECT:run/app.sock",
+            "address 'UNIX-CONNECT:run/app.sock': give the socket's absolute path "
+            "('run/app.sock' is relative to a working directory a service does not have)",
+        ),
+        (
+            "UNIX-LISTEN:/run/a.sock,mode=999 TCP:10.0.0.5:80",
+            "address 'UNIX-LISTEN:/run/a.sock,mode=999': mode=999: expected an octal file mode "
+            "such as 0660, got '999'",
+        ),
+        (
+            "ABSTRACT-LISTEN:x,mode=0600 TCP:10.0.0.5:80",
+            "address 'ABSTRACT-LISTEN:x,mode=0600': an abstract socket has no file to give a "
+            "mode or owner",
+        ),
+        (
+            "UNIX-LISTEN:/run/a.sock,range=10.0.0.0/8 TCP:10.0.0.5:80",
+            "address 'UNIX-LISTEN:/run/a.sock,range=10.0.0.0/8': option range does not apply "
+            "to UNIX-LISTEN",
+        ),
+        (
+            "TCP-LISTEN:443,range=10.0.0.0/33 TCP:10.0.0.5:80",
+            "address 'TCP-LISTEN:443,range=10.0.0.0/33': range=10.0.0.0/33: expected "
+            "ADDRESS/BITS, e.g. range=10.0.0.0/8",
+        ),
+        (
+            "TCP4-LISTEN:443,ipv6-v6only TCP:10.0.0.5:80",
+            "address 'TCP4-LISTEN:443,ipv6-v6only': ipv6-v6only applies to TCP6-LISTEN, "
+            "not TCP4-LISTEN",
+        ),
+        (
+            "TCP-LISTEN:443 TCP:10.0.0.5:80,retry=many",
+            "address 'TCP:10.0.0.5:80,retry=many': retry: expected a whole number, got 'many'",
         ),
         (
             "TCP-LISTEN:443 EXEC:/bin/cat",
@@ -319,17 +365,19 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         (
             "TCP-LISTN:443 TCP:10.0.0.5:80",
             "unknown address type 'TCP-LISTN' in 'TCP-LISTN:443': "
-            "pyforward-socat takes TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]",
+            "pyforward-socat takes TCP-LISTEN:PORT or UNIX-LISTEN:PATH [,OPTIONS], then "
+            "TCP:HOST:PORT or UNIX-CONNECT:PATH [,OPTIONS]",
         ),
         # the roles of the two addresses
         (
             "TCP:10.0.0.5:80 TCP-LISTEN:443",
-            "the first address must be TCP-LISTEN (pyforward listens, then connects to the "
-            "target for each client), got TCP",
+            "the first address must be TCP-LISTEN or UNIX-LISTEN (pyforward listens, then "
+            "connects to the target for each client), got TCP",
         ),
         (
             "TCP-LISTEN:443 TCP-LISTEN:444",
-            "the second address must be TCP:HOST:PORT (the target), got TCP-LISTEN",
+            "the second address must be TCP:HOST:PORT or UNIX-CONNECT:PATH (the target), "
+            "got TCP-LISTEN",
         ),
         (
             "TCP-LISTEN:443 TCP:10.0.0.5:80!!TCP:10.0.0.6:80",
@@ -423,10 +471,10 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
             "address 'TCP-LISTEN:443,forks': unknown option 'forks' (did you mean 'fork'?)",
         ),
         (
-            "TCP-LISTEN:443,range=10.0.0.0/8 TCP:10.0.0.5:80",
-            "address 'TCP-LISTEN:443,range=10.0.0.0/8': option 'range' is not supported; on "
+            "TCP-LISTEN:443,cool-write TCP:10.0.0.5:80",
+            "address 'TCP-LISTEN:443,cool-write': option 'cool-write' is not supported; on "
             "TCP-LISTEN pyforward-socat takes fork, reuseaddr, bind, backlog, max-children, "
-            "keepalive, nodelay",
+            "keepalive, nodelay, range, su, ipv6-v6only, reuseport",
         ),
         (
             "TCP-LISTEN:443 TCP:10.0.0.5:80,fork",
@@ -498,8 +546,11 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         (f"-b 0 {SEED}", "-b must be 1-2147483647, got 0"),
         (f"-b big {SEED}", "-b: expected a whole number, got 'big'"),
         (f"-t x {SEED}", "-t: expected a number of seconds, got 'x'"),
-        (f"-v {SEED}", "socat option -v is not supported: pyforward does not dump traffic"),
-        (f"-x {SEED}", "socat option -x is not supported: pyforward does not dump traffic"),
+        (
+            f"-r /tmp/r {SEED}",
+            "socat option -r is not supported: pyforward writes its dump (-v, -x) to stderr, "
+            "not to a file",
+        ),
         (f"-u {SEED}", "socat option -u is not supported: pyforward relays both directions"),
         (
             f"-lf /var/log/socat.log {SEED}",
@@ -519,12 +570,12 @@ def test_an_escaped_comma_is_not_an_option_separator() -> None:
         (
             f"-q {SEED}",
             "unknown socat option '-q': pyforward-socat takes -d, -T SECONDS, -t SECONDS, "
-            "-b SIZE, -ls",
+            "-b SIZE, -ls, -v, -x",
         ),
         (
             f"-dx {SEED}",
             "unknown socat option '-dx': pyforward-socat takes -d, -T SECONDS, -t SECONDS, "
-            "-b SIZE, -ls",
+            "-b SIZE, -ls, -v, -x",
         ),
         # lexical errors
         (

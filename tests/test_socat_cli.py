@@ -32,14 +32,15 @@ def test_socat_words_pass_through_the_cli_untouched(capsys: pytest.CaptureFixtur
     assert code == 2
     assert err == (
         "pyforward: error: unknown address type 'BOGUS' in 'BOGUS:1': pyforward-socat takes "
-        "TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]\n"
+        "TCP-LISTEN:PORT or UNIX-LISTEN:PATH [,OPTIONS], then TCP:HOST:PORT or "
+        "UNIX-CONNECT:PATH [,OPTIONS]\n"
     )
 
 
 def test_socat_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["socat", "-h"], capsys)
     assert code == 0
-    assert out.startswith("Usage: pyforward-socat [OPTIONS] TCP-LISTEN:PORT")
+    assert out.startswith("Usage: pyforward-socat [OPTIONS] LISTEN-ADDRESS")
     assert "Without fork, one connection is served" in out
     assert "UDP-LISTEN, UDP4-LISTEN, UDP6-LISTEN, UDP-RECVFROM" in out
 

@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from pyforward.config.settings import Transport, build_settings
-from pyforward.socat.args import format_socat_args, parse_socat_line, summarize
+from pyforward.socat.args import ListenAddress, format_socat_args, parse_socat_line, summarize
 from pyforward.socat.unit import settings_from_socat_unit
 from tests.test_socat_args import (
     address,
@@ -53,6 +53,7 @@ def test_minus_t_is_the_flow_idle_timeout_and_bind_the_address() -> None:
 
 def test_recvfrom_is_a_flow_per_peer_and_says_so() -> None:
     command = parse_socat_line("UDP4-RECVFROM:53,fork UDP4:127.0.0.1:5353")
+    assert isinstance(command.listen, ListenAddress)
     assert command.listen.recvfrom
     assert format_socat_args(command) == ["UDP4-RECVFROM:53,fork", "UDP4:127.0.0.1:5353"]
     carried = summarize(command).carried

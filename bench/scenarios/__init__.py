@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.model import Metric, Plan
-from bench.subjects import Running
+from bench.subjects import Running, Target
 
 
 class Scenario(Protocol):
@@ -25,8 +25,9 @@ class Scenario(Protocol):
         """Programs it runs, beyond the subjects."""
         ...
 
-    def backend(self, workdir: Path) -> contextlib.AbstractContextManager[int]:
-        """Start the backend every subject forwards to; yields its port."""
+    def backend(self, workdir: Path) -> contextlib.AbstractContextManager[Target]:
+        """Start the backend every subject forwards to; yields its port (or the path of
+        its UNIX socket)."""
         ...
 
     def measure(self, subject: Running, plan: Plan) -> dict[str, float]:

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +26,9 @@ from pyforward.cli.service import NameOpt, install_paths, register_service_comma
 from pyforward.config.load import config_from, load_settings
 from pyforward.config.settings import Settings, build_settings
 from pyforward.engine.loops import loop_factory
+from pyforward.engine.privileges import become
 from pyforward.engine.runtime import serve
+from pyforward.engine.server import Forwarder
 from pyforward.engine.targets import TargetSource
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.logfmt import logfmt
@@ -165,17 +167,21 @@ def check(ctx: typer.Context) -> None:
 
 
 SOCAT_HELP = """\
-Usage: pyforward-socat [OPTIONS] TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]
+Usage: pyforward-socat [OPTIONS] LISTEN-ADDRESS[,OPTIONS] TARGET-ADDRESS[,OPTIONS]
        (the same as: pyforward socat ...)
 
 Runs pyforward from a socat command line, so a socat unit switches by its binary alone.
   options:  -d (repeatable; -dddd logs at debug)  -T SECONDS (idle timeout)
             -t SECONDS, -b SIZE (accepted; pyforward half-closes without delay and
             sizes its own buffers)  -ls
-  listen:   TCP-LISTEN, TCP4-LISTEN, TCP6-LISTEN (TCP-L, ...) with fork, reuseaddr,
-            bind=ADDRESS, backlog=N, max-children=N, keepalive, nodelay
-  target:   TCP, TCP4, TCP6 (TCP-CONNECT, ...) with connect-timeout=SECONDS,
-            keepalive, nodelay
+  listen:   TCP-LISTEN:PORT, TCP4-LISTEN, TCP6-LISTEN (TCP-L, ...) with fork, reuseaddr,
+            bind=ADDRESS, backlog=N, max-children=N, keepalive, nodelay, range=NETWORK,
+            su=USER, ipv6-v6only (TCP6)
+            UNIX-LISTEN:PATH, ABSTRACT-LISTEN:NAME with fork, mode=, user=, group=,
+            backlog=N, max-children=N, unlink-early, unlink-close, su=USER
+  target:   TCP:HOST:PORT, TCP4, TCP6 (TCP-CONNECT, ...) with connect-timeout=SECONDS,
+            keepalive, nodelay; UNIX-CONNECT:PATH (UNIX-CLIENT, UNIX, ABSTRACT-CONNECT)
+            (forever, retry=, interval=, sourceport= are read and reported)
   UDP:      UDP-LISTEN, UDP4-LISTEN, UDP6-LISTEN, UDP-RECVFROM (and 4, 6) with fork,
             reuseaddr, bind=ADDRESS, to UDP, UDP4, UDP6; -T is a flow's idle timeout
 Without fork, one connection is served (UDP: one peer), then pyforward exits, as socat does.
@@ -221,8 +227,16 @@ def socat(
                 reload_settings=reload,
                 loop_name=loop_name,
                 max_accepts=command.max_accepts,
+                on_ready=_become(command.listen.su),
             )
         )
+
+
+def _become(user: str | None) -> Callable[[Forwarder], None] | None:
+    """socat's su=: once the listeners are bound, before the first accept."""
+    if user is None:
+        return None
+    return lambda _forwarder: become(user)
 
 
 register_service_commands(app)  # install, status, uninstall

@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
-from pyforward.config.addresses import Address
+from pyforward.config.addresses import Address, Endpoint, UnixAddress
 from pyforward.config.settings import Settings, Transport, env_name
 from pyforward.datagram import probe
 from pyforward.engine.listeners import bind_addresses, bind_error
+from pyforward.engine.unix_listener import connect_problem, listen_problem
 from pyforward.errors import ConfigError, StartupError
 from pyforward.systemd import procnet as ports
 
@@ -125,9 +126,12 @@ def check_settings(load: Callable[[], Settings]) -> tuple[Settings | None, list[
     ]
 
 
-def check_listen(address: Address, invocation: Invocation) -> Finding:
+def check_listen(address: Endpoint, invocation: Invocation) -> Finding:
     """Whether `run` could listen on `address` now, or this configuration already does."""
     subject = f"listen {address}"
+    if isinstance(address, UnixAddress):
+        taken = listen_problem(address)
+        return Finding(Level.OK if taken is None else Level.ERROR, subject, taken or "free")
     if address.port == 0:
         return Finding(Level.OK, subject, "port 0: the system picks a free port")
     try:
@@ -185,9 +189,21 @@ def _held(address: Address, invocation: Invocation, refusal: str) -> Finding:
     return Finding(Level.ERROR, subject, refusal)
 
 
-def check_target(address: Address, timeout: float) -> list[Finding]:
+def check_target(address: Endpoint, timeout: float) -> list[Finding]:
     """Whether a target resolves (else `run` refuses) and accepts a connection now."""
     subject = f"target {address}"
+    if isinstance(address, UnixAddress):
+        problem = connect_problem(address, timeout)
+        if problem is None:
+            return [Finding(Level.OK, subject, "accepts connections")]
+        return [
+            Finding(
+                Level.WARNING,
+                subject,
+                f"does not accept connections ({problem}); run would start, "
+                "and clients would be turned away",
+            )
+        ]
     assert address.host is not None
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
@@ -294,26 +310,28 @@ def check(load: Callable[[], Settings], invocation: Invocation) -> list[Finding]
     if settings is None:
         return findings
     # An address that sni routes share is one socket: checked once (port 0 is one each).
-    listens: list[tuple[Transport, Address]] = []
+    listens: list[tuple[Transport, Endpoint]] = []
     for route in settings.routes:
-        key = (route.protocol, route.listen)
-        if route.listen.port != 0 and key in listens:
+        listen = route.listen
+        key = (route.protocol, listen)
+        if (isinstance(listen, UnixAddress) or listen.port != 0) and key in listens:
             continue
         listens.append(key)
-        findings.append(
-            check_udp_listen(route.listen)
-            if route.protocol is Transport.UDP
-            else check_listen(route.listen, invocation)
-        )
+        if route.protocol is Transport.UDP:
+            assert isinstance(listen, Address), "a UDP route listens on an IP address"
+            findings.append(check_udp_listen(listen))
+        else:
+            findings.append(check_listen(listen, invocation))
     if settings.metrics is not None:
         metrics = check_listen(settings.metrics, invocation)
         findings.append(replace(metrics, subject=f"metrics {settings.metrics}"))
-    seen: set[tuple[Address, Transport]] = set()
+    seen: set[tuple[Endpoint, Transport]] = set()
     for route in settings.routes:
         for target in route.targets:
             if (target, route.protocol) not in seen:
                 seen.add((target, route.protocol))
                 if route.protocol is Transport.UDP:
+                    assert isinstance(target, Address), "a UDP route forwards to an IP address"
                     findings += check_udp_target(target)
                     continue
                 findings += check_target(target, min(route.connect_timeout, PROBE_TIMEOUT))

@@ -172,3 +172,65 @@ def format_peer(sockaddr: tuple[object, ...] | str) -> str:
         return sockaddr
     host = client_host(str(sockaddr[0]))
     return host_port(host, cast(int, sockaddr[1]))
+
+
+# --- UNIX stream sockets: `unix:/path` (a file) and `unix:@name` (Linux's abstract namespace)
+
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes; a path needs its NUL, an abstract name its leading NUL.
+UNIX_PATH_MAX = 108
+
+
+@dataclass(frozen=True, order=True)
+class UnixAddress:
+    """A UNIX stream socket: a path, or an abstract name (`name` starting with `@`)."""
+
+    name: str
+
+    @property
+    def abstract(self) -> bool:
+        return self.name.startswith("@")
+
+    @property
+    def sockaddr(self) -> str:
+        """What bind() and connect() take: an abstract name starts with a NUL byte."""
+        return "\0" + self.name[1:] if self.abstract else self.name
+
+    def __str__(self) -> str:
+        return UNIX_PREFIX + self.name
+
+
+Endpoint = Address | UnixAddress
+
+
+def parse_unix(text: str, what: str) -> UnixAddress:
+    """Parse `unix:/absolute/path` or `unix:@abstract-name`."""
+    name = text.strip()[len(UNIX_PREFIX) :]
+    where = f"invalid {what} {text!r}"
+    if not name or name == "@":
+        raise ConfigError(f"{where}: give unix:/PATH or unix:@NAME")
+    if not name.startswith(("/", "@")):
+        raise ConfigError(f"{where}: a UNIX socket path must be absolute (unix:/run/x.sock)")
+    if "\0" in name or not name.isprintable():
+        raise ConfigError(f"{where}: the path holds a control character")
+    size = len(name.encode())
+    limit = UNIX_PATH_MAX - 1
+    if size > limit:
+        raise ConfigError(f"{where}: {size} bytes is longer than a UNIX socket path ({limit})")
+    if not name.startswith("@") and name.endswith("/"):
+        raise ConfigError(f"{where}: the path names a directory")
+    return UnixAddress(name)
+
+
+def is_unix(text: str) -> bool:
+    return text.strip().lower().startswith(UNIX_PREFIX)
+
+
+def parse_listen_endpoint(text: str) -> Endpoint:
+    """A route's listen address: `parse_listen`'s forms, or `unix:/PATH`, `unix:@NAME`."""
+    return parse_unix(text, "listen address") if is_unix(text) else parse_listen(text)
+
+
+def parse_target_endpoint(text: str) -> Endpoint:
+    """A route's target: `parse_target`'s forms, or `unix:/PATH`, `unix:@NAME`."""
+    return parse_unix(text, "target address") if is_unix(text) else parse_target(text)

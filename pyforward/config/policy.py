@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from pyforward.config.access import AccessList
 from pyforward.obs.closelog import LogConnections
+from pyforward.obs.dump import DumpMode
 
 
 class ProxyProtocol(StrEnum):
@@ -37,6 +38,10 @@ class Policy:
     proxy_protocol_from: AccessList = field(default_factory=AccessList)
     # How long a client of a shared (sni) address gets to send its TLS ClientHello.
     sni_timeout: float = 5.0
+    connect_retries: int | None = 0  # dials again when every target failed; None: forever
+    connect_retry_interval: float = 1.0
+    source_port: int | None = None  # the local port of each connect to a TCP target
+    dump: DumpMode = DumpMode.OFF  # the bytes to stderr, as socat -v / -x (copy relay only)
 
     def reads_proxy_header(self, peer: str) -> bool:
         """Whether a connection from `peer` must start with a PROXY header."""

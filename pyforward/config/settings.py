@@ -28,12 +28,21 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyforward.config.access import AccessList, parse_network
-from pyforward.config.addresses import Address, parse_listen, parse_target
+from pyforward.config.addresses import (
+    Address,
+    Endpoint,
+    UnixAddress,
+    parse_listen,
+    parse_listen_endpoint,
+    parse_target_endpoint,
+)
 from pyforward.config.overlap import overlapping_listens
 from pyforward.config.policy import Policy, ProxyProtocol
 from pyforward.config.sni import host_names, shared_listens, split_route_names
+from pyforward.config.unix import check_unix_route, file_mode, owner
 from pyforward.errors import ConfigError
 from pyforward.obs.closelog import LogConnections
+from pyforward.obs.dump import DumpMode
 
 if TYPE_CHECKING:  # a type only: the core loads nothing of discovery
     from pyforward.discovery.options import DiscoverySettings
@@ -81,8 +90,8 @@ class LogLevel(StrEnum):
 class Route:
     """One listener, where its connections go, and what each connection needs to know."""
 
-    listen: Address
-    targets: tuple[Address, ...]
+    listen: Endpoint
+    targets: tuple[Endpoint, ...]
     policy: Policy
     access: AccessList = field(default_factory=AccessList)
     # Discovered routes: no static targets; the Service port (name or number) to follow.
@@ -93,6 +102,11 @@ class Route:
     # The TLS server names whose connections this route takes; () on a shared address: its
     # default (config/sni.py).
     sni: tuple[str, ...] = ()
+    reuseport: bool = False  # SO_REUSEPORT on its TCP listeners
+    # A unix: listener's socket file: its mode and owner (None: as bind() leaves them).
+    unix_mode: int | None = None
+    unix_user: str | None = None
+    unix_group: str | None = None
 
     @property
     def connect_timeout(self) -> float:
@@ -208,6 +222,24 @@ def _workers(value: object) -> int | None:
     return count
 
 
+def _port_or_none(value: object) -> int:
+    """A port number 1-65535, or 0: any."""
+    port = _positive_int(value)
+    if port > 65535:
+        raise ValueError(f"a port is 1-65535 (0: any), got {port}")
+    return port
+
+
+def _retries(value: object) -> int | None:
+    """A count of retries, or `forever` (None)."""
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return None
+    try:
+        return _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number or forever, got {_shown(value)}") from None
+
+
 def _boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -261,9 +293,9 @@ def _route_list(value: object) -> list[str]:
             )
         if names:
             host_names(names)
-        _checked(parse_listen, listen_text)
+        _checked(parse_listen_endpoint, listen_text)
         for text in target_text.split(","):
-            _checked(parse_target, text)
+            _checked(parse_target_endpoint, text)
     return routes
 
 
@@ -277,14 +309,15 @@ def _checked(parse: Callable[[str], object], text: str) -> None:
 def _listen_text(value: object) -> str:
     """A listen address, checked; kept as written (a config file is written from it)."""
     text = _string(value)
-    _checked(parse_listen, text)
+    _checked(parse_listen_endpoint, text)
     return text
 
 
 def _metrics_text(value: object) -> str:
     """The metrics listener's address: a host is required, so it is reachable only where
     the user says (a bare port would be every interface)."""
-    text = _listen_text(value)
+    text = _string(value)
+    _checked(parse_listen, text)
     if parse_listen(text).host is None:
         raise ValueError(
             f"{text!r} is every interface; give HOST:PORT, e.g. 127.0.0.1:{text.strip()}"
@@ -298,7 +331,7 @@ def _target_list(value: object) -> list[str]:
     if not targets:
         raise ValueError("no target given (an empty list); give at least one HOST:PORT")
     for text in targets:
-        _checked(parse_target, text)
+        _checked(parse_target_endpoint, text)
     return targets
 
 
@@ -392,14 +425,17 @@ OPTIONS: dict[str, Option] = {
         None,
         flag=Flag(
             list[str],
-            "[HOST:]PORT to listen on (bare PORT: every interface); once (several: --route).",
+            "[HOST:]PORT (bare PORT: every interface) or unix:PATH to listen on; "
+            "once (several: --route).",
             short="-l",
         ),
     ),
     "target": Option(
         _target_list,
         None,
-        flag=Flag(list[str], "HOST:PORT to forward to; repeat for failover.", short="-t"),
+        flag=Flag(
+            list[str], "HOST:PORT or unix:PATH to forward to; repeat for failover.", short="-t"
+        ),
     ),
     "route": Option(
         _route_list,
@@ -422,6 +458,30 @@ OPTIONS: dict[str, Option] = {
         per_route=True,
         route_field=RouteField.POLICY,
         flag=Flag(float, "Seconds to wait for the target to accept [10]."),
+    ),
+    "connect_retries": Option(
+        _retries,
+        0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        shown="0 (none)",
+        flag=Flag(str, "When every target failed, dial again this many times, or forever [0]."),
+    ),
+    "connect_retry_interval": Option(
+        _positive_duration,
+        1.0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(float, "Seconds between those dials [1]."),
+    ),
+    "source_port": Option(
+        _port_or_none,
+        0,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        zero_is_off=True,
+        shown="0 (any)",
+        flag=Flag(int, "Connect to TCP targets from this local port [0 = any]."),
     ),
     "idle_timeout": Option(
         _duration,
@@ -541,6 +601,37 @@ OPTIONS: dict[str, Option] = {
         route_field=RouteField.POLICY,
         flag=Flag(float, "Seconds a client of an sni address gets to send its TLS hello [5]."),
     ),
+    "reuseport": Option(
+        _boolean,
+        False,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        flag=Flag(bool, "SO_REUSEPORT: other processes may listen on the same port too."),
+    ),
+    "unix_mode": Option(
+        file_mode,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(0777 less the umask)",
+        flag=Flag(str, "Mode of a unix: listener's socket file, in octal (0660)."),
+    ),
+    "unix_user": Option(
+        owner,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(pyforward's user)",
+        flag=Flag(str, "Owner of a unix: listener's socket file (a name or uid)."),
+    ),
+    "unix_group": Option(
+        owner,
+        None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
+        shown="(pyforward's group)",
+        flag=Flag(str, "Group of a unix: listener's socket file (a name or gid)."),
+    ),
     "log_level": Option(
         _choice(LogLevel),
         LogLevel.INFO,
@@ -582,6 +673,17 @@ OPTIONS: dict[str, Option] = {
         per_route=True,
         route_field=RouteField.ROUTE,
         flag=Flag(int, "UDP: flows a route may hold; past it new clients are dropped [4096]."),
+    ),
+    "dump": Option(
+        _choice(DumpMode),
+        DumpMode.OFF,
+        per_route=True,
+        route_field=RouteField.POLICY,
+        flag=Flag(
+            DumpMode,
+            "Write the bytes to stderr as socat -v (text), -x (hex) or -v -x (text-hex); "
+            "relays by copy [off].",
+        ),
     ),
     "metrics": Option(
         _metrics_text,
@@ -762,12 +864,15 @@ def build_settings(
     for protocol in Transport:  # a TCP and a UDP socket on one port do not collide
         of_protocol = [r for r in routes if r.protocol is protocol]
         # TCP routes may share an address, told apart by TLS server name (config/sni.py).
-        shared = shared_listens(of_protocol) if protocol is Transport.TCP else set()
-        listens = [r.listen for r in of_protocol if r.listen.port != 0]
+        by_ip = [r for r in of_protocol if isinstance(r.listen, Address)]
+        shared = shared_listens(by_ip) if protocol is Transport.TCP else set()
+        listens: list[Endpoint] = [
+            r.listen for r in of_protocol if isinstance(r.listen, UnixAddress) or r.listen.port
+        ]
         duplicates = {str(a) for a in listens if listens.count(a) > 1 and a not in shared}
         if duplicates:
             raise ConfigError(f"listen address given twice: {', '.join(sorted(duplicates))}")
-        overlap = overlapping_listens(list(dict.fromkeys(listens)))
+        overlap = overlapping_listens([a for a in dict.fromkeys(listens) if isinstance(a, Address)])
         if overlap is not None:
             raise ConfigError(overlap)
 
@@ -778,17 +883,34 @@ def build_settings(
         raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     workers: int | None = pick("workers")
-    if workers != 1 and any(route.protocol is Transport.UDP for route in routes):
+    single = [
+        kind
+        for kind, present in (
+            ("a UDP route", any(route.protocol is Transport.UDP for route in routes)),
+            ("a unix: listener", any(isinstance(route.listen, UnixAddress) for route in routes)),
+        )
+        if present
+    ]
+    if workers != 1 and single:
         place = source_of("workers")
         raise ConfigError(
-            f"{place[1] if place else 'workers'}: workers = {workers or 'auto'} with a UDP "
-            "route: a UDP flow lives in the one process that owns its socket, so UDP routes "
-            "are served with workers = 1 (a pyforward of their own beside the TCP one)"
+            f"{place[1] if place else 'workers'}: workers = {workers or 'auto'} with "
+            f"{single[0]}: those are served by one process (a UDP flow lives in the process "
+            "that owns its socket; a unix: socket file has one owner); give them a pyforward "
+            "of their own with workers = 1"
         )
+    relay: RelayMode = pick("relay")
+    if any(route.policy.dump is not DumpMode.OFF for route in routes):
+        if relay is RelayMode.SPLICE:
+            raise ConfigError(
+                f"{_source_name(source_of, 'relay')}: splice moves bytes in the kernel, where "
+                "dump cannot show them; leave relay at auto (dump relays by copy)"
+            )
+        relay = RelayMode.COPY
     return Settings(
         max_connections_per_source=pick("max_connections_per_source") or None,
         routes=tuple(routes),
-        relay=pick("relay"),
+        relay=relay,
         loop=pick("loop"),
         log_level=level,
         backlog=backlog,
@@ -801,6 +923,11 @@ def build_settings(
 
 
 SourceOf = Callable[[str], "tuple[int, str] | None"]
+
+
+def _source_name(source_of: SourceOf, key: str) -> str:
+    found = source_of(key)
+    return found[1] if found is not None else key
 
 
 def _feature_on(pick: Callable[[str], Any]) -> Feature | None:
@@ -952,11 +1079,18 @@ def _route(
             "(--proxy-protocol-from CIDR): the load balancers whose PROXY header to believe; "
             "a header from anyone else is never honoured"
         )
+    listen = parse_listen_endpoint(listen_text)
+    check_unix_route(listen, values, where)
     if values["protocol"] is Transport.UDP:
+        if isinstance(listen, UnixAddress):
+            raise ConfigError(
+                f'{where}: {listen} with protocol = "udp": UDP routes listen on an IP '
+                "address and port; unix: sockets here are stream sockets"
+            )
         _refuse_tcp_only(values, listen_text, where)
     return Route(
-        listen=parse_listen(listen_text),
-        targets=tuple(parse_target(text) for text in target_texts),
+        listen=listen,
+        targets=tuple(parse_target_endpoint(text) for text in target_texts),
         policy=Policy(**_route_values(RouteField.POLICY, values)),
         access=AccessList.parse(values["allow"], values["deny"]),
         **_route_values(RouteField.ROUTE, values),

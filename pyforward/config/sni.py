@@ -54,8 +54,9 @@ def shared_listens(routes: Sequence[Route]) -> set[Address]:
     ConfigError (one line naming the routes) when they cannot share it."""
     by_address: dict[Address, list[int]] = {}
     for index, route in enumerate(routes, 1):
-        if route.listen.port != 0:
-            by_address.setdefault(route.listen, []).append(index)
+        listen = route.listen
+        if isinstance(listen, Address) and listen.port != 0:
+            by_address.setdefault(listen, []).append(index)
     shared: set[Address] = set()
     for address, indices in by_address.items():
         if len(indices) < 2:

@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import Mapping, Sequence
 
+from pyforward.config.addresses import Address
 from pyforward.config.settings import Route, Settings, Transport
 from pyforward.datagram.flow import Flow
 from pyforward.datagram.flows import RECEIVE_BUFFER, FlowCounts
@@ -96,8 +97,10 @@ class DatagramForwarder:
     def _open(self, rid: RouteId, route: Route) -> list[DatagramListener]:
         opened = [DatagramListener(self, sock, rid, route) for sock in self._passed(rid)]
         if not opened:
-            for family, sockaddr in bind_addresses(route.listen):
-                sock = open_datagram_socket(route.listen, family, sockaddr)
+            listen = route.listen
+            assert isinstance(listen, Address), "a UDP route listens on an IP address"
+            for family, sockaddr in bind_addresses(listen):
+                sock = open_datagram_socket(listen, family, sockaddr)
                 opened.append(DatagramListener(self, sock, rid, route))
         self.listeners += opened
         return opened

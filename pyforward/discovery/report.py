@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pyforward.config.addresses import Address
 from pyforward.config.settings import Settings
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiRefused, DiscoveryError
@@ -59,7 +60,7 @@ def inspect(
         if config.node_ip is None:
             nodes = parse_nodes(api.list(Resource("nodes")).items)
         warnings: list[str] = []
-        listen_ports = [route.listen.port for route in settings.routes]
+        listen_ports = [r.listen.port for r in settings.routes if isinstance(r.listen, Address)]
         try:
             everywhere = parse_services(api.list_all_services().items).objects
             warnings = load_balancer_conflicts(everywhere, listen_ports)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from pyforward.config.addresses import Address
 from pyforward.config.settings import Route, Transport
 from pyforward.engine.targets import RouteId
 from pyforward.obs.ratelimit import Every
@@ -22,7 +23,8 @@ def name_groups(routes: Sequence[Route], ids: Sequence[RouteId]) -> dict[RouteId
     indices of all its routes (that one first)."""
     groups: dict[str, list[int]] = {}
     for index, route in enumerate(routes):
-        if route.listen.port != 0 and route.protocol is Transport.TCP:
+        listen = route.listen
+        if isinstance(listen, Address) and listen.port != 0 and route.protocol is Transport.TCP:
             groups.setdefault(str(route.listen), []).append(index)
     return {
         ids[indices[0]]: indices

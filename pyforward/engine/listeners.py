@@ -78,12 +78,19 @@ def bind_addresses(address: Address) -> list[tuple[int, tuple[object, ...]]]:
 
 
 def open_listener(
-    address: Address, family: int, sockaddr: tuple[object, ...], backlog: int
+    address: Address,
+    family: int,
+    sockaddr: tuple[object, ...],
+    backlog: int,
+    *,
+    reuseport: bool = False,
 ) -> socket.socket:
-    """A bound, listening, non-blocking socket with SO_REUSEADDR."""
+    """A bound, listening, non-blocking socket with SO_REUSEADDR (and SO_REUSEPORT)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # Every interface means IPv4 too; a named IPv6 address means only itself.
             v6only = 0 if address.host is None else 1

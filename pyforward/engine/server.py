@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyforward.config.access import AccessList
-from pyforward.config.addresses import Address, client_host, format_peer
+from pyforward.config.addresses import Endpoint, UnixAddress, client_host, format_peer
 from pyforward.config.policy import Policy
 from pyforward.config.settings import RelayMode, Route, Settings, Transport
 from pyforward.engine.by_name import build_names, followers, name_groups
@@ -26,6 +26,7 @@ from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.engine.sources import LocalSourceCounts, SourceCounts
 from pyforward.engine.targets import RouteId, route_ids
+from pyforward.engine.unix_listener import UnixFile, UnixOwnership, open_unix_listener, peer_source
 from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
@@ -59,6 +60,7 @@ class Listener:
     access: AccessList
     # The routes sharing this address, chosen by TLS server name (engine/by_name.py).
     names: NameRoutes | None = None
+    unix_file: UnixFile | None = None  # the socket file it made, removed when it closes
     # Read on every accept, so worked out once: the socket's family (an int, not the enum
     # `sock.family` builds each time), and whether the route has an allow/deny list.
     family: int = field(init=False)
@@ -82,8 +84,22 @@ class Listener:
         return self.targets if self.names is None else self.names.every_target()
 
 
-def literal_target(address: Address) -> ResolvedTarget | None:
+def close_listeners(listeners: Sequence[Listener]) -> None:
+    """Close listening sockets, and remove the socket files they made."""
+    close_all([listener.sock for listener in listeners])
+    for listener in listeners:
+        if listener.unix_file is not None:
+            listener.unix_file.remove()
+
+
+def unix_target(address: UnixAddress) -> ResolvedTarget:
+    return ResolvedTarget(socket.AF_UNIX, address.sockaddr, str(address))
+
+
+def literal_target(address: Endpoint) -> ResolvedTarget | None:
     """The target of an IP-literal address, without a name lookup; None for a host name."""
+    if isinstance(address, UnixAddress):
+        return unix_target(address)
     assert address.host is not None
     try:
         ip = ipaddress.ip_address(address.host)
@@ -94,7 +110,9 @@ def literal_target(address: Address) -> ResolvedTarget | None:
     return ResolvedTarget(socket.AF_INET, (str(ip), address.port), str(address))
 
 
-async def resolve_target(loop: asyncio.AbstractEventLoop, address: Address) -> ResolvedTarget:
+async def resolve_target(loop: asyncio.AbstractEventLoop, address: Endpoint) -> ResolvedTarget:
+    if isinstance(address, UnixAddress):
+        return unix_target(address)
     assert address.host is not None
     try:
         infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
@@ -178,7 +196,7 @@ class Forwarder:
                     continue  # served by the listener of its address's first route
                 self.listeners += self._open_route(ids[index], route, targets, index)
         except BaseException:
-            close_all([listener.sock for listener in self.listeners])
+            close_listeners(self.listeners)
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
             raise
         for listener in self.listeners:
@@ -204,16 +222,33 @@ class Forwarder:
                 for s in passed
             ]
         backlog = self.settings.backlog or system_backlog()
+        if isinstance(route.listen, UnixAddress):
+            ownership = UnixOwnership(route.unix_mode, route.unix_user, route.unix_group)
+            sock, made = open_unix_listener(route.listen, ownership, backlog)
+            return [
+                Listener(
+                    sock,
+                    str(route.listen),
+                    rid,
+                    route,
+                    targets,
+                    route.policy,
+                    route.access,
+                    unix_file=made,
+                )
+            ]
         opened: list[Listener] = []
         try:
             for family, sockaddr in bind_addresses(route.listen):
-                sock = open_listener(route.listen, family, sockaddr, backlog)
+                sock = open_listener(
+                    route.listen, family, sockaddr, backlog, reuseport=route.reuseport
+                )
                 label = format_peer(sock.getsockname())
                 opened.append(
                     Listener(sock, label, rid, route, targets, route.policy, route.access)
                 )
         except BaseException:
-            close_all([listener.sock for listener in opened])
+            close_listeners(opened)
             raise
         return opened
 
@@ -249,7 +284,7 @@ class Forwarder:
                 if rid not in current and rid not in sharing and route.protocol is Transport.TCP:
                     opened += self._open_route(rid, route, resolved[rid], index)
         except BaseException:
-            close_all([listener.sock for listener in opened])
+            close_listeners(opened)
             raise
         kept: list[Listener] = []
         for listener in self.listeners:
@@ -257,7 +292,7 @@ class Forwarder:
             if new_route is None:
                 if self._accepting:
                     self.loop.remove_reader(listener.sock.fileno())
-                listener.sock.close()
+                close_listeners([listener])
                 continue
             listener.apply(new_route, resolved[listener.route_id])
             kept.append(listener)
@@ -347,7 +382,11 @@ class Forwarder:
                 continue  # ECONNABORTED and kin: that client is gone, the next may not be
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             stats.accepted += 1
-            source = client_host(peer[0])
+            client_label: str | None = None  # formatted from `peer` when first needed
+            if family == socket.AF_UNIX:
+                source, client_label = peer_source(client)
+            else:
+                source = client_host(peer[0])
             # A trusted load balancer's connection is admitted once its PROXY header
             # names the client (`admit`); every other one here, by its own address.
             policy = listener.policy
@@ -375,6 +414,7 @@ class Forwarder:
                 self,
                 client,
                 peer=peer,
+                client_label=client_label,
                 listen_label=listener.label,
                 targets=targets,
                 policy=policy,
@@ -451,7 +491,7 @@ class Forwarder:
         self.gate.close()
         self._follow_gate()
         self._accepts_done = True
-        close_all([listener.sock for listener in self.listeners])
+        close_listeners(self.listeners)
         log.info(logfmt({"event": "listen-closed", "address": label, "served": self._served}))
 
     def _refuse(self, client: socket.socket, reason: CloseReason, source: str, listen: str) -> None:
@@ -574,7 +614,7 @@ class Forwarder:
             self._drained = asyncio.Event()
         self.gate.close()
         self._follow_gate()
-        close_all([listener.sock for listener in self.listeners])
+        close_listeners(self.listeners)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let connections finish for up to `timeout`, then close them."""

@@ -97,7 +97,14 @@ def stages_for(
         return [*client_side, RouteByName(names)]
     if policy.first_byte_timeout:
         client_side.append(FirstByteGate(policy.first_byte_timeout))
-    dial = Dial(policy.connect_timeout, keepalive=policy.keepalive, failover_log=failover_log)
+    dial = Dial(
+        policy.connect_timeout,
+        keepalive=policy.keepalive,
+        failover_log=failover_log,
+        retries=policy.connect_retries,
+        retry_interval=policy.connect_retry_interval,
+        source_port=policy.source_port,
+    )
     target_side: list[Stage] = []
     if policy.proxy_protocol is not ProxyProtocol.OFF:
         target_side.append(SendProxyHeader(policy.proxy_protocol))

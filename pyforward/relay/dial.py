@@ -5,6 +5,10 @@ The targets come in the order to try them (healthy ones first, see engine/health
 The route's `connect_timeout` is the budget of the whole dial, not of each attempt: each
 attempt gets an equal share of what is left, so a dead first target cannot use it all,
 and a target that fails at once gives its share to the ones after it.
+
+With `connect_retries` (socat's `retry=N`, `forever`), a dial in which every target failed
+starts again after `connect_retry_interval`, with a new budget, until the retries are used
+up; the client waits meanwhile (its bytes wait in the kernel, unread).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pyforward.relay.stages import Stage, StageHost, contained
 
 log = logging.getLogger("pyforward.relay.connection")
 
+# A UNIX target without a file, or with a full backlog, refuses as a closed port does.
+_REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 # getaddrinfo's error codes by value, for a gaierror's name in the close line.
 _GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
@@ -31,7 +37,7 @@ _GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.starts
 @dataclass(frozen=True)
 class ResolvedTarget:
     family: int
-    sockaddr: tuple[object, ...]
+    sockaddr: tuple[object, ...] | str  # a str: a UNIX socket's path or abstract name
     label: str
 
 
@@ -45,7 +51,7 @@ class ConnectFailure:
 
     @classmethod
     def of_errno(cls, code: int) -> ConnectFailure:
-        if code == errno.ECONNREFUSED:
+        if code in _REFUSED_ERRNOS:
             reason = CloseReason.REFUSED
         elif code == errno.ETIMEDOUT:
             reason = CloseReason.CONNECT_TIMEOUT
@@ -65,6 +71,12 @@ class ConnectFailure:
         return cls(CloseReason.ERROR, type(exc).__name__, str(exc))
 
 
+def bind_source_port(sock: socket.socket, family: int, port: int) -> None:
+    """Connect from `port` (socat's sourceport=): one connection to a target at a time."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+
+
 class Dial(Stage):
     """Connect to the first of the host's `targets` that accepts; set `host.target`."""
 
@@ -75,14 +87,29 @@ class Dial(Stage):
         "_deadline",
         "_failover_log",
         "_last_failure",
+        "_retries_left",
+        "_retry_interval",
+        "_source_port",
         "connect_timeout",
         "keepalive",
     )
 
     side = "dial"
 
-    def __init__(self, connect_timeout: float, *, keepalive: bool, failover_log: Every) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        *,
+        keepalive: bool,
+        failover_log: Every,
+        retries: int | None = 0,
+        retry_interval: float = 1.0,
+        source_port: int | None = None,
+    ) -> None:
+        self._source_port = source_port
         self.connect_timeout = connect_timeout
+        self._retries_left = retries  # None: forever
+        self._retry_interval = retry_interval
         self.keepalive = keepalive
         self._failover_log = failover_log  # shared by the route's connections
         self._attempt = 0
@@ -118,7 +145,20 @@ class Dial(Stage):
                 self._attempt_timer = loop.call_at(self._attempt_deadline, self._on_timeout)
                 return
             self._failed(failure)
+        if self._retries_left is None or self._retries_left > 0:
+            if self._retries_left is not None:
+                self._retries_left -= 1
+            self._attempt_timer = loop.call_later(self._retry_interval, self._retry)
+            return
         host.close(self._last_failure, reset=True)
+
+    @contained
+    def _retry(self) -> None:
+        """Every target failed: start over, with a new budget."""
+        self._attempt_timer = None
+        self._attempt = 0
+        self._deadline = self.host.loop.time() + self.connect_timeout
+        self._connect_next()
 
     def _begin(self, target: ResolvedTarget) -> ConnectFailure | None:
         """Begin a non-blocking connect to `target`; the failure, if it failed at once."""
@@ -129,6 +169,8 @@ class Dial(Stage):
         self.host.target = sock
         try:
             prepare(sock, keepalive=self.keepalive, nonblocking=BORN_NONBLOCKING)
+            if self._source_port is not None and target.family != socket.AF_UNIX:
+                bind_source_port(sock, target.family, self._source_port)
             # Besides OSError, a target the checks upstream let through may be one the
             # socket module refuses to take: a port above 65535 (OverflowError), a
             # zone no interface has (gaierror), an address of the wrong shape.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 from pyforward.obs.stats import Stats
 from pyforward.relay.pipes import SPLICE_FLAGS, Pipe, PipePool
@@ -21,7 +22,7 @@ COPY_BUFFER = 1 << 18
 class Direction:
     """Moves bytes from `src` to `dst`; the driver calls fill() and flush()."""
 
-    __slots__ = ("done", "dst", "dst_fd", "pending", "src", "src_fd", "stats", "total")
+    __slots__ = ("done", "dst", "dst_fd", "pending", "src", "src_fd", "stats", "tap", "total")
 
     kind = ""
 
@@ -34,6 +35,8 @@ class Direction:
         self.pending = 0  # read from src, not yet written to dst
         self.total = 0  # bytes read from src
         self.done = False
+        # Shown each batch read (a dump, obs/dump.py); only the copy path has the bytes.
+        self.tap: Callable[[memoryview], None] | None = None
 
     def fill(self) -> int:
         """Read a batch from src; 0 means EOF. BlockingIOError: nothing to read yet."""
@@ -116,6 +119,8 @@ class CopyDirection(Direction):
 
     def fill(self) -> int:
         received = self.src.recv_into(self._scratch)
+        if received and self.tap is not None:
+            self.tap(self._scratch[:received])
         self._data = self._scratch
         self._start = 0
         self.pending = received

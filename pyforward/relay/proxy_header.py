@@ -56,6 +56,14 @@ _BAD_HEADER_LOG_INTERVAL = 5.0
 _bad_header_log = Every(_BAD_HEADER_LOG_INTERVAL)
 
 
+def _ip_pair(sockaddr: object) -> tuple[str, int] | None:
+    """An IP socket address's host and port; None for a UNIX one (the header says UNKNOWN
+    in v1, LOCAL in v2, as HAProxy sends for a client without an IP address)."""
+    if isinstance(sockaddr, tuple):
+        return str(sockaddr[0]), int(sockaddr[1])
+    return None
+
+
 class SendProxyHeader(SendToTarget):
     """Write the PROXY header of the client's connection to the target."""
 
@@ -68,8 +76,8 @@ class SendProxyHeader(SendToTarget):
     def start(self, host: StageHost) -> None:
         self.host = host
         try:
-            client = host.client_address or host.client.getpeername()[:2]
-            destination = host.destination_address or host.client.getsockname()[:2]
+            client = host.client_address or _ip_pair(host.client.getpeername())
+            destination = host.destination_address or _ip_pair(host.client.getsockname())
         except OSError:
             # The client is gone already (reset before its connection got this far).
             host.close(CloseReason.RESET, reset=True, reset_by=Side.CLIENT)

@@ -17,6 +17,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from pyforward.obs.dump import DumpMode, tap
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
@@ -76,6 +77,9 @@ class Pump:
                 CopyDirection(client, target, owner.stats),
                 CopyDirection(target, client, owner.stats),
             ]
+        if connection.policy.dump is not DumpMode.OFF:
+            for direction, mark in zip(self.directions, "><", strict=True):
+                direction.tap = tap(connection.policy.dump, mark)
         self._idle_timeout = connection.policy.idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0

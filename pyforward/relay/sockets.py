@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
+from typing import cast
 
 # SO_LINGER on with a zero timeout: close() sends a reset instead of a FIN, so a peer cut
 # short never mistakes what it received for the whole stream.
@@ -29,6 +32,9 @@ def set_keepalive(sock: socket.socket) -> None:
 # less per connection).
 TARGET_SOCKET_TYPE = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 BORN_NONBLOCKING = TARGET_SOCKET_TYPE != socket.SOCK_STREAM
+# A socket's family as the int the C type keeps (`socket.socket.family` builds an enum from
+# it on every read, which costs more than the rest of `prepare`).
+_family = cast(Callable[[socket.socket], int], _socket.socket.family.__get__)
 
 
 def prepare(sock: socket.socket, *, keepalive: bool, nonblocking: bool = False) -> None:
@@ -36,6 +42,8 @@ def prepare(sock: socket.socket, *, keepalive: bool, nonblocking: bool = False) 
     when the route asks for them."""
     if not nonblocking:
         sock.setblocking(False)
+    if _family(sock) == socket.AF_UNIX:
+        return  # no Nagle delay, no keepalive: a local stream
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive:
         set_keepalive(sock)

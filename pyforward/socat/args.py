@@ -21,18 +21,35 @@ everything else is refused with a `ConfigError` naming the part, never guessed a
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import PurePosixPath
 
+from pyforward.config.access import parse_network
 from pyforward.config.addresses import PortError, host_port, parse_listen, parse_target, port_number
 from pyforward.config.settings import MAX_BACKLOG, Transport
 from pyforward.errors import ConfigError
+from pyforward.obs.dump import DumpMode
+from pyforward.socat.unix import (
+    UNIX_CONNECT_TYPES,
+    UNIX_LISTEN_OPTIONS,
+    UNIX_LISTEN_TYPES,
+    UNIX_OPTION_ALIASES,
+    UnixConnectAddress,
+    UnixListenAddress,
+    keyword_of_connect,
+    keyword_of_listen,
+    listen_mode,
+    owner_name,
+    socat_param,
+    unix_name,
+)
 
 PROGRAM_NAMES = frozenset({"socat", "pyforward-socat"})
 _INT_MAX = 2**31 - 1  # the kernel takes backlog and counts as a C int
@@ -61,6 +78,10 @@ class ListenAddress:
     nodelay: bool = False  # given; pyforward sets it on every socket anyway
     transport: Transport = Transport.TCP  # UDP-LISTEN, UDP-RECVFROM: see udp.py
     recvfrom: bool = False  # UDP-RECVFROM rather than UDP-LISTEN
+    allow: str | None = None  # range=: the one network whose clients are served
+    su: str | None = None  # su=: the user to become once the socket is bound
+    ipv6_v6only: bool | None = None  # TCP6-LISTEN's IPV6_V6ONLY; None: not given
+    reuseport: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,18 +95,40 @@ class ConnectAddress:
     keepalive: bool = False
     nodelay: bool = False
     transport: Transport = Transport.TCP  # UDP:HOST:PORT
+    retry: Retry | None = None
+    sourceport: int | None = None  # sourceport=, sp=: the local port of the connect
+
+
+@dataclass(frozen=True)
+class Retry:
+    """forever, retry=N, interval=SECONDS on the target: socat tries the connect again."""
+
+    times: int | None  # None: forever
+    interval: float | None = None  # None: socat's 1 s
+
+
+Listen = ListenAddress | UnixListenAddress
+Connect = ConnectAddress | UnixConnectAddress
 
 
 @dataclass(frozen=True)
 class SocatCommand:
     """A parsed socat command line within the supported subset."""
 
-    listen: ListenAddress
-    connect: ConnectAddress
+    listen: Listen
+    connect: Connect
     idle_timeout: float | None = None  # -T; 0 means none, as in socat
     verbosity: int = 0  # number of -d
     buffer_size: int | None = None  # -b: accepted, not used
     close_delay: float | None = None  # -t: accepted, not used
+    dump_text: bool = False  # -v: the bytes to stderr as text
+    dump_hex: bool = False  # -x: ... as hex
+
+    @property
+    def dump(self) -> DumpMode:
+        if self.dump_text:
+            return DumpMode.TEXT_HEX if self.dump_hex else DumpMode.TEXT
+        return DumpMode.HEX if self.dump_hex else DumpMode.OFF
 
     @property
     def max_accepts(self) -> int | None:
@@ -234,7 +277,10 @@ _REFUSED_PREFIXES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("openssl", "ssl", "dtls"), _TLS),
     (("udp",), "pyforward-socat takes UDP-LISTEN or UDP-RECVFROM, and a UDP:HOST:PORT target"),
     (("sctp", "dccp"), "pyforward forwards TCP only"),
-    (("unix", "abstract", "local"), "pyforward forwards TCP, not Unix sockets"),
+    (
+        ("unix", "abstract"),
+        "pyforward forwards UNIX stream sockets (UNIX-LISTEN, UNIX-CONNECT), not datagrams",
+    ),
     (("exec", "system", "shell"), "pyforward connects to a TCP target, it does not run programs"),
     (("proxy", "socks"), "pyforward connects to its target directly, not through a proxy"),
     (
@@ -266,14 +312,17 @@ _SOCAT_TYPES = """abstract abstract-client abstract-connect abstract-listen abst
     udplite-listen unix unix-client unix-connect unix-l unix-listen unix-recv
     unix-recvfrom unix-send unix-sendto vsock vsock-connect vsock-l vsock-listen"""
 _KNOWN_SOCAT_TYPES = frozenset(_SOCAT_TYPES.split())
-_SUPPORTED_HINT = "pyforward-socat takes TCP-LISTEN:PORT[,OPTIONS] TCP:HOST:PORT[,OPTIONS]"
+_SUPPORTED_HINT = (
+    "pyforward-socat takes TCP-LISTEN:PORT or UNIX-LISTEN:PATH [,OPTIONS], then "
+    "TCP:HOST:PORT or UNIX-CONNECT:PATH [,OPTIONS]"
+)
 
 
 def _refuse_type(raw: _RawAddress) -> ConfigError:
     keyword = raw.keyword
     lowered = keyword.lower()
     shown = keyword.upper()
-    if keyword == "-":
+    if keyword in ("-", ""):
         return ConfigError(f"- (STDIO) is not supported: {_NOT_FILES}")
     if keyword.isdigit():
         return ConfigError(f"{keyword} (file descriptor) is not supported: not TCP")
@@ -346,9 +395,40 @@ _OPTION_ALIASES = {
     "so-keepalive": "keepalive",
     "tcp-nodelay": "nodelay",
     "maxchildren": "max-children",
+    "ipv6only": "ipv6-v6only",
+    "ipv6-v6only": "ipv6-v6only",
+    "substuser": "su",
+    "su-d": "su",
+    "substuser-delayed": "su",
+    "sp": "sourceport",
+    **UNIX_OPTION_ALIASES,
 }
-_LISTEN_OPTIONS = ("fork", "reuseaddr", "bind", "backlog", "max-children", "keepalive", "nodelay")
-_CONNECT_OPTIONS = ("connect-timeout", "keepalive", "nodelay")
+_LISTEN_OPTIONS = (
+    "fork",
+    "reuseaddr",
+    "bind",
+    "backlog",
+    "max-children",
+    "keepalive",
+    "nodelay",
+    "range",
+    "su",
+    "ipv6-v6only",
+    "reuseport",
+)
+# forever, retry, interval and sourceport are read and reported (summarize): see there.
+_CONNECT_OPTIONS = (
+    "connect-timeout",
+    "keepalive",
+    "nodelay",
+    "forever",
+    "retry",
+    "interval",
+    "sourceport",
+)
+_UNIX_CONNECT_OPTIONS = ("connect-timeout", "forever", "retry", "interval")
+# Every table of options, for "does not apply to" rather than "unknown".
+_ALL_OPTIONS = (_LISTEN_OPTIONS, _CONNECT_OPTIONS, UNIX_LISTEN_OPTIONS, _UNIX_CONNECT_OPTIONS)
 
 
 def _flag(name: str, value: str | None, where: str) -> bool:
@@ -370,8 +450,7 @@ def _option_name(raw: _RawAddress, name: str, allowed: tuple[str, ...], keyword:
     if canonical in allowed:
         return canonical
     where = f"address {raw.text!r}"
-    other = _CONNECT_OPTIONS if allowed is _LISTEN_OPTIONS else _LISTEN_OPTIONS
-    if canonical in other:
+    if any(canonical in table for table in _ALL_OPTIONS):
         raise ConfigError(f"{where}: option {name} does not apply to {keyword.upper()}")
     close = difflib.get_close_matches(canonical, allowed, n=1)
     if close:
@@ -442,6 +521,22 @@ def _parse_listen(raw: _RawAddress, family: Family) -> ListenAddress:
             text = _needs(name, value, where, "128")
             backlog = _whole(text, f"{where}: {name}", minimum=1, maximum=MAX_BACKLOG)
             address = replace(address, backlog=backlog)
+        elif option == "range":
+            address = replace(
+                address, allow=_range(_needs(name, value, where, "10.0.0.0/8"), where)
+            )
+        elif option == "su":
+            address = replace(
+                address, su=owner_name(name, _needs(name, value, where, "nobody"), where)
+            )
+        elif option == "reuseport":
+            address = replace(address, reuseport=_flag(name, value, where))
+        elif option == "ipv6-v6only":
+            if family is not Family.IPV6:
+                raise ConfigError(
+                    f"{where}: {name} applies to TCP6-LISTEN, not {raw.keyword.upper()}"
+                )
+            address = replace(address, ipv6_v6only=_flag(name, value, where))
         else:  # max-children
             text = _needs(name, value, where, "100")
             address = replace(address, max_children=_whole(text, f"{where}: {name}"))
@@ -475,13 +570,120 @@ def _parse_connect(raw: _RawAddress, family: Family) -> ConnectAddress:
             if not _flag(name, value, where):
                 raise ConfigError(f"{where}: {name}={value} is not supported: {_ALWAYS_ON[option]}")
             address = replace(address, nodelay=True)
+        elif option in _RETRY_OPTIONS:
+            address = replace(address, retry=_retry(address.retry, option, name, value, where))
+        elif option == "sourceport":
+            port = _port(_needs(name, value, where, "2000"), f"{where}: {name}", minimum=1)
+            address = replace(address, sourceport=port)
         else:  # connect-timeout
-            text = _needs(name, value, where, "5")
-            seconds = _seconds(text, f"{where}: {name}")
-            if seconds <= 0:
-                raise ConfigError(f"{where}: {name} must be more than 0 seconds")
-            address = replace(address, connect_timeout=seconds)
+            address = replace(address, connect_timeout=_timeout(name, value, where))
     return address
+
+
+def _timeout(name: str, value: str | None, where: str) -> float:
+    seconds = _seconds(_needs(name, value, where, "5"), f"{where}: {name}")
+    if seconds <= 0:
+        raise ConfigError(f"{where}: {name} must be more than 0 seconds")
+    return seconds
+
+
+_RETRY_OPTIONS = ("forever", "retry", "interval")
+
+
+def _retry(
+    retry: Retry | None, option: str, name: str, value: str | None, where: str
+) -> Retry | None:
+    """forever / retry=N / interval=SECONDS, on top of what the address said so far."""
+    current = retry or Retry(times=0)
+    if option == "forever":
+        return replace(current, times=None) if _flag(name, value, where) else current
+    if option == "retry":
+        times = _whole(_needs(name, value, where, "5"), f"{where}: {name}")
+        return replace(current, times=times)
+    return replace(current, interval=_timeout(name, value, where))
+
+
+def _range(value: str, where: str) -> str:
+    """range=: socat's ADDRESS/BITS or ADDRESS:MASK, IPv6 in brackets; the network as text."""
+    text = value
+    if text.startswith("["):
+        inner, sep, rest = text[1:].partition("]")
+        text = inner + rest if sep else text
+    address, colon, mask = text.partition(":")
+    if colon and "." in address and "." in mask:
+        text = f"{address}/{mask}"
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+        parse_network(str(network))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: range={value}: expected ADDRESS/BITS, e.g. range=10.0.0.0/8"
+        ) from None
+    return str(network)
+
+
+def _parse_unix_listen(raw: _RawAddress, abstract: bool) -> UnixListenAddress:
+    where = f"address {raw.text!r}"
+    _check_params(raw, ["PATH"])
+    address = UnixListenAddress(unix_name(raw.params[0], abstract, where))
+    for name, value in raw.options:
+        option = _option_name(raw, name, UNIX_LISTEN_OPTIONS, raw.keyword)
+        if option == "fork":
+            address = replace(address, fork=_flag(name, value, where))
+        elif option == "backlog":
+            text = _needs(name, value, where, "128")
+            backlog = _whole(text, f"{where}: {name}", minimum=1, maximum=MAX_BACKLOG)
+            address = replace(address, backlog=backlog)
+        elif option == "max-children":
+            text = _needs(name, value, where, "100")
+            address = replace(address, max_children=_whole(text, f"{where}: {name}"))
+        elif option == "mode":
+            address = replace(address, mode=listen_mode(_needs(name, value, where, "0660"), where))
+        elif option == "user":
+            address = replace(
+                address, user=owner_name(name, _needs(name, value, where, "0"), where)
+            )
+        elif option == "group":
+            address = replace(
+                address, group=owner_name(name, _needs(name, value, where, "0"), where)
+            )
+        elif option == "su":
+            address = replace(
+                address, su=owner_name(name, _needs(name, value, where, "nobody"), where)
+            )
+        elif option == "unlink-early":
+            address = replace(address, unlink_early=_flag(name, value, where))
+        else:  # unlink-close
+            address = replace(address, unlink_close=_flag(name, value, where))
+    if address.abstract and (address.mode, address.user, address.group) != (None,) * 3:
+        raise ConfigError(f"{where}: an abstract socket has no file to give a mode or owner")
+    return address
+
+
+def _parse_unix_connect(raw: _RawAddress, abstract: bool) -> UnixConnectAddress:
+    where = f"address {raw.text!r}"
+    _check_params(raw, ["PATH"])
+    address = UnixConnectAddress(unix_name(raw.params[0], abstract, where))
+    for name, value in raw.options:
+        option = _option_name(raw, name, _UNIX_CONNECT_OPTIONS, raw.keyword)
+        if option in _RETRY_OPTIONS:
+            address = replace(address, retry=_retry(address.retry, option, name, value, where))
+        else:  # connect-timeout
+            address = replace(address, connect_timeout=_timeout(name, value, where))
+    return address
+
+
+# Address types by keyword: the parser of each, first (listen) or second (target) address.
+_LISTEN_PARSERS: dict[str, Callable[[_RawAddress], Listen]] = {
+    **{k: functools.partial(_parse_listen, family=f) for k, f in _LISTEN_TYPES.items()},
+    **{k: functools.partial(_parse_unix_listen, abstract=a) for k, a in UNIX_LISTEN_TYPES.items()},
+}
+_CONNECT_PARSERS: dict[str, Callable[[_RawAddress], Connect]] = {
+    **{k: functools.partial(_parse_connect, family=f) for k, f in _CONNECT_TYPES.items()},
+    **{
+        k: functools.partial(_parse_unix_connect, abstract=a) for k, a in UNIX_CONNECT_TYPES.items()
+    },
+}
 
 
 def _reason(exc: ConfigError) -> str:
@@ -494,10 +696,8 @@ def _reason(exc: ConfigError) -> str:
 
 _OPTIONS_WITH_VALUE = ("-T", "-t", "-b")
 _REFUSED_OPTIONS = {
-    "-v": "pyforward does not dump traffic",
-    "-x": "pyforward does not dump traffic",
-    "-r": "pyforward does not dump traffic",
-    "-R": "pyforward does not dump traffic",
+    "-r": "pyforward writes its dump (-v, -x) to stderr, not to a file",
+    "-R": "pyforward writes its dump (-v, -x) to stderr, not to a file",
     "-u": "pyforward relays both directions",
     "-U": "pyforward relays both directions",
     "-s": "pyforward stops on every configuration error",
@@ -518,16 +718,23 @@ _REFUSED_OPTIONS = {
 _DEBUG_VERBOSITY = 4  # socat's -d -d -d -d: debug messages
 
 
+def _is_option(word: str) -> bool:
+    """A socat option (`-d`, `-T30`), not the STDIO address `-` (`-,echo=0`, `-!!...`)."""
+    return word.startswith("-") and word[1:2] not in ("", ",", ":", "!")
+
+
 def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
     """Parse socat's arguments (without the program name) into a `SocatCommand`."""
     verbosity = 0
     idle_timeout: float | None = None
     close_delay: float | None = None
     buffer_size: int | None = None
+    dumps: set[str] = set()
     index = 0
     # As in socat, options come first; the first word not starting with "-" (or a
-    # lone "-", which is the STDIO address) begins the addresses.
-    while index < len(argv) and argv[index].startswith("-") and argv[index] != "-":
+    # lone "-", which is the STDIO address, also with options: "-,echo=0") begins the
+    # addresses.
+    while index < len(argv) and _is_option(argv[index]):
         arg = argv[index]
         index += 1
         if re.fullmatch(r"-d+", arg):
@@ -550,6 +757,9 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
             continue
         if arg == "-ls":
             continue  # log to stderr: what pyforward does anyway
+        if arg in ("-v", "-x"):
+            dumps.add(arg)
+            continue
         refused = arg[:3] if arg[:3] in _REFUSED_OPTIONS else arg[:2]
         if refused in _REFUSED_OPTIONS:
             raise ConfigError(
@@ -557,7 +767,7 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
             )
         raise ConfigError(
             f"unknown socat option {arg!r}: pyforward-socat takes -d, -T SECONDS, "
-            "-t SECONDS, -b SIZE, -ls"
+            "-t SECONDS, -b SIZE, -ls, -v, -x"
         )
     addresses = list(argv[index:])
     if len(addresses) != 2:
@@ -574,24 +784,27 @@ def parse_socat_args(argv: Sequence[str]) -> SocatCommand:
         return SocatCommand(listen, connect, idle_timeout, verbosity, buffer_size, close_delay)
     for raw in (first, second):
         lowered = raw.keyword.lower()
-        if lowered not in _LISTEN_TYPES and lowered not in _CONNECT_TYPES:
+        if lowered not in _LISTEN_PARSERS and lowered not in _CONNECT_PARSERS:
             raise _refuse_type(raw)
-    if first.keyword.lower() not in _LISTEN_TYPES:
+    if first.keyword.lower() not in _LISTEN_PARSERS:
         raise ConfigError(
-            "the first address must be TCP-LISTEN (pyforward listens, then connects to "
-            f"the target for each client), got {first.keyword.upper()}"
+            "the first address must be TCP-LISTEN or UNIX-LISTEN (pyforward listens, then "
+            f"connects to the target for each client), got {first.keyword.upper()}"
         )
-    if second.keyword.lower() not in _CONNECT_TYPES:
+    if second.keyword.lower() not in _CONNECT_PARSERS:
         raise ConfigError(
-            f"the second address must be TCP:HOST:PORT (the target), got {second.keyword.upper()}"
+            "the second address must be TCP:HOST:PORT or UNIX-CONNECT:PATH (the target), "
+            f"got {second.keyword.upper()}"
         )
     return SocatCommand(
-        listen=_parse_listen(first, _LISTEN_TYPES[first.keyword.lower()]),
-        connect=_parse_connect(second, _CONNECT_TYPES[second.keyword.lower()]),
+        listen=_LISTEN_PARSERS[first.keyword.lower()](first),
+        connect=_CONNECT_PARSERS[second.keyword.lower()](second),
         idle_timeout=idle_timeout,
         verbosity=verbosity,
         buffer_size=buffer_size,
         close_delay=close_delay,
+        dump_text="-v" in dumps,
+        dump_hex="-x" in dumps,
     )
 
 
@@ -654,56 +867,111 @@ def format_socat_args(command: SocatCommand) -> list[str]:
         argv += ["-t", _seconds_text(command.close_delay)]
     if command.buffer_size is not None:
         argv += ["-b", str(command.buffer_size)]
-    listen = command.listen
-    words = [f"{_listen_keyword(listen)}:{listen.port}"]
-    if listen.fork:
-        words.append("fork")
-    if listen.reuseaddr:
-        words.append("reuseaddr")
-    if listen.bind is not None:
-        bind = f"[{listen.bind}]" if ":" in listen.bind else _escape(listen.bind)
-        words.append(f"bind={bind}")
+    argv += ["-v"] * command.dump_text + ["-x"] * command.dump_hex
+    argv.append(",".join(_listen_words(command.listen)))
+    argv.append(",".join(_connect_words(command.connect)))
+    return argv
+
+
+def _listen_words(listen: Listen) -> list[str]:
+    if isinstance(listen, UnixListenAddress):
+        words = [f"{keyword_of_listen(listen)}:{_escape(socat_param(listen.name))}"]
+        if listen.fork:
+            words.append("fork")
+    else:
+        words = [f"{_listen_keyword(listen)}:{listen.port}"]
+        if listen.fork:
+            words.append("fork")
+        if listen.reuseaddr:
+            words.append("reuseaddr")
+        if listen.bind is not None:
+            bind = f"[{listen.bind}]" if ":" in listen.bind else _escape(listen.bind)
+            words.append(f"bind={bind}")
     if listen.backlog is not None:
         words.append(f"backlog={listen.backlog}")
     if listen.max_children is not None:
         words.append(f"max-children={listen.max_children}")
-    if listen.keepalive:
-        words.append("keepalive")
-    if listen.nodelay:
-        words.append("nodelay")
-    argv.append(",".join(words))
-    connect = command.connect
-    host = f"[{connect.host}]" if ":" in connect.host else _escape(connect.host)
-    words = [f"{_connect_keyword(connect)}:{host}:{connect.port}"]
+    if isinstance(listen, UnixListenAddress):
+        if listen.mode is not None:
+            words.append(f"mode={listen.mode:04o}")
+        words += [
+            f"{key}={_escape(v)}"
+            for key, v in (("user", listen.user), ("group", listen.group))
+            if v
+        ]
+        if listen.unlink_early:
+            words.append("unlink-early")
+        if listen.unlink_close is not None:
+            words.append(f"unlink-close={int(listen.unlink_close)}")
+    else:
+        if listen.keepalive:
+            words.append("keepalive")
+        if listen.nodelay:
+            words.append("nodelay")
+        if listen.allow is not None:
+            network = f"[{listen.allow.replace('/', ']/')}" if ":" in listen.allow else listen.allow
+            words.append(f"range={network}")
+        if listen.ipv6_v6only is not None:
+            words.append(f"ipv6-v6only={int(listen.ipv6_v6only)}")
+        if listen.reuseport:
+            words.append("reuseport")
+    if listen.su is not None:
+        words.append(f"su={_escape(listen.su)}")
+    return words
+
+
+def _connect_words(connect: Connect) -> list[str]:
+    if isinstance(connect, UnixConnectAddress):
+        words = [f"{keyword_of_connect(connect)}:{_escape(socat_param(connect.name))}"]
+    else:
+        host = f"[{connect.host}]" if ":" in connect.host else _escape(connect.host)
+        words = [f"{_connect_keyword(connect)}:{host}:{connect.port}"]
     if connect.connect_timeout is not None:
         words.append(f"connect-timeout={_seconds_text(connect.connect_timeout)}")
-    if connect.keepalive:
-        words.append("keepalive")
-    if connect.nodelay:
-        words.append("nodelay")
-    argv.append(",".join(words))
-    return argv
+    if isinstance(connect, ConnectAddress):
+        if connect.keepalive:
+            words.append("keepalive")
+        if connect.nodelay:
+            words.append("nodelay")
+        if connect.sourceport is not None:
+            words.append(f"sourceport={connect.sourceport}")
+    retry = connect.retry
+    if retry is not None:
+        words.append("forever" if retry.times is None else f"retry={retry.times}")
+        if retry.interval is not None:
+            words.append(f"interval={_seconds_text(retry.interval)}")
+    return words
 
 
-def listen_text(listen: ListenAddress) -> str:
-    """The listen address in pyforward's form: `PORT`, `0.0.0.0:PORT` or `HOST:PORT`."""
+def listen_text(listen: Listen) -> str:
+    """The listen address in pyforward's form: `PORT`, `0.0.0.0:PORT`, `HOST:PORT` or
+    `unix:PATH`."""
+    if isinstance(listen, UnixListenAddress):
+        return f"unix:{listen.name}"
     if listen.bind is not None:
+        if listen.ipv6_v6only is False and listen.bind == "::":
+            return str(listen.port)  # every interface, IPv4-mapped clients too
         return host_port(listen.bind, listen.port)
     if listen.family is Family.IPV4:
         return f"0.0.0.0:{listen.port}"
+    if listen.ipv6_v6only:
+        return f"[::]:{listen.port}"  # a named IPv6 address is bound IPv6-only
     # TCP6-LISTEN without ipv6only accepts IPv4-mapped clients on Linux, like
     # pyforward's every-interface listener; socat's TCP-LISTEN is IPv4 only, a subset.
     return str(listen.port)
 
 
+def _target_text(connect: Connect) -> str:
+    if isinstance(connect, UnixConnectAddress):
+        return f"unix:{connect.name}"
+    return host_port(connect.host, connect.port)
+
+
 def to_flags(command: SocatCommand) -> dict[str, object]:
     """The settings flags (keys of pyforward's config schema) this command amounts to."""
     listen, connect = command.listen, command.connect
-    flags: dict[str, object] = {
-        "listen": listen_text(listen),
-        "target": [host_port(connect.host, connect.port)],
-    }
-    if listen.transport is Transport.UDP:
+    flags: dict[str, object] = {"listen": listen_text(listen), "target": [_target_text(connect)]}
+    if isinstance(listen, ListenAddress) and listen.transport is Transport.UDP:
         flags["protocol"] = Transport.UDP.value
         if command.idle_timeout:  # -T 0 (socat: none) keeps the default: a flow must end
             flags["udp_idle_timeout"] = command.idle_timeout
@@ -715,11 +983,39 @@ def to_flags(command: SocatCommand) -> dict[str, object]:
         flags["backlog"] = listen.backlog
     if listen.max_children:
         flags["max_connections"] = listen.max_children
-    if listen.keepalive or connect.keepalive:
+    if isinstance(listen, UnixListenAddress):
+        if listen.mode is not None:
+            flags["unix_mode"] = f"{listen.mode:04o}"
+        if listen.user is not None:
+            flags["unix_user"] = listen.user
+        if listen.group is not None:
+            flags["unix_group"] = listen.group
+    else:
+        if listen.allow is not None:
+            flags["allow"] = [listen.allow]
+        if listen.reuseport:
+            flags["reuseport"] = True
+    if _keepalive(command):
         flags["keepalive"] = True
     if command.verbosity >= _DEBUG_VERBOSITY:
         flags["log_level"] = "debug"
+    if command.dump is not DumpMode.OFF:
+        flags["dump"] = command.dump.value
+    if isinstance(connect, ConnectAddress) and connect.sourceport is not None:
+        flags["source_port"] = connect.sourceport
+    retry = connect.retry
+    if retry is not None:
+        flags["connect_retries"] = "forever" if retry.times is None else str(retry.times)
+        if retry.interval is not None:
+            flags["connect_retry_interval"] = retry.interval
     return flags
+
+
+def _keepalive(command: SocatCommand) -> bool:
+    listen, connect = command.listen, command.connect
+    return (isinstance(listen, ListenAddress) and listen.keepalive) or (
+        isinstance(connect, ConnectAddress) and connect.keepalive
+    )
 
 
 @dataclass(frozen=True)
@@ -738,15 +1034,12 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
     """
     listen, connect = command.listen, command.connect
     flags = to_flags(command)
-    carried = [
-        f"listen {_listen_display(listen)} (from {_listen_keyword(listen)}:{listen.port}"
-        + (f",bind={listen.bind})" if listen.bind else ")"),
-        f"target {host_port(connect.host, connect.port)}",
-    ]
+    carried = [_listen_summary(listen), f"target {_target_text(connect)}"]
     dropped: list[str] = []
-    if listen.transport is Transport.UDP:
+    if isinstance(listen, ListenAddress) and listen.transport is Transport.UDP:
         from pyforward.socat import udp  # noqa: PLC0415
 
+        assert isinstance(connect, ConnectAddress), "a UDP listen forwards to a UDP target"
         carried[1] = f"target {host_port(connect.host, connect.port)} (UDP)"
         carried += udp.udp_summary(listen, command.idle_timeout, as_service=as_service)
         if not listen.fork and as_service:
@@ -762,11 +1055,28 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
         )
     else:
         carried.append("no fork: one connection is served, then pyforward exits")
-    if listen.reuseaddr and listen.transport is Transport.TCP:
-        carried.append(f"reuseaddr: {_ALWAYS_ON['reuseaddr']}")
-    if listen.nodelay or connect.nodelay:
+    if isinstance(listen, ListenAddress):
+        if listen.reuseaddr and listen.transport is Transport.TCP:
+            carried.append(f"reuseaddr: {_ALWAYS_ON['reuseaddr']}")
+        if listen.reuseport:
+            carried.append("reuseport: SO_REUSEPORT on the listener (reuseport)")
+        if listen.allow is not None:
+            carried.append(f"range={listen.allow}: only clients in it are served (allow)")
+        if listen.ipv6_v6only is not None:
+            carried.append(f"ipv6-v6only={int(listen.ipv6_v6only)}: listen {listen_text(listen)}")
+    else:
+        carried += _unix_listen_summary(listen)
+    if (isinstance(listen, ListenAddress) and listen.nodelay) or (
+        isinstance(connect, ConnectAddress) and connect.nodelay
+    ):
         carried.append(f"nodelay: {_ALWAYS_ON['nodelay']}")
-    if command.idle_timeout and listen.transport is Transport.UDP:
+    if listen.su is not None:
+        if as_service:
+            dropped.append(f"su={listen.su}: the service runs as its own unprivileged user")
+        else:
+            carried.append(f"su={listen.su}: pyforward becomes {listen.su} once it listens")
+    udp_listen = isinstance(listen, ListenAddress) and listen.transport is Transport.UDP
+    if command.idle_timeout and udp_listen:
         carried.append(f"flow idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
     elif command.idle_timeout:
         carried.append(f"idle timeout {_seconds_text(command.idle_timeout)}s (-T)")
@@ -780,6 +1090,21 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
         carried.append(f"max connections {listen.max_children} (max-children)")
     if "keepalive" in flags:
         carried.append("keepalive on both legs")
+    if isinstance(connect, ConnectAddress) and connect.sourceport is not None:
+        carried.append(
+            f"sourceport={connect.sourceport}: connects from that port (source_port); one "
+            "connection to the target at a time, as with socat"
+        )
+    if connect.retry is not None:
+        times = "forever" if connect.retry.times is None else f"retry={connect.retry.times}"
+        interval = _seconds_text(connect.retry.interval or 1.0)
+        carried.append(
+            f"{times}: a refused dial is tried again every {interval}s, the client waiting "
+            "(connect_retries, connect_retry_interval)"
+        )
+    if command.dump is not DumpMode.OFF:
+        shown = " ".join(["-v"] * command.dump_text + ["-x"] * command.dump_hex)
+        carried.append(f"{shown}: the bytes are written to stderr as socat does (relay by copy)")
     if command.verbosity >= _DEBUG_VERBOSITY:
         carried.append("log level debug (-dddd)")
     elif command.verbosity:
@@ -795,6 +1120,34 @@ def summarize(command: SocatCommand, *, as_service: bool = False) -> Summary:
             "until it ends (half-close), with no close delay"
         )
     return Summary(tuple(carried), tuple(dropped))
+
+
+def _listen_summary(listen: Listen) -> str:
+    if isinstance(listen, UnixListenAddress):
+        return f"listen unix:{listen.name} (from {keyword_of_listen(listen)})"
+    return f"listen {_listen_display(listen)} (from {_listen_keyword(listen)}:{listen.port}" + (
+        f",bind={listen.bind})" if listen.bind else ")"
+    )
+
+
+def _unix_listen_summary(listen: UnixListenAddress) -> list[str]:
+    lines = []
+    if listen.mode is not None:
+        lines.append(f"mode {listen.mode:04o} of the socket file (unix_mode)")
+    if listen.user is not None:
+        lines.append(f"owner {listen.user} of the socket file (unix_user)")
+    if listen.group is not None:
+        lines.append(f"group {listen.group} of the socket file (unix_group)")
+    if listen.unlink_early:
+        lines.append(
+            "unlink-early: a stale socket file is replaced; unlike socat, one a server "
+            "listens on is refused, and a file that is no socket is never removed"
+        )
+    if listen.unlink_close is not None:
+        lines.append(
+            "unlink-close: the socket file is removed on exit (always, as socat's default)"
+        )
+    return lines
 
 
 def _listen_display(listen: ListenAddress) -> str:

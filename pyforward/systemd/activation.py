@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
-from pyforward.config.addresses import format_peer
+from pyforward.config.addresses import UnixAddress, format_peer
 from pyforward.config.settings import Route, Transport
 from pyforward.engine.listeners import bind_addresses, is_listener_for
 from pyforward.errors import StartupError
@@ -68,6 +68,8 @@ class BoundSocket:
 
     @property
     def label(self) -> str:
+        if self.host.startswith(("/", "@")):
+            return f"unix:{self.host}"
         return format_peer((self.host, self.port))
 
 
@@ -110,7 +112,10 @@ def assign(routes: Sequence[RouteAddresses], sockets: Sequence[BoundSocket]) -> 
 
 
 def route_addresses(route: Route) -> RouteAddresses:
-    """The numeric addresses of a route's listen address (a name is looked up)."""
+    """The numeric addresses of a route's listen address (a name is looked up); a UNIX
+    socket's is its path or abstract name, with port 0."""
+    if isinstance(route.listen, UnixAddress):
+        return RouteAddresses(frozenset({route.listen.name}), 0)
     datagram = route.protocol is Transport.UDP
     if route.listen.host is None:
         return RouteAddresses(None, route.listen.port, datagram)
@@ -127,18 +132,30 @@ def _adopt(fd: int, name: str) -> tuple[socket.socket, BoundSocket]:
     datagram = sock.type == socket.SOCK_DGRAM
     if (
         sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
-        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
         or not (listening or datagram)
+        or (datagram and sock.family == socket.AF_UNIX)
     ):
         sock.detach()
         raise StartupError(
-            f"fd {fd} ({name}) passed by systemd is not a listening TCP socket nor a UDP one; "
-            "the .socket unit needs ListenStream= (ListenDatagram= for UDP) and Accept=no"
+            f"fd {fd} ({name}) passed by systemd is not a listening TCP or UNIX stream socket "
+            "nor a UDP one; the .socket unit needs ListenStream= (ListenDatagram= for UDP) "
+            "and Accept=no"
         )
     sock.set_inheritable(False)
     sock.setblocking(False)
+    if sock.family == socket.AF_UNIX:
+        return sock, BoundSocket(fd, name, unix_name(sock.getsockname()), 0)
     host, port = sock.getsockname()[:2]
     return sock, BoundSocket(fd, name, str(host), int(port), datagram)
+
+
+def unix_name(sockname: str | bytes) -> str:
+    """A UNIX socket's name as a listen address writes it: a path, or `@` and an abstract
+    name (which getsockname gives as bytes with a leading NUL)."""
+    if isinstance(sockname, bytes):
+        return "@" + sockname[1:].decode(errors="replace")
+    return sockname
 
 
 def take_passed_sockets(

@@ -25,8 +25,10 @@ from typing import Any
 
 import pyforward.discovery.options  # noqa: F401  (registers the discovery keys of the settings)
 from pyforward.config import file as configfile
+from pyforward.config.addresses import Address, Endpoint, UnixAddress
 from pyforward.config.load import Layers
 from pyforward.config.settings import Settings, Transport, build_settings, env_name
+from pyforward.engine.unix_listener import connect_problem
 from pyforward.errors import ConfigError, StartupError
 from pyforward.socat.unit import settings_from_socat_unit
 from pyforward.systemd import installation, systemctl
@@ -225,7 +227,7 @@ def plan_install(
     layers = request.layers
     settings = layers.settings()
     for route in settings.routes:
-        if route.listen.port == 0:
+        if isinstance(route.listen, Address) and route.listen.port == 0:
             raise ConfigError(
                 f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
             )
@@ -283,12 +285,17 @@ def plan_install(
         listen=tuple(
             dict.fromkeys(r.listen for r in settings.routes if r.protocol is Transport.TCP)
         ),
-        listen_datagram=tuple(r.listen for r in settings.routes if r.protocol is Transport.UDP),
+        listen_datagram=tuple(
+            r.listen
+            for r in settings.routes
+            if r.protocol is Transport.UDP and isinstance(r.listen, Address)
+        ),
         socket_activation=request.socket_activation,
         kubeconfig=kubeconfig,
         read_only_paths=found.bind_paths,
         shutdown_timeout=settings.shutdown_timeout,
         backlog=settings.backlog,
+        socket_file=socket_file_lines(settings),
     )
     units = render_units(spec)
     files = {config: configfile.to_toml(merged, header)}
@@ -344,6 +351,8 @@ def ports_taken(plan: InstallPlan) -> list[str]:
     held = ports.owners({sock.inode for sock in listening})
     taken = []
     for route in plan.settings.routes:
+        if not isinstance(route.listen, Address):
+            continue  # a stale socket file is replaced, a live one refused, at start
         hosts = ports.numeric_hosts(route.listen)
         for sock in listening:
             pids = set(held.get(sock.inode, []))
@@ -413,11 +422,37 @@ def install(plan: InstallPlan, echo: Echo, timeout: float = SERVING_TIMEOUT) -> 
     _wait_serving(plan, echo, timeout)
 
 
+def socket_file_lines(settings: Settings) -> tuple[str, ...]:
+    """SocketMode=, SocketUser=, SocketGroup= of the .socket unit: systemd makes the UNIX
+    socket files then, and one unit has one of each, so the routes must agree."""
+    wanted = {
+        (route.unix_mode, route.unix_user, route.unix_group)
+        for route in settings.routes
+        if isinstance(route.listen, UnixAddress) and not route.listen.abstract
+    }
+    if not wanted:
+        return ()
+    if len(wanted) > 1:
+        raise ConfigError(
+            "socket activation: the unix: listeners ask for different unix_mode, unix_user "
+            "or unix_group; one .socket unit gives all its files the same"
+        )
+    mode, user, group = wanted.pop()
+    lines = [] if mode is None else [f"SocketMode={mode:04o}"]
+    lines += [] if user is None else [f"SocketUser={user}"]
+    return (*lines, *([] if group is None else [f"SocketGroup={group}"]))
+
+
+def _listen_problem(listen: Endpoint) -> str | None:
+    if isinstance(listen, UnixAddress):
+        return connect_problem(listen, PROBE_TIMEOUT)
+    return ports.can_connect(ports.probe_host(listen), listen.port, PROBE_TIMEOUT)
+
+
 def _wait_serving(plan: InstallPlan, echo: Echo, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for route in plan.settings.routes:
-        host = ports.probe_host(route.listen)
-        while (problem := ports.can_connect(host, route.listen.port, PROBE_TIMEOUT)) is not None:
+        while (problem := _listen_problem(route.listen)) is not None:
             state = systemctl.show(plan.service, ("ActiveState",))["ActiveState"]
             if time.monotonic() > deadline or state in {"failed", "inactive"}:
                 raise _not_serving(

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from pyforward.config.addresses import Address, UnixAddress
 from pyforward.config.load import load_config_only
 from pyforward.config.settings import Route, Settings
+from pyforward.engine.unix_listener import connect_problem
 from pyforward.errors import ConfigError
 from pyforward.systemd import procnet as ports
 from pyforward.systemd import systemctl
@@ -168,7 +170,11 @@ def status(name: str, paths: InstallPaths = SYSTEM) -> StatusReport:
         from pyforward.obs.live_status import add_live_checks  # noqa: PLC0415
 
         add_live_checks(report, settings.metrics, of_service=True)
-    configured = [(r.listen, ports.numeric_hosts(r.listen)) for r in settings.routes]
+    configured = [
+        (r.listen, ports.numeric_hosts(r.listen))
+        for r in settings.routes
+        if isinstance(r.listen, Address)
+    ]
     for sock in listening:
         owned = main_pid and main_pid in held.get(sock.inode, [])
         if owned and not any(ports.exactly(a, h, sock) for a, h in configured):
@@ -192,6 +198,11 @@ def check_route(
 ) -> None:
     """Check one route: exactly its address listening and held by `ours`, accepting; its
     targets accepting; and, with `probe_through`, a connection through it staying up."""
+    if isinstance(route.listen, UnixAddress) or any(
+        isinstance(target, UnixAddress) for target in route.targets
+    ):
+        check_unix_route(report, route)
+        return
     hosts = ports.numeric_hosts(route.listen)
     subject = f"listen {route.listen}"
     exact = [sock for sock in listening if ports.exactly(route.listen, hosts, sock)]
@@ -212,7 +223,7 @@ def check_route(
     timeout = min(route.connect_timeout, PROBE_TIMEOUT)
     results = []
     for target in route.targets:
-        assert target.host is not None
+        assert isinstance(target, Address) and target.host is not None
         results.append((target, ports.can_connect(target.host, target.port, timeout)))
     failures = [target for target, failure in results if failure is not None]
     # With failover, a target down while another answers is a warning, not an outage.
@@ -231,6 +242,22 @@ def check_route(
         level = Level.OK if problem is None else Level.DOWN
         detail = problem or "a connection through the listener reached the target"
         report.add(f"through {route.listen}", level, detail)
+
+
+def check_unix_route(report: StatusReport, route: Route) -> None:
+    """A route with a UNIX socket on either side: each end accepts a connection now."""
+    ends = [(f"listen {route.listen}", route.listen, Level.DOWN)]
+    down = Level.DOWN if len(route.targets) == 1 else Level.WARN
+    ends += [(f"target {target}", target, down) for target in route.targets]
+    for subject, end, level in ends:
+        if isinstance(end, UnixAddress):
+            problem = connect_problem(end, PROBE_TIMEOUT)
+        else:
+            problem = ports.can_connect(ports.probe_host(end), end.port, PROBE_TIMEOUT)
+        if problem is None:
+            report.add(subject, Level.OK, "accepts connections")
+        else:
+            report.add(subject, level, f"not accepting: {problem}")
 
 
 def _who(pids: list[int]) -> str:

@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
-from pyforward.config.addresses import Address
+from pyforward.config.addresses import Address, Endpoint, UnixAddress
 from pyforward.errors import ConfigError
 
 MARKER = "# Written by `pyforward install`"  # first line of every unit pyforward writes
@@ -46,7 +46,7 @@ class UnitSpec:
     name: str
     exec_start: str  # absolute path of the pyforward entry point to run (or of its interpreter)
     config_path: str
-    listen: tuple[Address, ...]  # the routes' listen addresses, for the .socket unit
+    listen: tuple[Endpoint, ...]  # the routes' listen addresses, for the .socket unit
     exec_args: tuple[str, ...] = ()  # what goes before `run`: `-I ARCHIVE` for pyforward.pyz
     socket_activation: bool = False
     kubeconfig: str | None = None  # passed to the service as credential "kubeconfig"
@@ -54,6 +54,8 @@ class UnitSpec:
     shutdown_timeout: float = 20.0
     backlog: int | None = None  # the .socket unit's Backlog=; None: systemd's default
     listen_datagram: tuple[Address, ...] = ()  # the UDP routes' listen addresses
+    # SocketMode=, SocketUser=, SocketGroup= for UNIX sockets systemd makes (unix_mode...).
+    socket_file: tuple[str, ...] = ()
 
 
 def check_name(name: str) -> str:
@@ -80,9 +82,12 @@ def check_path(path: str, what: str) -> str:
     return path
 
 
-def listen_stream(address: Address) -> str:
+def listen_stream(address: Endpoint) -> str:
     """A ListenStream= value with the meaning pyforward gives a listen address (before
     specifier escaping, which rendering adds)."""
+    if isinstance(address, UnixAddress):
+        check_path("/" + address.name[1:] if address.abstract else address.name, "listen")
+        return address.name  # systemd.socket(5): a path, or @ and an abstract name
     if address.host is None:
         return str(address.port)  # systemd: IPv6 and IPv4 (BindIPv6Only=both), as pyforward
     if address.is_ipv6_literal:
@@ -198,6 +203,7 @@ def render_socket(spec: UnitSpec) -> str:
             "listen_streams": (
                 *(f"ListenStream={listen_stream(a)}" for a in spec.listen),
                 *(f"ListenDatagram={listen_stream(a)}" for a in spec.listen_datagram),
+                *spec.socket_file,
             ),
             "backlog": (f"Backlog={spec.backlog}",) if spec.backlog else (),
         },

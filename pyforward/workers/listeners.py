@@ -7,7 +7,7 @@ import logging
 import socket
 from dataclasses import replace
 
-from pyforward.config.addresses import format_peer
+from pyforward.config.addresses import Address, format_peer
 from pyforward.config.settings import Settings
 from pyforward.engine.by_name import followers, name_groups
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
@@ -34,8 +34,11 @@ def bind_routes(settings: Settings, passed: dict[int, list[socket.socket]]) -> L
             socks = passed.pop(index, None)
             if socks is None:
                 socks = bound[rid] = []
-                for family, sockaddr in bind_addresses(route.listen):
-                    socks.append(open_listener(route.listen, family, sockaddr, backlog))
+                listen = route.listen
+                # Settings refuse workers with a unix: listener (a socket file has one owner).
+                assert isinstance(listen, Address), "workers listen on IP addresses"
+                for family, sockaddr in bind_addresses(listen):
+                    socks.append(open_listener(listen, family, sockaddr, backlog))
             bound[rid] = socks
             for sock in socks:
                 log.info(logfmt({"event": "listen", "address": format_peer(sock.getsockname())}))
