@@ -41,7 +41,7 @@ listen forward
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 NGINX_STREAM_CONFIG = """\
 load_module {module};
-daemon off;
+{user}daemon off;
 worker_processes auto;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log error;
@@ -175,6 +175,9 @@ def command(
         config.write_text(
             NGINX_STREAM_CONFIG.format(
                 module=NGINX_STREAM_MODULE,
+                # As root, nginx's workers run as nobody: they could not open a UNIX target in
+                # the benchmark's private directory.
+                user="user root;\n" if os.geteuid() == 0 else "",
                 dir=directory,
                 host=HOST,
                 port=port,
