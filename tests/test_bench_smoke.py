@@ -33,6 +33,9 @@ MAY_BE_ZERO = {
     "connrate.cpu",
     "udp-throughput.lost",
 }
+# A slope over the smoke run's 30 extra idle connections (about 60 KiB) is within a page or
+# two of allocator noise, so it may come out zero or below; the full run's 900 give the figure.
+NOISY_AT_SMOKE_SCALE = {"memory.pss_per_idle"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_every_scenario_yields_a_figure_for_every_subject(
             assert figure["unit"] == metric["unit"]
             value = figure["value"]
             assert math.isfinite(value), (metric["key"], subject, value)
-            if metric["key"] not in MAY_BE_ZERO:
+            if metric["key"] not in MAY_BE_ZERO | NOISY_AT_SMOKE_SCALE:
                 assert value > 0, (metric["key"], subject, value)
 
 
