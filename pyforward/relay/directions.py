@@ -93,8 +93,11 @@ class SpliceDirection(Direction):
     def _give_back_empty(self, pipe: Pipe) -> None:
         self._pipe = None
         pool = self._pool
-        if len(pool.free) < pool.capacity:
-            pool.free.append(pipe)
+        free = pool.free
+        if len(free) < pool.capacity:
+            free.append(pipe)
+        else:
+            pool.release(pipe, empty=True)  # the pool is full: it closes the pipe
 
     def release(self) -> None:
         if self._pipe is not None:
