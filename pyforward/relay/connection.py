@@ -255,6 +255,16 @@ class Connection:
     def early_bytes(self) -> bytes:
         return self._early
 
+    @property
+    def peer(self) -> tuple[object, ...] | str | None:
+        return self._peer
+
+    def take_early(self) -> bytes:
+        if self._next_stage < len(self._stages):
+            return b""  # a stage after the one asking may write to the target first
+        early, self._early = self._early, b""
+        return early
+
     def reroute(self, route: NamedRoute) -> None:
         """A client-side stage chose `route` of a shared address: from the dial on, the
         connection is that route's (its policy, targets, stages, and allow/deny next)."""

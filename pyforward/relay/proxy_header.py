@@ -76,13 +76,19 @@ class SendProxyHeader(SendToTarget):
     def start(self, host: StageHost) -> None:
         self.host = host
         try:
-            client = host.client_address or _ip_pair(host.client.getpeername())
+            # The peer as accept gave it, without asking the kernel again.
+            peer = host.peer
+            client = host.client_address or _ip_pair(
+                peer if peer is not None else host.client.getpeername()
+            )
             destination = host.destination_address or _ip_pair(host.client.getsockname())
         except OSError:
             # The client is gone already (reset before its connection got this far).
             host.close(CloseReason.RESET, reset=True, reset_by=Side.CLIENT)
             return
-        self.data = memoryview(self.build(client, destination))
+        # The client's first bytes, when a stage before the dial read them (a ClientHello),
+        # go in the same write as the header: one send, one segment.
+        self.data = memoryview(self.build(client, destination) + host.take_early())
         super().start(host)
 
 

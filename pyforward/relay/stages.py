@@ -64,8 +64,17 @@ class StageHost(Protocol):
     def advance(self) -> None:
         """The current stage has finished: start the next (or the pump)."""
 
+    @property
+    def peer(self) -> tuple[object, ...] | str | None:
+        """The client socket's peer address as `accept` gave it (None: not known)."""
+
     def consumed(self, data: bytes) -> None:
         """Bytes a client-side stage took from the client: the target receives them first."""
+
+    def take_early(self) -> bytes:
+        """For the last target-side stage, which may send them itself right after its own
+        bytes (one write instead of two): the bytes client-side stages consumed, no longer
+        sent by the connection. b"" when another stage follows, or nothing was consumed."""
 
     def has_consumed(self) -> bool:
         """Whether client-side stages took bytes from the client (it has spoken)."""
