@@ -23,7 +23,13 @@ from pyforward.config.settings import RelayMode, Route, Settings, Transport
 from pyforward.engine.by_name import build_names, followers, name_groups
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
-from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
+from pyforward.engine.listeners import (
+    WILDCARDS,
+    bind_addresses,
+    close_all,
+    open_listener,
+    system_backlog,
+)
 from pyforward.engine.sources import LocalSourceCounts, SourceCounts
 from pyforward.engine.targets import RouteId, route_ids
 from pyforward.engine.unix_listener import UnixFile, UnixOwnership, open_unix_listener, peer_source
@@ -65,6 +71,9 @@ class Listener:
     # `sock.family` builds each time), and whether the route has an allow/deny list.
     family: int = field(init=False)
     screened: bool = field(init=False)
+    # The address every client of this socket connects to, when it is one (not a wildcard
+    # bind, where it depends on the interface): a PROXY header's destination, no syscall.
+    local: tuple[object, ...] | None = field(init=False)
     # The route's failover lines, one per interval for all its connections (set by the
     # forwarder, shared by the route's listeners).
     failover_log: Every = field(init=False)
@@ -72,6 +81,9 @@ class Listener:
     def __post_init__(self) -> None:
         self.family = int(self.sock.family)
         self.screened = bool(self.access)
+        name = self.sock.getsockname()
+        wildcard = not isinstance(name, tuple) or name[0] in WILDCARDS
+        self.local = None if wildcard else name
 
     def apply(self, route: Route, targets: list[ResolvedTarget]) -> None:
         """Serve `route` (the same route id, reloaded) from now on."""
@@ -414,6 +426,7 @@ class Forwarder:
                 self,
                 client,
                 peer=peer,
+                local=listener.local,
                 client_label=client_label,
                 listen_label=listener.label,
                 targets=targets,

@@ -35,6 +35,7 @@ given as the IPv4 address, as pyforward reports clients everywhere.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Sequence
@@ -96,8 +97,11 @@ class ProxyHeader:
 # Building --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(host: str) -> IPAddress:
-    """The wire form of a host string from the socket module: unmapped, without a zone."""
+    """The wire form of a host string from the socket module: unmapped, without a zone.
+    Cached: a forwarder's headers name its few listen addresses and its clients, again and
+    again, and parsing one costs more than the rest of a header."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -118,6 +118,7 @@ class Connection:
         "_consumed",
         "_early",
         "_final_counts",
+        "_local",
         "_next_stage",
         "_peer",
         "_pump",
@@ -153,6 +154,7 @@ class Connection:
         client: socket.socket,
         *,
         peer: tuple[object, ...] | None = None,
+        local: tuple[object, ...] | None = None,
         client_label: str | None = None,
         listen_label: str,
         targets: Sequence[ResolvedTarget],
@@ -171,6 +173,7 @@ class Connection:
         # The close line's `client=`: formatted from the peer's address when first asked
         # for (a connection that closes unlogged never formats it).
         self._peer = peer
+        self._local = local
         self._client_label = client_label
         self.source = source  # the client's address, for per-source limits
         self.client_address: tuple[str, int] | None = None  # from a PROXY header
@@ -258,6 +261,10 @@ class Connection:
     @property
     def peer(self) -> tuple[object, ...] | str | None:
         return self._peer
+
+    @property
+    def local(self) -> tuple[object, ...] | None:
+        return self._local
 
     def take_early(self) -> bytes:
         if self._next_stage < len(self._stages):

@@ -81,7 +81,10 @@ class SendProxyHeader(SendToTarget):
             client = host.client_address or _ip_pair(
                 peer if peer is not None else host.client.getpeername()
             )
-            destination = host.destination_address or _ip_pair(host.client.getsockname())
+            local = host.local
+            destination = host.destination_address or _ip_pair(
+                local if local is not None else host.client.getsockname()
+            )
         except OSError:
             # The client is gone already (reset before its connection got this far).
             host.close(CloseReason.RESET, reset=True, reset_by=Side.CLIENT)

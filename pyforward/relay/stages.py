@@ -68,6 +68,11 @@ class StageHost(Protocol):
     def peer(self) -> tuple[object, ...] | str | None:
         """The client socket's peer address as `accept` gave it (None: not known)."""
 
+    @property
+    def local(self) -> tuple[object, ...] | None:
+        """The address the client connected to, when its listener has only one (None: a
+        wildcard bind, or not known: ask the socket)."""
+
     def consumed(self, data: bytes) -> None:
         """Bytes a client-side stage took from the client: the target receives them first."""
 
