@@ -437,3 +437,37 @@ def test_an_ipv6_udp_route() -> None:
             assert process.stop() == 0
     (flow,) = process.close_lines
     assert flow["client"] == f"[::1]:{client}" and flow["target"] == f"[::1]:{echo.port}"
+
+
+def test_a_target_that_turns_from_one_answer_to_bursts_loses_nothing() -> None:
+    """A flow whose target answers one datagram at a time reads one per wakeup; when the
+    target starts sending many at once, every one still reaches the client, in order."""
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("127.0.0.1", 0))
+    target.settimeout(5.0)
+
+    def serve() -> None:
+        while True:
+            try:
+                data, peer = target.recvfrom(100)
+            except OSError:
+                return
+            count = int(data.split(b" ")[1])
+            for index in range(count):
+                target.sendto(b"%d" % index, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    process = _route(target.getsockname()[1])
+    try:
+        port = _udp_port(process)
+        with _client() as client:
+            for _ in range(10):  # answers of one: the flow reads singly
+                client.sendto(b"send 1", ("127.0.0.1", port))
+                assert client.recv(100) == b"0"
+            for count in (200, 3, 1, 150):
+                client.sendto(b"send %d" % count, ("127.0.0.1", port))
+                got = [client.recv(100) for _ in range(count)]
+                assert got == [b"%d" % index for index in range(count)]
+    finally:
+        process.stop()
+        target.close()

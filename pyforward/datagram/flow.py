@@ -29,6 +29,12 @@ log = logging.getLogger("pyforward.datagram")
 
 _ids = itertools.count(1)  # flow ids for the close lines, unique within the process
 _BATCH = 64  # datagrams read per wakeup before other flows get a turn
+# A target that answers one datagram at a time (DNS) leaves one in the socket per wakeup:
+# reading on until EAGAIN would cost a system call per answer for nothing. A flow whose last
+# batch held one datagram reads one per wakeup (the loop calls again at once if more are
+# waiting: readiness is level-triggered), and every _PROBE_EVERY-th wakeup a whole batch, to
+# notice when its target starts to send more.
+_PROBE_EVERY = 4
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 
 ClientAddress = tuple[object, ...]
@@ -46,7 +52,17 @@ def reason_of(exc: OSError) -> CloseReason:
 class Flow:
     """A client address's datagrams to one target and the target's back to it."""
 
-    __slots__ = ("closed", "error", "id", "listener", "sock", "started", "state", "target")
+    __slots__ = (
+        "_singles",
+        "closed",
+        "error",
+        "id",
+        "listener",
+        "sock",
+        "started",
+        "state",
+        "target",
+    )
 
     def __init__(
         self, listener: DatagramListener, state: FlowState[ClientAddress], target: ResolvedTarget
@@ -58,6 +74,7 @@ class Flow:
         self.started = time.monotonic()
         self.closed = False
         self.error: str | None = None
+        self._singles = 0  # wakeups read one datagram at a time since the last whole batch
         self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
         try:
             self.sock.setblocking(False)
@@ -101,8 +118,9 @@ class Flow:
         buffer, view = listener.owner.buffer, listener.owner.view
         counts = self.state.counts
         client = self.state.key
-        moved = False
-        for _ in range(_BATCH):
+        moved = 0
+        single = 0 < self._singles < _PROBE_EVERY
+        for _ in range(1 if single else _BATCH):
             try:
                 size = self.sock.recv_into(buffer)
             except BlockingIOError:
@@ -117,7 +135,11 @@ class Flow:
                 continue
             counts.datagrams_down += 1
             counts.bytes_down += size
-            moved = True
+            moved += 1
+        if single:
+            self._singles += 1
+        else:  # a whole batch: one datagram in it means read singly again
+            self._singles = 1 if moved == 1 else 0
         if moved:
             listener.table.touch(self.state, listener.owner.loop.time())
 
