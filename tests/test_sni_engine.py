@@ -4,6 +4,7 @@ ports, and reloads that add and remove names on an address that stays open."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pyforward.discovery.watcher import WatchTiming
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
 from pyforward.protocols.proxy import build_v2
-from tests.harness import TIMEOUT, Backend, forwarder
+from tests.harness import TIMEOUT, Backend, fields, forwarder
 from tests.hellos import real_hello
 from tests.kubeapi import KubeApi, node, service
 from tests.peers_edge import HOST, free_port
@@ -170,3 +171,33 @@ def test_behind_a_load_balancer_the_hello_follows_the_proxy_header(tmp_path: Pat
             closes = fwd.closes(2)
     assert [c["client"] for c in closes] == ["203.0.113.7:40000"] * 2
     assert [c["target"] for c in closes] == [f"{HOST}:{a.port}"] * 2
+
+
+def test_sigusr1_counts_each_route_of_a_shared_address() -> None:
+    port = free_port()
+    with (
+        Backend(tagged(b"jenkins")) as jenkins,
+        Backend(tagged(b"apps")) as apps,
+        Backend(tagged(b"default")) as default,
+        forwarder(
+            "--route", f"jenkins.test@{HOST}:{port}={jenkins.address}",
+            "--route", f"*.apps.test@{HOST}:{port}={apps.address}",
+            "--route", f"{HOST}:{port}={default.address}",
+        ) as fwd,
+    ):  # fmt: skip
+        assert ask(port, "jenkins.test") == b"jenkins"
+        assert ask(port, "jenkins.test") == b"jenkins"
+        assert ask(port, "unknown.test") == b"default"
+        fwd.closes(3)
+        fwd.proc.send_signal(signal.SIGUSR1)
+        lines = [fwd.wait_line("event=counts", start=0)]
+        for _ in range(2):
+            lines.append(fwd.wait_line("event=counts", start=fwd.lines.index(lines[-1]) + 1))
+        counts = {fields(line)["target"]: fields(line) for line in lines}
+        assert {target: row["served"] for target, row in counts.items()} == {
+            jenkins.address: "2",
+            apps.address: "0",
+            default.address: "1",
+        }
+        assert {row["listen"] for row in counts.values()} == {f"{HOST}:{port}"}
+        assert all(row["active"] == "0" for row in counts.values())

@@ -352,6 +352,8 @@ class Forwarder:
         (`admit`, next), and its targets in the order to try them."""
         assert isinstance(connection, Connection)
         self._awaiting_admission[connection] = route.access
+        connection.route_id = route.route_id
+        self._served_by_route[RouteId(route.route_id)] += 1
         targets: Sequence[ResolvedTarget] = route.targets
         if len(targets) > 1:
             targets = self.health.order(targets, self.loop.time())
@@ -417,7 +419,8 @@ class Forwarder:
             if len(targets) > 1:
                 targets = self.health.order(targets, self.loop.time())
             self._served += 1
-            self._served_by_route[listener.route_id] += 1
+            if names is None:  # a shared address's connection counts once its route is chosen
+                self._served_by_route[listener.route_id] += 1
             last = self.max_accepts is not None and self._served >= self.max_accepts
             if last:
                 # Before the connection starts, which may end it at once.
@@ -427,6 +430,7 @@ class Forwarder:
                 client,
                 peer=peer,
                 local=listener.local,
+                route_id="" if names is not None else listener.route_id,
                 client_label=client_label,
                 listen_label=listener.label,
                 targets=targets,
@@ -575,18 +579,28 @@ class Forwarder:
         routes: dict[RouteId, list[Listener]] = {}
         for listener in self.listeners:
             routes.setdefault(listener.route_id, []).append(listener)
-        route_of = {listener.label: listener.route_id for listener in self.listeners}
-        active = Counter(route_of.get(c.listen_label) for c in self.connections)
-        return [
-            {
-                "route": rid,
-                "listen": ",".join(listener.label for listener in listeners),
-                "active": active[rid],
-                "served": self._served_by_route[rid],
-                "target": ",".join(target.label for target in listeners[0].targets),
-            }
-            for rid, listeners in routes.items()
-        ]
+        # A shared address's connection counts for its route once the server name chose it.
+        active = Counter(c.route_id for c in self.connections)
+        rows: list[dict[str, object]] = []
+        for rid, listeners in routes.items():
+            listen = ",".join(listener.label for listener in listeners)
+            names = listeners[0].names
+            served = (
+                [(rid, listeners[0].targets)]
+                if names is None
+                else [(RouteId(named.route_id), named.targets) for named in names.routes]
+            )
+            rows += [
+                {
+                    "route": route,
+                    "listen": listen,
+                    "active": active[route],
+                    "served": self._served_by_route[route],
+                    "target": ",".join(target.label for target in targets),
+                }
+                for route, targets in served
+            ]
+        return rows
 
     # --- targets and their health
 

@@ -140,6 +140,7 @@ class Connection:
         "policy",
         "poller",
         "reason",
+        "route_id",
         "source",
         "source_counted",
         "started",
@@ -155,6 +156,7 @@ class Connection:
         *,
         peer: tuple[object, ...] | None = None,
         local: tuple[object, ...] | None = None,
+        route_id: str = "",
         client_label: str | None = None,
         listen_label: str,
         targets: Sequence[ResolvedTarget],
@@ -174,6 +176,9 @@ class Connection:
         # for (a connection that closes unlogged never formats it).
         self._peer = peer
         self._local = local
+        # The route it belongs to, for the per-route counts ("": a shared address's, until
+        # the server name chooses; set by the server then).
+        self.route_id = route_id
         self._client_label = client_label
         self.source = source  # the client's address, for per-source limits
         self.client_address: tuple[str, int] | None = None  # from a PROXY header
