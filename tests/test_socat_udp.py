@@ -11,9 +11,11 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from pyforward.cli import service as service_cli
 from pyforward.config.settings import Transport, build_settings
 from pyforward.socat.args import ListenAddress, format_socat_args, parse_socat_line, summarize
 from pyforward.socat.unit import settings_from_socat_unit
+from pyforward.systemd.installation import Installation
 from tests.test_socat_args import (
     address,
     check_round_trip,
@@ -145,10 +147,13 @@ def test_the_udp_generator_reaches_accepted_lines() -> None:
 
 
 def test_install_from_a_socat_udp_unit_writes_a_datagram_socket(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.test_service import run_cli  # noqa: PLC0415
 
+    # What install writes, not where this checkout lies (under /tmp it would refuse).
+    opt = Installation("/opt/pyforward/bin/pyforward", "/opt/pyforward/bin/python3", ())
+    monkeypatch.setattr(service_cli, "find_installation", lambda: opt)
     unit = tmp_path / "dns-forward.service"
     unit.write_text(
         "[Service]\nExecStart=/usr/bin/socat -T 30 UDP-LISTEN:5354,fork,reuseaddr "
