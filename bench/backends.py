@@ -37,7 +37,9 @@ http {{
 
 
 @contextlib.contextmanager
-def _program(argv: list[str], port: int, name: str, workdir: Path) -> Iterator[int]:
+def program(argv: list[str], port: int, name: str, workdir: Path) -> Iterator[int]:
+    """Run `argv` until the block ends, once it accepts on `port`; its output goes to a log
+    in `workdir`, whose tail a failure to start quotes."""
     log_path = workdir / f"{name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -60,7 +62,7 @@ def _program(argv: list[str], port: int, name: str, workdir: Path) -> Iterator[i
 def iperf3_server(workdir: Path) -> contextlib.AbstractContextManager[int]:
     """An iperf3 server on a free loopback port; yields the port."""
     port = free_port()
-    return _program(["iperf3", "-s", "-B", HOST, "-p", str(port)], port, "iperf3", workdir)
+    return program(["iperf3", "-s", "-B", HOST, "-p", str(port)], port, "iperf3", workdir)
 
 
 def nginx_server(workdir: Path) -> contextlib.AbstractContextManager[int]:
@@ -71,14 +73,14 @@ def nginx_server(workdir: Path) -> contextlib.AbstractContextManager[int]:
     config = directory / "nginx.conf"
     config.write_text(NGINX_CONFIG.format(dir=directory, host=HOST, port=port))
     argv = ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
-    return _program(argv, port, "nginx", workdir)
+    return program(argv, port, "nginx", workdir)
 
 
 def echo_server(workdir: Path) -> contextlib.AbstractContextManager[int]:
     """The echo backend (bench/echo_server.py) in its own process; yields the port."""
     port = free_port()
     script = Path(__file__).with_name("echo_server.py")
-    return _program([sys.executable, str(script), str(port)], port, "echo", workdir)
+    return program([sys.executable, str(script), str(port)], port, "echo", workdir)
 
 
 NGINX_UNIX_CONFIG = """\

@@ -6,6 +6,7 @@ import errno
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 HOST = "127.0.0.1"
 
@@ -49,3 +50,8 @@ def wait_accepting(
         if time.monotonic() > deadline:
             raise BenchError(f"{name or 'nothing'} did not accept on {HOST}:{port} in {timeout}s")
         time.sleep(0.0005)
+
+
+# nginx's stream proxy module, as Debian's libnginx-mod-stream installs it (the nginx-stream
+# and nginx-sni subjects load it).
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")

@@ -22,12 +22,11 @@ from bench import tools
 from bench.accounting import SetFactory
 from bench.chart import draw
 from bench.model import PLANS, Plan
-from bench.netutil import BenchError
+from bench.netutil import NGINX_STREAM_MODULE, BenchError
 from bench.report import bar_table, table, write_json
 from bench.stats import summarize
 from bench.subjects import (
     BASELINE,
-    NGINX_STREAM_MODULE,
     SECOND_BASELINE,
     Environment,
     Subject,

@@ -25,13 +25,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.netutil import HOST, BenchError, free_port, wait_accepting
+from bench.backends import program
+from bench.netutil import HOST, NGINX_STREAM_MODULE, BenchError, free_port
 
 NAME = "localhost"
 OTHER = "other.bench.test"  # a second name, routed nowhere useful, never asked for
 DEAD = f"{HOST}:9"  # where OTHER goes: nothing listens (discard port, closed)
-_START_TIMEOUT = 10.0
-STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian's libnginx-mod-stream
 
 # Backend port -> its PROXY twin (the same server behind `proxy_protocol`).
 PROXY_TWINS: dict[int, int] = {}
@@ -126,14 +125,14 @@ def command(kind: str, port: int, target: int, workdir: Path) -> list[str]:
         config.write_text(_HAPROXY_SNI.format(**values))
         return ["haproxy", "-db", "-f", str(config)]
     if kind == "nginx-sni":
-        if not Path(STREAM_MODULE).exists():
+        if not NGINX_STREAM_MODULE.exists():
             raise BenchError(
-                f"nginx-sni needs {STREAM_MODULE} (apt-get install libnginx-mod-stream)"
+                f"nginx-sni needs {NGINX_STREAM_MODULE} (apt-get install libnginx-mod-stream)"
             )
         directory = workdir / f"nginx-sni-{port}"
         directory.mkdir()
         config = directory / "nginx.conf"
-        config.write_text(_NGINX_STREAM.format(dir=directory, module=STREAM_MODULE, **values))
+        config.write_text(_NGINX_STREAM.format(dir=directory, module=NGINX_STREAM_MODULE, **values))
         return ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
     if kind in ("pyforward-sni", "pyforward-sni-pp2"):
         proxied = kind == "pyforward-sni-pp2"
@@ -171,23 +170,10 @@ def https_server(workdir: Path) -> Iterator[int]:
     config.write_text(
         _NGINX_HTTPS.format(dir=directory, host=HOST, port=port, twin=twin, name=NAME)
     )
-    log_path = directory / "nginx.log"
-    with log_path.open("wb") as log:
-        argv = ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    argv = ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
     PROXY_TWINS[port] = twin
     try:
-        try:
-            wait_accepting(port, _START_TIMEOUT, process, "nginx https")
-        except BenchError as exc:
-            output = " ".join(log_path.read_text(errors="replace").split())[-300:]
-            raise BenchError(f"{exc}; its output: {output or '(none)'}") from None
-        yield port
+        with program(argv, port, "nginx-https", workdir):
+            yield port
     finally:
         PROXY_TWINS.pop(port, None)
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import sni
 from bench.accounting import Memory, ProcessSet, SetFactory, memory_of
-from bench.netutil import HOST, BenchError, free_port, wait_accepting
+from bench.netutil import HOST, NGINX_STREAM_MODULE, BenchError, free_port, wait_accepting
 from bench.udp_load import wait_answering
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +38,6 @@ listen forward
 
 # nginx's stream proxy as its documentation sets it up: a worker per core, one shared
 # listening socket (no reuseport), default buffers.
-NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 NGINX_STREAM_CONFIG = """\
 load_module {module};
 {user}daemon off;

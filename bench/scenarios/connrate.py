@@ -58,6 +58,25 @@ def parse_wrk(output: str) -> dict[str, float]:
     return values
 
 
+def run_wrk(url: str, subject: Running, plan: Plan) -> tuple[dict[str, float], float, float]:
+    """wrk's figures (`parse_wrk`) for new connections to `url`, one request each
+    (`Connection: close`), with the forwarder's CPU seconds during the run and its length."""
+    argv = [
+        "wrk", "-t1", f"-c{plan.wrk_connections}", f"-d{plan.wrk_seconds}s", "--latency",
+        "-H", "Connection: close", url,
+    ]  # fmt: skip
+    cpu_before = subject.cpu_seconds()
+    started = time.monotonic()
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=plan.wrk_seconds + 60, check=False
+    )
+    elapsed = time.monotonic() - started
+    cpu = subject.cpu_seconds() - cpu_before
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed: {' '.join((done.stderr or done.stdout).split())}")
+    return parse_wrk(done.stdout), cpu, elapsed
+
+
 class ConnectionRate:
     name = "connrate"
     title = "new connections (wrk, Connection: close, against nginx)"
@@ -75,26 +94,7 @@ class ConnectionRate:
         return nginx_server(workdir)
 
     def measure(self, subject: Running, plan: Plan) -> dict[str, float]:
-        argv = [
-            "wrk",
-            "-t1",
-            f"-c{plan.wrk_connections}",
-            f"-d{plan.wrk_seconds}s",
-            "--latency",
-            "-H",
-            "Connection: close",
-            f"http://{HOST}:{subject.port}/",
-        ]
-        cpu_before = subject.cpu_seconds()
-        started = time.monotonic()
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=plan.wrk_seconds + 60, check=False
-        )
-        elapsed = time.monotonic() - started
-        cpu = subject.cpu_seconds() - cpu_before
-        if done.returncode != 0:
-            raise BenchError(f"wrk failed: {' '.join((done.stderr or done.stdout).split())}")
-        wrk = parse_wrk(done.stdout)
+        wrk, cpu, elapsed = run_wrk(f"http://{HOST}:{subject.port}/", subject, plan)
         values = {
             "connrate.rate": wrk["rate"],
             "connrate.ttfb_p50": wrk["p50"],

@@ -9,13 +9,10 @@ TCP connection and a new TLS handshake with nginx (ECDSA P-256), and the ClientH
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import time
 from pathlib import Path
 
 from bench.model import Metric, Plan
-from bench.netutil import BenchError
-from bench.scenarios.connrate import parse_wrk
+from bench.scenarios.connrate import run_wrk
 from bench.sni import NAME, https_server
 from bench.subjects import Running
 
@@ -40,20 +37,7 @@ class HttpsConnectionRate:
         return https_server(workdir)
 
     def measure(self, subject: Running, plan: Plan) -> dict[str, float]:
-        argv = [
-            "wrk", "-t1", f"-c{plan.wrk_connections}", f"-d{plan.wrk_seconds}s", "--latency",
-            "-H", "Connection: close", f"https://{NAME}:{subject.port}/",
-        ]  # fmt: skip
-        cpu_before = subject.cpu_seconds()
-        started = time.monotonic()
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=plan.wrk_seconds + 60, check=False
-        )
-        elapsed = time.monotonic() - started
-        cpu = subject.cpu_seconds() - cpu_before
-        if done.returncode != 0:
-            raise BenchError(f"wrk failed: {' '.join((done.stderr or done.stdout).split())}")
-        wrk = parse_wrk(done.stdout)
+        wrk, cpu, elapsed = run_wrk(f"https://{NAME}:{subject.port}/", subject, plan)
         values = {
             "https.rate": wrk["rate"],
             "https.ttfb_p50": wrk["p50"],

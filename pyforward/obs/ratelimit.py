@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+from pyforward.obs.logfmt import logfmt
+
 
 class Every:
     """`due(now)` is true at most once per `interval` seconds; `suppressed` counts the rest."""
@@ -21,3 +25,10 @@ class Every:
     def take_suppressed(self) -> int:
         count, self.suppressed = self.suppressed, 0
         return count
+
+    def warn(self, logger: logging.Logger, fields: dict[str, object]) -> None:
+        """Log the line `due` allowed as a warning, with `more=` the count of those it
+        left out since the last one."""
+        if suppressed := self.take_suppressed():
+            fields["more"] = suppressed
+        logger.warning(logfmt(fields))

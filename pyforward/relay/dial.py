@@ -19,7 +19,6 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason
 from pyforward.relay.sockets import BORN_NONBLOCKING, TARGET_SOCKET_TYPE, prepare
@@ -234,7 +233,5 @@ class Dial(Stage):
             }
             if failure.reason is CloseReason.ERROR:
                 fields["error"] = failure.error
-            if suppressed := self._failover_log.take_suppressed():
-                fields["more"] = suppressed
-            log.warning(logfmt(fields))
+            self._failover_log.warn(log, fields)
         self._attempt += 1

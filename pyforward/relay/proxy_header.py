@@ -25,7 +25,6 @@ import logging
 from collections.abc import Callable
 
 from pyforward.config.policy import ProxyProtocol
-from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
 from pyforward.protocols.proxy import (
@@ -166,13 +165,7 @@ class ReadProxyHeader(Stage):
     def _bad(self, why: str) -> None:
         host = self.host
         if _bad_header_log.due(host.loop.time()):
-            fields: dict[str, object] = {
-                "event": "bad-proxy-header",
-                "client": host.client_label,
-                "msg": why,
-            }
-            suppressed = _bad_header_log.take_suppressed()
-            if suppressed:
-                fields["more"] = suppressed
-            log.warning(logfmt(fields))
+            _bad_header_log.warn(
+                log, {"event": "bad-proxy-header", "client": host.client_label, "msg": why}
+            )
         host.close(CloseReason.BAD_PROXY_HEADER, reset=True)

@@ -18,7 +18,6 @@ import socket
 from typing import TYPE_CHECKING
 
 from pyforward.obs.dump import DumpMode, tap
-from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
 from pyforward.relay.directions import CopyDirection, Direction, SpliceDirection
@@ -157,15 +156,15 @@ class Pump:
         new.total = old.total
         self.directions[index] = new
         if _fallback_log.due(self._loop.time()):
-            fields: dict[str, object] = {
-                "event": "splice-fallback",
-                "client": self._connection.client_label,
-                "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-                "msg": exc.strerror,
-            }
-            if suppressed := _fallback_log.take_suppressed():
-                fields["more"] = suppressed
-            log.warning(logfmt(fields))
+            _fallback_log.warn(
+                log,
+                {
+                    "event": "splice-fallback",
+                    "client": self._connection.client_label,
+                    "error": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                    "msg": exc.strerror,
+                },
+            )
         return new
 
     def _eof(self, index: int) -> None:

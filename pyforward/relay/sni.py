@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from pyforward.config.access import AccessList
 from pyforward.config.policy import Policy
-from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
 from pyforward.protocols.hostnames import HostRouter
@@ -205,13 +204,7 @@ class RouteByName(Stage):
     def _bad(self, why: str) -> None:
         host = self.host
         if _bad_hello_log.due(host.loop.time()):
-            fields: dict[str, object] = {
-                "event": "bad-tls-hello",
-                "client": host.client_label,
-                "msg": why,
-            }
-            suppressed = _bad_hello_log.take_suppressed()
-            if suppressed:
-                fields["more"] = suppressed
-            log.warning(logfmt(fields))
+            _bad_hello_log.warn(
+                log, {"event": "bad-tls-hello", "client": host.client_label, "msg": why}
+            )
         host.close(CloseReason.BAD_TLS_HELLO, reset=True)
