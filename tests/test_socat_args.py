@@ -14,17 +14,10 @@ from hypothesis import strategies as st
 from pyforward.config.addresses import Address
 from pyforward.config.settings import LogLevel, Settings, build_settings
 from pyforward.errors import ConfigError
-from pyforward.socat.args import (
-    ConnectAddress,
-    Family,
-    ListenAddress,
-    SocatCommand,
-    format_socat_args,
-    parse_socat_args,
-    parse_socat_line,
-    summarize,
-    to_flags,
-)
+from pyforward.socat.args import parse_socat_args, parse_socat_line
+from pyforward.socat.format import format_socat_args
+from pyforward.socat.model import ConnectAddress, Family, ListenAddress, SocatCommand
+from pyforward.socat.translate import summarize, to_flags
 
 T = TypeVar("T")
 SEED = "TCP-LISTEN:443,fork,reuseaddr TCP:10.211.55.14:32653"

@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 
 from pyforward.cli import service as service_cli
 from pyforward.config.settings import Transport, build_settings
-from pyforward.socat.args import ListenAddress, format_socat_args, parse_socat_line, summarize
+from pyforward.socat.args import parse_socat_line
+from pyforward.socat.format import format_socat_args
+from pyforward.socat.model import ListenAddress
+from pyforward.socat.translate import summarize
 from pyforward.socat.unit import settings_from_socat_unit
 from pyforward.systemd.installation import Installation
 from tests.test_socat_args import (

@@ -11,14 +11,10 @@ from hypothesis import strategies as st
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, UnixAddress
-from pyforward.socat.args import (
-    ListenAddress,
-    Retry,
-    format_socat_args,
-    parse_socat_args,
-    parse_socat_line,
-    summarize,
-)
+from pyforward.socat.args import parse_socat_args, parse_socat_line
+from pyforward.socat.format import format_socat_args
+from pyforward.socat.model import ListenAddress, Retry
+from pyforward.socat.translate import summarize
 from pyforward.socat.unix import UnixConnectAddress, UnixListenAddress
 from tests.test_socat_args import (
     any_case,

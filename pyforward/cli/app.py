@@ -33,7 +33,8 @@ from pyforward.engine.targets import TargetSource
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.logsetup import priority_prefix, setup_logging, writes_to_journal
-from pyforward.socat.args import parse_socat_args, summarize, to_flags
+from pyforward.socat.args import parse_socat_args
+from pyforward.socat.translate import summarize, to_flags
 from pyforward.systemd.install import InstallPaths
 from pyforward.workers.plan import worker_count
 

@@ -1,5 +1,5 @@
 """socat's UDP addresses: `UDP-LISTEN`, `UDP-RECVFROM` (and their 4/6 forms) first, a
-`UDP` target second. Pure; the lexer and value checks are args.py's.
+`UDP` target second. Pure; the lexer and value checks are lexer.py's and values.py's.
 
 What they mean in socat (socat(1)) and what pyforward makes of them:
 
@@ -22,25 +22,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pyforward.config.addresses import host_port, parse_listen
 from pyforward.config.settings import Transport
 from pyforward.errors import ConfigError
-from pyforward.socat.args import (
-    _CONNECT_TYPES,
-    _LISTEN_TYPES,
-    ConnectAddress,
-    Family,
-    ListenAddress,
-    _check_family,
-    _check_params,
-    _flag,
-    _needs,
-    _parse_bind,
-    _parse_connect,
-    _port,
-    _RawAddress,
-    _reason,
-    _refuse_type,
+from pyforward.socat.addresses import CONNECT_TYPES, LISTEN_TYPES, parse_tcp_connect, refuse_type
+from pyforward.socat.lexer import RawAddress
+from pyforward.socat.model import ConnectAddress, Family, ListenAddress
+from pyforward.socat.values import (
+    check_bind,
+    check_params,
+    is_on,
+    needs_value,
+    parse_bind,
+    parse_port,
 )
 
 UDP_LISTEN_TYPES = {
@@ -65,17 +58,17 @@ UDP_CONNECT_TYPES = {
 _LISTEN_OPTIONS = ("fork", "reuseaddr", "bind")
 
 
-def is_udp(raw: _RawAddress) -> bool:
+def is_udp(raw: RawAddress) -> bool:
     lowered = raw.keyword.lower()
     return lowered in UDP_LISTEN_TYPES or lowered in UDP_CONNECT_TYPES
 
 
-def parse_udp_pair(first: _RawAddress, second: _RawAddress) -> tuple[ListenAddress, ConnectAddress]:
+def parse_udp_pair(first: RawAddress, second: RawAddress) -> tuple[ListenAddress, ConnectAddress]:
     """A UDP listener and its UDP target; any other pairing with a UDP address is refused."""
     for raw in (first, second):
         lowered = raw.keyword.lower()
-        if not is_udp(raw) and lowered not in _LISTEN_TYPES and lowered not in _CONNECT_TYPES:
-            raise _refuse_type(raw)
+        if not is_udp(raw) and lowered not in LISTEN_TYPES and lowered not in CONNECT_TYPES:
+            raise refuse_type(raw)
     listen_kind = UDP_LISTEN_TYPES.get(first.keyword.lower())
     if listen_kind is None:
         raise ConfigError(
@@ -93,12 +86,12 @@ def parse_udp_pair(first: _RawAddress, second: _RawAddress) -> tuple[ListenAddre
     return _parse_listen(first, family, recvfrom), _parse_target(second, target_family)
 
 
-def _parse_listen(raw: _RawAddress, family: Family, recvfrom: bool) -> ListenAddress:
+def _parse_listen(raw: RawAddress, family: Family, recvfrom: bool) -> ListenAddress:
     where = f"address {raw.text!r}"
-    _check_params(raw, ["PORT"])
+    check_params(raw, ["PORT"])
     address = ListenAddress(
         family=family,
-        port=_port(raw.params[0], where, minimum=0),
+        port=parse_port(raw.params[0], where, minimum=0),
         transport=Transport.UDP,
         recvfrom=recvfrom,
     )
@@ -110,29 +103,24 @@ def _parse_listen(raw: _RawAddress, family: Family, recvfrom: bool) -> ListenAdd
                 f"pyforward-socat takes {', '.join(_LISTEN_OPTIONS)}"
             )
         if option == "fork":
-            address = replace(address, fork=_flag(name, value, where))
+            address = replace(address, fork=is_on(name, value, where))
         elif option == "reuseaddr":
-            address = replace(address, reuseaddr=_flag(name, value, where))
+            address = replace(address, reuseaddr=is_on(name, value, where))
         else:
-            host = _parse_bind(_needs(name, value, where, "127.0.0.1"), where)
+            host = parse_bind(needs_value(name, value, where, "127.0.0.1"), where)
             address = replace(address, bind=host)
-    if address.bind is not None:
-        _check_family(address.bind, family, where, raw.keyword)
-        try:
-            parse_listen(host_port(address.bind, address.port))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: bind={address.bind}: {_reason(exc)}") from None
+    check_bind(address, where, raw.keyword)
     return address
 
 
-def _parse_target(raw: _RawAddress, family: Family) -> ConnectAddress:
+def _parse_target(raw: RawAddress, family: Family) -> ConnectAddress:
     if raw.options:
         name = raw.options[0][0]
         raise ConfigError(
             f"address {raw.text!r}: option {name!r} is not supported on {raw.keyword.upper()}"
         )
-    tcp_form = _RawAddress(raw.text, raw.keyword, raw.params, ())
-    return replace(_parse_connect(tcp_form, family), transport=Transport.UDP)
+    tcp_form = RawAddress(raw.text, raw.keyword, raw.params, ())
+    return replace(parse_tcp_connect(tcp_form, family), transport=Transport.UDP)
 
 
 def listen_keyword(listen: ListenAddress) -> str:

@@ -13,13 +13,8 @@ import re
 from pathlib import PurePosixPath
 
 from pyforward.errors import ConfigError
-from pyforward.socat.args import (
-    PROGRAM_NAMES,
-    parse_socat_args,
-    split_command_line,
-    summarize,
-    to_flags,
-)
+from pyforward.socat.args import PROGRAM_NAMES, parse_socat_args, split_command_line
+from pyforward.socat.translate import summarize, to_flags
 
 _PREFIX_CHARS = "-@:+!"
 # A specifier (%i, %H, ...) or a variable ($VAR, ${VAR}) is filled in by systemd when

@@ -18,7 +18,7 @@ from pyforward.config.unix import file_mode, owner
 from pyforward.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyforward.socat.args import Retry
+    from pyforward.socat.model import Retry
 
 UNIX_LISTEN_TYPES = {
     "unix-listen": False,
