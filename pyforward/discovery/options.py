@@ -162,7 +162,9 @@ OPTIONS: Mapping[str, Option] = {
         route_field=RouteField.ROUTE,
         shown="`istio-system/istio-ingressgateway`",
         flag=Flag(
-            str, "NAMESPACE/NAME of the gateway Service [istio-system/istio-ingressgateway]."
+            str,
+            "NAMESPACE/NAME of the gateway Service, for every discovered route "
+            "[istio-system/istio-ingressgateway].",
         ),
     ),
     "service_port": Option(
