@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pyforward.cli import service as service_cli
 from pyforward.config.settings import Settings, build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.errors import DiscoveryError
@@ -25,12 +29,16 @@ from pyforward.discovery.runtime import Discovery, DiscoveryStatus
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
 from pyforward.errors import ConfigError
+from pyforward.systemd import install
+from pyforward.systemd import procnet as ports
+from pyforward.systemd.status import StatusReport, check_route
 from tests.backends import Backend
 from tests.hellos import real_hello
 from tests.kubeapi import KubeApi, node, service
 from tests.peers_edge import free_port
 from tests.test_discovery_cli import Pyforward, pyforward  # noqa: F401  (fixture)
 from tests.test_discovery_forwarding import FAST, HERE, Running
+from tests.test_service import IN_OPT, run_cli
 
 ISTIO = ServiceRef("istio-system", "istio-ingressgateway")
 TRAEFIK = ServiceRef("kube-system", "traefik")
@@ -355,3 +363,47 @@ def test_discover_and_check_name_each_routes_service(
     kube.put_service(traefik(32443))
     checked = pyforward(["check", "--config", str(path)], tmp_path)
     assert f"127.0.0.1:8443 -> 10.0.0.11:32443 ({TRAEFIK})" in checked.stdout + checked.stderr
+
+
+def test_install_carries_each_routes_service_into_its_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(service_cli, "find_installation", lambda: IN_OPT)
+    monkeypatch.setattr(install, "ports_taken", lambda plan: [])
+    kube = KubeApi(tmp_path)
+    kube.write_kubeconfig(kube.kubeconfig)
+    given = tmp_path / "pyforward.toml"
+    given.write_text(config(kube, tmp_path, 8443))
+
+    def written(*flags: str) -> dict[str, Any]:
+        code, out, err = run_cli(["install", "--dry-run", "--config", str(given), *flags], capsys)
+        assert code == 0, err
+        data: dict[str, Any] = tomllib.loads(out.split("<==\n", 1)[1].split("\n==> ", 1)[0])
+        return data
+
+    data = written()
+    assert [(r.get("sni"), r["service"], r["service_port"]) for r in data["route"]] == [
+        (["*.dev.local.me"], str(ISTIO), "https"),
+        (None, str(TRAEFIK), "websecure"),
+    ]
+    # --service sets every route's: the file written says so once, at the top.
+    data = written("--service", "kube-system/other")
+    assert data["service"] == "kube-system/other"
+    assert all("service" not in route for route in data["route"])
+
+
+def test_service_status_names_the_service_of_each_discovered_route(tmp_path: Path) -> None:
+    kube = KubeApi(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        listening = ports.listening_sockets()
+        held = ports.owners({sock.inode for sock in listening})
+        said = []
+        for route in settings_of(config(kube, tmp_path, port)).routes:
+            report = StatusReport("fwd")
+            check_route(report, route, listening, held, {os.getpid()}, probe_through=False)
+            said += [c.detail for c in report.checks if c.subject.startswith("targets of")]
+    assert said == [
+        f"discovered from the cluster (Service {ISTIO})",
+        f"discovered from the cluster (Service {TRAEFIK})",
+    ]
