@@ -31,6 +31,12 @@ from pyforward.config.settings import Route, Settings
 from pyforward.discovery import state
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import DiscoveryError
+from pyforward.discovery.followed import (
+    by_service,
+    following_text,
+    route_identity,
+    targets_text,
+)
 from pyforward.discovery.hostinfo import this_host
 from pyforward.discovery.kubeconfig import KubeconfigSource, find_kubeconfig
 from pyforward.discovery.model import HostIdentity, NodeChoice, RouteTarget, resolve_chosen
@@ -59,20 +65,6 @@ class DiscoveryStatus:
     message: str
 
 
-def _targets_text(targets: Sequence[Address]) -> str:
-    return ",".join(str(t) for t in targets) or "-"
-
-
-def route_identity(route: Route) -> tuple[str, str, str]:
-    """What makes a discovered route the same one across a reload: listen, Service, port."""
-    return str(route.listen), str(route.service), str(route.service_port)
-
-
-def _route_label(route: Route) -> str:
-    """The listen address, and the server names when the route has some (shared address)."""
-    return f"{route.listen} (sni {','.join(route.sni)})" if route.sni else str(route.listen)
-
-
 class Discovery:
     """Follows the Services (and the Nodes) of the routes that have no static target: the
     target source of `run --discover`."""
@@ -93,9 +85,7 @@ class Discovery:
         self.routes: list[Route] = list(settings.routes)
         self._indexes = [i for i, route in enumerate(self.routes) if not route.targets]
         # The discovered routes by the Service they follow, in the order routes name them.
-        self._groups: dict[ServiceRef, list[int]] = {}
-        for index in self._indexes:
-            self._groups.setdefault(route_service(self.routes[index]), []).append(index)
+        self._groups = by_service(self.routes, self._indexes)
         self._host = host or this_host(env)
         self._timing = timing or WatchTiming()
         self._env = dict(os.environ if env is None else env)
@@ -233,7 +223,6 @@ class Discovery:
                 "adding, removing or changing a discovered route (listen, service, "
                 "service_port) needs a restart"
             )
-        # Routes alike in all three (told apart by sni only) have the same targets.
         targets = {route_identity(self.routes[i]): self._current[i] for i in self._indexes}
         routes = tuple(
             route if route.targets else replace(route, targets=targets[route_identity(route)])
@@ -348,7 +337,7 @@ class Discovery:
             "service": ref,
             "port": route_target.port_ref,
             "node_port": route_target.port.node_port,
-            "targets": _targets_text(targets),
+            "targets": targets_text(targets),
         }
         if self.config.node_ip is None:
             # Counts, not lists: a big cluster's nodes would make kilobytes of line.
@@ -356,24 +345,13 @@ class Discovery:
             fields["ready_nodes"] = counts.candidates
             fields["nodes"] = counts.nodes
         if previous is not None:
-            fields["was"] = _targets_text(previous)
+            fields["was"] = targets_text(previous)
         fields["why"] = choice.reason if choice is not None else "--node-ip given"
         log.info(logfmt(fields))
         return True
 
     def _following_text(self, problems: Sequence[str] = ()) -> str:
-        """`following SERVICE: ROUTE -> TARGETS; ...`, each Service with its routes."""
-        groups = [
-            f"{ref}: "
-            + "; ".join(
-                f"{_route_label(self.routes[i])} -> {_targets_text(self._current[i])}"
-                for i in indexes
-            )
-            for ref, indexes in self._groups.items()
-        ]
-        text = f"following {'; '.join(groups)}"
-        # The reason first: the service status shows the degraded text up to its first "; ".
-        return f"left out: {'; '.join(problems)}; {text}" if problems else text
+        return following_text(self.routes, self._groups, self._current, problems)
 
     def _set_status(self, degraded: bool, message: str) -> None:
         if self.status == DiscoveryStatus(degraded, message):
