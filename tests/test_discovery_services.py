@@ -332,37 +332,45 @@ def test_discover_and_check_name_each_routes_service(
     tmp_path: Path,
     pyforward: Pyforward,  # noqa: F811
 ) -> None:
-    kube.put_node(node("node-a", "10.0.0.11"))
-    kube.put_service(istio(31443))
-    kube.put_service(traefik(32443))
-    path = tmp_path / "pyforward.toml"
-    path.write_text(config(kube, tmp_path, 8443))
-    result = pyforward(["discover", "--config", str(path), "--json"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
-    assert [(r["sni"], r["service"], r["node_port"]) for r in data["routes"]] == [
-        (["*.dev.local.me"], str(ISTIO), 31443),
-        ([], str(TRAEFIK), 32443),
-    ]
-    assert sorted(data["services"]) == [str(ISTIO), str(TRAEFIK)]
-    assert data["services"][str(TRAEFIK)]["ports"][1]["nodePort"] == 32443
-    text = pyforward(["discover", "--config", str(path)], tmp_path).stdout
-    assert f"Service {ISTIO} (type LoadBalancer)" in text
-    assert f"Service {TRAEFIK} (type LoadBalancer)" in text
-    assert (
-        "forward: 127.0.0.1:8443 -> 10.0.0.11:32443 (Service kube-system/traefik port websecure "
-        "(443/TCP), nodePort 32443)"
-    ) in text
-    assert "forward: 127.0.0.1:8443 (sni *.dev.local.me) -> 10.0.0.11:31443" in text
-    # A missing Service is named, and the other still listed.
-    kube.delete_service("kube-system", "traefik")
-    missing = pyforward(["discover", "--config", str(path)], tmp_path)
-    assert missing.returncode != 0
-    assert f"Service {TRAEFIK}: not found" in missing.stdout
-    assert f"Service {ISTIO} (type LoadBalancer)" in missing.stdout
-    kube.put_service(traefik(32443))
-    checked = pyforward(["check", "--config", str(path)], tmp_path)
-    assert f"127.0.0.1:8443 -> 10.0.0.11:32443 ({TRAEFIK})" in checked.stdout + checked.stderr
+    port = free_port()
+    with (
+        socket.create_server(("127.0.0.1", 0)) as gateway,
+        socket.create_server(("127.0.0.1", 0)) as ingress,
+    ):
+        istio_port, traefik_port = gateway.getsockname()[1], ingress.getsockname()[1]
+        kube.put_node(node("node-a", "127.0.0.1"))
+        kube.put_service(istio(istio_port))
+        kube.put_service(traefik(traefik_port))
+        path = tmp_path / "pyforward.toml"
+        path.write_text(config(kube, tmp_path, port))
+        result = pyforward(["discover", "--config", str(path), "--json"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert [(r["sni"], r["service"], r["node_port"]) for r in data["routes"]] == [
+            (["*.dev.local.me"], str(ISTIO), istio_port),
+            ([], str(TRAEFIK), traefik_port),
+        ]
+        assert sorted(data["services"]) == [str(ISTIO), str(TRAEFIK)]
+        assert data["services"][str(TRAEFIK)]["ports"][1]["nodePort"] == traefik_port
+        text = pyforward(["discover", "--config", str(path)], tmp_path).stdout
+        assert f"Service {ISTIO} (type LoadBalancer)" in text
+        assert f"Service {TRAEFIK} (type LoadBalancer)" in text
+        assert (
+            f"forward: 127.0.0.1:{port} -> 127.0.0.1:{traefik_port} (Service kube-system/traefik "
+            f"port websecure (443/TCP), nodePort {traefik_port})"
+        ) in text
+        assert f"forward: 127.0.0.1:{port} (sni *.dev.local.me) -> 127.0.0.1:{istio_port}" in text
+        checked = pyforward(["check", "--config", str(path)], tmp_path)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        said = checked.stdout + checked.stderr
+        assert f"127.0.0.1:{port} -> 127.0.0.1:{traefik_port} ({TRAEFIK})" in said
+        assert f"127.0.0.1:{port} (sni *.dev.local.me) -> 127.0.0.1:{istio_port} ({ISTIO})" in said
+        # A missing Service is named, and the other still listed.
+        kube.delete_service("kube-system", "traefik")
+        missing = pyforward(["discover", "--config", str(path)], tmp_path)
+        assert missing.returncode != 0
+        assert f"Service {TRAEFIK}: not found" in missing.stdout
+        assert f"Service {ISTIO} (type LoadBalancer)" in missing.stdout
 
 
 def test_install_carries_each_routes_service_into_its_config_file(
