@@ -332,7 +332,7 @@ def with_change(path: tuple[str | int, ...], value: object) -> str:
         ),
         (with_change(("routes", 0, "targets"), []), "routes[0].targets: empty"),
         (with_change(("routes", 0, "node_port"), True), "routes[0].node_port: true is not an"),
-        (with_change(("version",), True), "not a version 1 state file (version true)"),
+        (with_change(("version",), True), "not a version 1 or 2 state file (version true)"),
         (with_change(("saved_at",), 1e300), "saved_at: 1e+300 is not a time"),
         (with_change(("service",), "x"), "service: expected NAMESPACE/NAME"),
         ("[" * 100_000, "not JSON"),
@@ -383,11 +383,12 @@ def test_decode_on_any_text_raises_only_bad_state_file(text: str) -> None:
 
 
 ROUTES = st.builds(
-    lambda port, hosts: state.SavedRoute(
-        "*:443", "https", port, tuple(Address(host, port) for host in hosts)
+    lambda port, hosts, service: state.SavedRoute(
+        "*:443", "https", port, tuple(Address(host, port) for host in hosts), service
     ),
     st.integers(1, 65535),
     st.lists(st.sampled_from(["127.0.0.1", "127.0.0.2", "::1", "10.0.0.5"]), min_size=1),
+    st.sampled_from([GATEWAY, ServiceRef("kube-system", "traefik")]),
 )
 
 

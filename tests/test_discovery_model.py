@@ -234,18 +234,21 @@ def test_state_round_trip_and_bad_files(tmp_path: Path) -> None:
         1700000000.0,
         (
             state.SavedRoute(
-                "*:443", "https", 31443, (Address("10.0.0.1", 31443), Address("::1", 31443))
+                "*:443",
+                "https",
+                31443,
+                (Address("10.0.0.1", 31443), Address("::1", 31443)),
+                GATEWAY,
             ),
         ),
     )
     assert state.load(path) is None
     state.save(path, saved)
     assert state.load(path) == saved
-    assert saved.targets_for("*:443", "https") == (
-        Address("10.0.0.1", 31443),
-        Address("::1", 31443),
-    )
-    assert saved.targets_for("*:80", "http2") is None
+    found = saved.route_for("*:443", "https", GATEWAY)
+    assert found is not None
+    assert found.targets == (Address("10.0.0.1", 31443), Address("::1", 31443))
+    assert saved.route_for("*:80", "http2", GATEWAY) is None
     path.write_text("{not json")
     with pytest.raises(state.BadStateFile, match="not JSON"):
         state.load(path)

@@ -292,13 +292,15 @@ def check_discovery(settings: Settings, timeout: float) -> list[Finding]:
                 f"{exc}; run would serve the last saved targets, or wait for the API",
             )
         ]
-    if found.error is not None or found.resolution is None:
+    if found.error is not None or found.targets is None:
         return [Finding(Level.ERROR, subject, str(found.error))]
     findings = [Finding(Level.OK, subject, f"the API at {found.api} answers ({found.kubeconfig})")]
     findings += [Finding(Level.WARNING, subject, warning) for warning in found.warnings]
-    for (listen, _), route in zip(found.routes, found.resolution.routes, strict=True):
+    for followed, route in zip(found.routes, found.targets, strict=True):
         targets = ", ".join(str(t) for t in route.targets)
-        findings.append(Finding(Level.OK, subject, f"{listen} -> {targets}"))
+        findings.append(
+            Finding(Level.OK, subject, f"{followed.label} -> {targets} ({followed.service})")
+        )
         for target in route.targets:
             findings += check_target(target, timeout)
     return findings

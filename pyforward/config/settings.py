@@ -45,7 +45,7 @@ from pyforward.obs.closelog import LogConnections
 from pyforward.obs.dump import DumpMode
 
 if TYPE_CHECKING:  # a type only: the core loads nothing of discovery
-    from pyforward.discovery.options import DiscoverySettings
+    from pyforward.discovery.options import DiscoverySettings, ServiceRef
 
 ENV_PREFIX = "PYFORWARD_"
 # The kernel caps a backlog at net.core.somaxconn anyway; anything larger is a typo.
@@ -94,8 +94,10 @@ class Route:
     targets: tuple[Endpoint, ...]
     policy: Policy
     access: AccessList = field(default_factory=AccessList)
-    # Discovered routes: no static targets; the Service port (name or number) to follow.
+    # Discovered routes: no static targets; the Service and its port (name or number) to
+    # follow (discovery fills in the top-level Service for a route that names none).
     service_port: str | None = None
+    service: ServiceRef | None = None
     protocol: Transport = Transport.TCP
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     udp_max_flows: int = UDP_MAX_FLOWS

@@ -71,6 +71,8 @@ DEFAULT_SERVICE_PORT = "https"
 class DiscoverySettings:
     """What discovery looks for and where it keeps its state."""
 
+    # The top-level Service: routes that name none follow it; the state file is named
+    # after it. Each discovered route carries its own (`Route.service`).
     service: ServiceRef
     kubeconfig: str | None
     node_ip: str | None
@@ -94,6 +96,12 @@ def parse_service_ref(value: object) -> ServiceRef:
                 "(lowercase letters, digits and '-', at most 63)"
             )
     return ServiceRef(namespace, name)
+
+
+def route_service(route: Route) -> ServiceRef:
+    """The Service a discovered route follows (`Discovery.complete` names one for each)."""
+    assert route.service is not None, "a discovered route names its Service"
+    return route.service
 
 
 def parse_port_ref(value: object) -> str:
@@ -150,9 +158,13 @@ OPTIONS: Mapping[str, Option] = {
     "service": Option(
         parse_service_ref,
         None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
         shown="`istio-system/istio-ingressgateway`",
         flag=Flag(
-            str, "NAMESPACE/NAME of the gateway Service [istio-system/istio-ingressgateway]."
+            str,
+            "NAMESPACE/NAME of the gateway Service, for every discovered route "
+            "[istio-system/istio-ingressgateway].",
         ),
     ),
     "service_port": Option(
@@ -223,6 +235,14 @@ class Discovery:
             raise ConfigError("--discover: every route already has a target; nothing to discover")
         routes = [
             route if route.targets or route.service_port else replace(route, service_port=main_port)
+            for route in routes
+        ]
+        # Each discovered route follows its own Service, else the top-level one; a static
+        # route follows none.
+        routes = [
+            replace(route, service=None)
+            if route.targets
+            else replace(route, service=route.service or service)
             for route in routes
         ]
         # A UDP route follows the Service's UDP port of that name or number (model.pick_port).

@@ -17,28 +17,45 @@ from pyforward.discovery.kubeconfig import find_kubeconfig
 from pyforward.discovery.model import (
     HostIdentity,
     Node,
+    NodeChoice,
     Parsed,
     Rejected,
-    Resolution,
+    RouteTarget,
     Service,
     load_balancer_conflicts,
     parse_nodes,
     parse_services,
     resolve,
 )
+from pyforward.discovery.options import ServiceRef, route_service
+
+
+@dataclass(frozen=True)
+class ReportRoute:
+    """A discovered route: where it listens and which Service port it follows."""
+
+    listen: str
+    sni: tuple[str, ...]
+    service: ServiceRef
+    service_port: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.listen} (sni {','.join(self.sni)})" if self.sni else self.listen
 
 
 @dataclass(frozen=True)
 class Report:
     kubeconfig: str
     api: str
-    service: str
-    routes: tuple[tuple[str, str], ...]  # (listen, service port reference)
+    routes: tuple[ReportRoute, ...]
     node_ip: str | None
-    services: tuple[Service, ...]  # the Service's namespace
+    followed: tuple[ServiceRef, ...]  # the Services the routes follow, in route order
+    services: tuple[Service, ...]  # every Service of their namespaces
     nodes: tuple[Node, ...]
     rejected_nodes: tuple[Rejected, ...]  # Node objects that cannot be used, and why
-    resolution: Resolution | None
+    choice: NodeChoice | None  # None with --node-ip, or when nothing resolved
+    targets: tuple[RouteTarget, ...] | None  # per route, when every Service gave targets
     warnings: tuple[str, ...]
     error: DiscoveryError | None
 
@@ -52,10 +69,18 @@ def inspect(
     assert config is not None
     env = os.environ if env is None else env
     source = find_kubeconfig(config.kubeconfig, env)
+    routes = tuple(
+        ReportRoute(str(route.listen), route.sni, route_service(route), str(route.service_port))
+        for route in settings.routes
+        if not route.targets
+    )
+    followed = tuple(dict.fromkeys(route.service for route in routes))
     api = ClusterApi(source)
     try:
-        namespace = Resource("services", config.service.namespace)
-        services = parse_services(api.list(namespace).items)
+        by_namespace = {
+            namespace: parse_services(api.list(Resource("services", namespace)).items)
+            for namespace in dict.fromkeys(ref.namespace for ref in followed)
+        }
         nodes: Parsed[Node] = Parsed(())
         if config.node_ip is None:
             nodes = parse_nodes(api.list(Resource("nodes")).items)
@@ -71,61 +96,68 @@ def inspect(
             )
     finally:
         api.release()
-    routes = tuple(
-        (str(route.listen), str(route.service_port))
-        for route in settings.routes
-        if not route.targets
-    )
-    resolution, error = None, None
-    try:
-        resolution = resolve(
-            services,
-            nodes,
-            config.service,
-            [port for _, port in routes],
-            host=host or this_host(env),
-            node_ip=config.node_ip,
-        )
-    except DiscoveryError as exc:
-        error = exc
+    found: dict[ReportRoute, RouteTarget] = {}
+    choice, error = None, None
+    for ref in followed:
+        mine = [route for route in routes if route.service == ref]
+        try:
+            resolution = resolve(
+                by_namespace[ref.namespace],
+                nodes,
+                ref,
+                [route.service_port for route in mine],
+                host=host or this_host(env),
+                node_ip=config.node_ip,
+            )
+        except DiscoveryError as exc:
+            error = error or exc
+            continue
+        choice = resolution.choice
+        found.update(zip(mine, resolution.routes, strict=True))
     return Report(
         kubeconfig=str(source),
         api=api.host,
-        service=str(config.service),
         routes=routes,
         node_ip=config.node_ip,
-        services=services.objects,
+        followed=followed,
+        services=tuple(s for parsed in by_namespace.values() for s in parsed.objects),
         nodes=nodes.objects,
         rejected_nodes=nodes.rejected,
-        resolution=resolution,
+        choice=choice,
+        targets=None if error else tuple(found[route] for route in routes),
         warnings=tuple(warnings),
         error=error,
     )
 
 
-def _service(report: Report) -> Service | None:
-    name = report.service.partition("/")[2]
-    return next((s for s in report.services if s.name == name), None)
+def _service(report: Report, ref: ServiceRef) -> Service | None:
+    return next(
+        (s for s in report.services if s.name == ref.name and s.namespace == ref.namespace), None
+    )
+
+
+def _service_json(service: Service | None) -> dict[str, Any] | None:
+    if service is None:
+        return None
+    return {
+        "namespace": service.namespace,
+        "name": service.name,
+        "type": service.type,
+        "ports": [
+            {"name": p.name, "port": p.port, "nodePort": p.node_port, "protocol": p.protocol}
+            for p in service.ports
+        ],
+    }
 
 
 def as_json(report: Report) -> str:
     """The report for scripts."""
-    resolution = report.resolution
-    service = _service(report)
+    services = [_service_json(_service(report, ref)) for ref in report.followed]
     data: dict[str, Any] = {
         "kubeconfig": report.kubeconfig,
         "api": report.api,
-        "service": None
-        if service is None
-        else {
-            "namespace": service.namespace,
-            "name": service.name,
-            "type": service.type,
-            "ports": [
-                {"name": p.name, "port": p.port, "nodePort": p.node_port, "protocol": p.protocol}
-                for p in service.ports
-            ],
-        },
+        "service": services[0] if services else None,  # the first route's
+        "services": {str(ref): s for ref, s in zip(report.followed, services, strict=True)},
         "nodes": [
             {
                 "name": node.name,
@@ -144,23 +176,25 @@ def as_json(report: Report) -> str:
         "warnings": list(report.warnings),
         "error": str(report.error) if report.error else None,
     }
-    if resolution is not None:
-        if resolution.choice is not None:
-            first = resolution.choice.candidates[0]
+    if report.targets is not None:
+        if report.choice is not None:
+            first = report.choice.candidates[0]
             data["picked"] = {"node": first.node, "address": first.address, "why": first.why}
             data["candidates"] = [
                 {"node": c.node, "address": c.address, "why": c.why}
-                for c in resolution.choice.candidates
+                for c in report.choice.candidates
             ]
         data["routes"] = [
             {
-                "listen": listen,
+                "listen": route.listen,
+                "sni": list(route.sni),
+                "service": str(route.service),
                 "service_port": rt.port_ref,
                 "port": rt.port.port,
                 "node_port": rt.port.node_port,
                 "targets": [str(t) for t in rt.targets],
             }
-            for (listen, _), rt in zip(report.routes, resolution.routes, strict=True)
+            for route, rt in zip(report.routes, report.targets, strict=True)
         ]
     return json.dumps(data, indent=2)
 
@@ -168,11 +202,11 @@ def as_json(report: Report) -> str:
 def as_text(report: Report) -> str:
     """The report for people."""
     lines = [f"kubeconfig: {report.kubeconfig}", f"API server: {report.api}"]
-    resolution = report.resolution
-    service = _service(report)
-    if service is None:
-        lines.append(f"Service {report.service}: not found")
-    else:
+    for ref in report.followed:
+        service = _service(report, ref)
+        if service is None:
+            lines.append(f"Service {ref}: not found")
+            continue
         lines.append(f"Service {service.ref} (type {service.type})")
         for port in service.ports:
             node_port = port.node_port if port.node_port is not None else "none"
@@ -188,16 +222,16 @@ def as_text(report: Report) -> str:
             lines.append(f"  {node.name}: {ready}{extra}; {addresses}")
         for rejected in report.rejected_nodes:
             lines.append(f"  left out: {rejected.reason}")
-    if resolution is not None:
-        if resolution.choice is not None:
-            lines.append(f"picked: {resolution.choice.reason}")
-            for candidate in resolution.choice.candidates[1:]:
+    if report.targets is not None:
+        if report.choice is not None:
+            lines.append(f"picked: {report.choice.reason}")
+            for candidate in report.choice.candidates[1:]:
                 lines.append(f"  then: node {candidate.node} ({candidate.address}): failover")
-        for (listen, _), rt in zip(report.routes, resolution.routes, strict=True):
+        for route, rt in zip(report.routes, report.targets, strict=True):
             targets = ", ".join(str(t) for t in rt.targets)
             lines.append(
-                f"forward: {listen} -> {targets} "
-                f"(port {rt.port.describe()}, nodePort {rt.port.node_port})"
+                f"forward: {route.label} -> {targets} (Service {route.service} "
+                f"port {rt.port.describe()}, nodePort {rt.port.node_port})"
             )
     lines.extend(f"warning: {warning}" for warning in report.warnings)
     return "\n".join(lines)

@@ -3,8 +3,12 @@
 Boot: the watchers start; with a state file from an earlier run its targets are served
 at once (degraded); otherwise the first resolution is awaited with a bounded wait, so a
 k3s that answers later than it starts is waited for instead of failing into systemd's
-start limit. Afterwards every change of the Service or the Nodes is resolved again; a
+start limit. Afterwards every change of a Service or the Nodes is resolved again; a
 new target is handed to the forwarder (new connections only) and saved.
+
+Each discovered route follows its own Service (`Route.service`): the Services of every
+namespace named are watched (one watch per namespace), the Nodes once, and each Service's
+routes are resolved against it; a Service that gives no target degrades its routes only.
 
 `Discovery` is a target source (`pyforward.engine.targets.TargetSource`): the runtime starts
 it, attaches it and stops it, as it does the configuration's own targets. While the API
@@ -27,10 +31,16 @@ from pyforward.config.settings import Route, Settings
 from pyforward.discovery import state
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import DiscoveryError
+from pyforward.discovery.followed import (
+    by_service,
+    following_text,
+    route_identity,
+    targets_text,
+)
 from pyforward.discovery.hostinfo import this_host
 from pyforward.discovery.kubeconfig import KubeconfigSource, find_kubeconfig
-from pyforward.discovery.model import HostIdentity, Resolution, resolve_chosen
-from pyforward.discovery.options import DiscoverySettings
+from pyforward.discovery.model import HostIdentity, NodeChoice, RouteTarget, resolve_chosen
+from pyforward.discovery.options import DiscoverySettings, ServiceRef, route_service
 from pyforward.discovery.stores import NodeStore, ServiceStore
 from pyforward.discovery.watcher import (
     Changed,
@@ -55,12 +65,8 @@ class DiscoveryStatus:
     message: str
 
 
-def _targets_text(targets: Sequence[Address]) -> str:
-    return ",".join(str(t) for t in targets) or "-"
-
-
 class Discovery:
-    """Follows one Service (and the Nodes) for the routes that have no static target: the
+    """Follows the Services (and the Nodes) of the routes that have no static target: the
     target source of `run --discover`."""
 
     name = "discovery"  # its note's key in the status line
@@ -78,18 +84,22 @@ class Discovery:
         self.config: DiscoverySettings = settings.discovery
         self.routes: list[Route] = list(settings.routes)
         self._indexes = [i for i, route in enumerate(self.routes) if not route.targets]
+        # The discovered routes by the Service they follow, in the order routes name them.
+        self._groups = by_service(self.routes, self._indexes)
         self._host = host or this_host(env)
         self._timing = timing or WatchTiming()
         self._env = dict(os.environ if env is None else env)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api: ClusterApi | None = None
         self._watchers: dict[Resource, ResourceWatcher] = {}
-        self._services = ServiceStore()
+        # One store (and watch) per namespace of the Services followed.
+        self._services = {ref.namespace: ServiceStore() for ref in self._groups}
         self._nodes = NodeStore(self._host)
         self._trouble: dict[Resource, DiscoveryError] = {}
         self._problem: DiscoveryError | None = None
         self._current: dict[int, tuple[Address, ...]] = {}
-        self._resolution: Resolution | None = None
+        self._node_ports: dict[int, int] = {}  # of the routes resolved, for the state file
+        self._resolved: set[ServiceRef] = set()  # Services resolved at least once
         self._changed = asyncio.Event()
         self._sink: TargetSink | None = None
         self._save_task: asyncio.Task[None] | None = None
@@ -120,13 +130,13 @@ class Discovery:
                 {
                     "event": "discovery",
                     "api": api.host,
-                    "service": self.config.service,
+                    "service": ",".join(str(ref) for ref in self._groups),
                     "ports": ports,
                 }
             )
         )
         stores: list[tuple[Resource, ServiceStore | NodeStore]] = [
-            (Resource("services", self.config.service.namespace), self._services)
+            (Resource("services", namespace), store) for namespace, store in self._services.items()
         ]
         if self.config.node_ip is None:
             stores.append((Resource("nodes"), self._nodes))
@@ -153,11 +163,16 @@ class Discovery:
         found = {}
         for index in self._indexes:
             route = self.routes[index]
-            targets = saved.targets_for(str(route.listen), str(route.service_port))
-            if not targets:
+            # A route saved with another Service (or none saved) makes the file unusable.
+            saved_route = saved.route_for(
+                str(route.listen), str(route.service_port), route_service(route)
+            )
+            if saved_route is None:
                 return False
-            found[index] = targets
-        self._current.update(found)
+            found[index] = saved_route
+        for index, saved_route in found.items():
+            self._current[index] = saved_route.targets
+            self._node_ports[index] = saved_route.node_port
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved.saved_at))
         self._state_note = f"serving the targets saved at {when} in {self.state_file}"
         self._set_status(True, f"{self._state_note} until the Kubernetes API answers")
@@ -166,7 +181,7 @@ class Discovery:
     async def _wait_for_first_target(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.boot_timeout
-        while self._resolution is None:
+        while len(self._resolved) < len(self._groups):
             problem = self._problem
             if problem is not None and problem.permanent:
                 raise problem
@@ -201,20 +216,16 @@ class Discovery:
                 "changing the discovery settings (service, kubeconfig, node_ip, state_dir, "
                 "...) needs a restart"
             )
-        wanted = sorted(
-            (str(r.listen), str(r.service_port)) for r in settings.routes if not r.targets
-        )
-        following = sorted(
-            (str(self.routes[i].listen), str(self.routes[i].service_port)) for i in self._indexes
-        )
+        wanted = sorted(route_identity(r) for r in settings.routes if not r.targets)
+        following = sorted(route_identity(self.routes[i]) for i in self._indexes)
         if wanted != following:
             raise ConfigError(
-                "adding, removing or changing a discovered route (listen, service_port) "
-                "needs a restart"
+                "adding, removing or changing a discovered route (listen, service, "
+                "service_port) needs a restart"
             )
-        targets = {self.routes[i].listen: self._current[i] for i in self._indexes}
+        targets = {route_identity(self.routes[i]): self._current[i] for i in self._indexes}
         routes = tuple(
-            route if route.targets else replace(route, targets=targets[route.listen])
+            route if route.targets else replace(route, targets=targets[route_identity(route)])
             for route in settings.routes
         )
         return replace(settings, routes=routes)
@@ -259,73 +270,88 @@ class Discovery:
         self._changed.set()
 
     def _evaluate(self) -> None:
-        problem: DiscoveryError | None = next(iter(self._trouble.values()), None)
-        resolution = None
         nodes_known = self._nodes.listed or self.config.node_ip is not None
-        if problem is None and self._services.listed and nodes_known:
-            try:
-                resolution = resolve_chosen(
-                    self._services.parsed(),
-                    self._nodes.choose,
-                    self.config.service,
-                    [str(self.routes[i].service_port) for i in self._indexes],
-                    node_ip=self.config.node_ip,
-                )
-            except DiscoveryError as exc:
-                problem = exc
-        self._problem = problem
-        if problem is not None:
-            if self._state_note:
-                self._set_status(True, f"{self._state_note}: {problem}")
-            elif self._current:
-                self._set_status(True, f"{problem}; forwarding to the last known targets")
-            else:
-                self._set_status(True, f"waiting for a target: {problem}")
-            return
-        if resolution is None:
-            return  # the other collection has not been listed yet
-        self._resolution = resolution
-        self._state_note = ""
+        nodes_trouble = self._trouble.get(Resource("nodes"))
+        problems: list[DiscoveryError] = []
+        left_out: list[str] = []  # what the cluster sent that could not be used
         changed = False
-        for index, route_target in zip(self._indexes, resolution.routes, strict=True):
-            targets = route_target.targets
-            previous = self._current.get(index)
-            if previous == targets:
-                continue
-            changed = True
-            self._current[index] = targets
-            self._apply(index)
-            fields: dict[str, object] = {
-                "event": "target-change" if previous is not None else "target",
-                "listen": self.routes[index].listen,
-                "service": self.config.service,
-                "port": route_target.port_ref,
-                "node_port": route_target.port.node_port,
-                "targets": _targets_text(targets),
-            }
-            if self.config.node_ip is None:
-                # Counts, not lists: a big cluster's nodes would make kilobytes of line.
-                counts = self._nodes.counts
-                fields["ready_nodes"] = counts.candidates
-                fields["nodes"] = counts.nodes
-            if previous is not None:
-                fields["was"] = _targets_text(previous)
-            fields["why"] = (
-                resolution.choice.reason if resolution.choice is not None else "--node-ip given"
-            )
-            log.info(logfmt(fields))
+        for ref, indexes in self._groups.items():
+            store = self._services[ref.namespace]
+            problem = self._trouble.get(Resource("services", ref.namespace)) or nodes_trouble
+            if problem is None and store.listed and nodes_known:
+                try:
+                    resolution = resolve_chosen(
+                        store.parsed(),
+                        self._nodes.choose,
+                        ref,
+                        [str(self.routes[i].service_port) for i in indexes],
+                        node_ip=self.config.node_ip,
+                    )
+                except DiscoveryError as exc:
+                    problem = exc
+                else:
+                    self._resolved.add(ref)
+                    left_out.extend(resolution.problems)
+                    for index, route_target in zip(indexes, resolution.routes, strict=True):
+                        self._node_ports[index] = route_target.port.node_port or 0
+                        changed |= self._take(index, ref, route_target, resolution.choice)
+            if problem is not None and str(problem) not in map(str, problems):
+                problems.append(problem)
         if changed:
             self._schedule_save()
+        self._problem = problems[0] if problems else None
+        if problems:
+            text = "; ".join(str(problem) for problem in problems)
+            if self._state_note:
+                self._set_status(True, f"{self._state_note}: {text}")
+            elif len(self._current) == len(self._indexes):
+                self._set_status(True, f"{text}; forwarding to the last known targets")
+            else:
+                self._set_status(True, f"waiting for a target: {text}")
+            return
+        if len(self._resolved) < len(self._groups):
+            return  # a collection has not been listed yet
+        self._state_note = ""
         # Nodes the cluster sent in a shape that cannot be used are left out, and said so.
-        self._set_status(bool(resolution.problems), self._following_text(resolution.problems))
+        left_out = list(dict.fromkeys(left_out))
+        self._set_status(bool(left_out), self._following_text(left_out))
+
+    def _take(
+        self, index: int, ref: ServiceRef, route_target: RouteTarget, choice: NodeChoice | None
+    ) -> bool:
+        """A route's targets as resolved now: handed on and logged if new; True if so."""
+        targets = route_target.targets
+        previous = self._current.get(index)
+        if previous == targets:
+            return False
+        self._current[index] = targets
+        self._apply(index)
+        route = self.routes[index]
+        fields: dict[str, object] = {
+            "event": "target-change" if previous is not None else "target",
+            "listen": route.listen,
+        }
+        if route.sni:
+            fields["sni"] = ",".join(route.sni)
+        fields |= {
+            "service": ref,
+            "port": route_target.port_ref,
+            "node_port": route_target.port.node_port,
+            "targets": targets_text(targets),
+        }
+        if self.config.node_ip is None:
+            # Counts, not lists: a big cluster's nodes would make kilobytes of line.
+            counts = self._nodes.counts
+            fields["ready_nodes"] = counts.candidates
+            fields["nodes"] = counts.nodes
+        if previous is not None:
+            fields["was"] = targets_text(previous)
+        fields["why"] = choice.reason if choice is not None else "--node-ip given"
+        log.info(logfmt(fields))
+        return True
 
     def _following_text(self, problems: Sequence[str] = ()) -> str:
-        parts = [
-            f"{self.routes[i].listen} -> {_targets_text(self._current[i])}" for i in self._indexes
-        ]
-        text = f"following {self.config.service}: {'; '.join(parts)}"
-        # The reason first: the service status shows the degraded text up to its first "; ".
-        return f"left out: {'; '.join(problems)}; {text}" if problems else text
+        return following_text(self.routes, self._groups, self._current, problems)
 
     def _set_status(self, degraded: bool, message: str) -> None:
         if self.status == DiscoveryStatus(degraded, message):
@@ -363,9 +389,8 @@ class Discovery:
     async def _save(self) -> None:
         saved: dict[int, tuple[Address, ...]] = {}
         loop = asyncio.get_running_loop()
-        while saved != self._current and self._resolution is not None:
+        while saved != self._current:
             saved = dict(self._current)
-            ports = {rt.port_ref: rt.port.node_port or 0 for rt in self._resolution.routes}
             snapshot = state.SavedState(
                 self.config.service,
                 time.time(),
@@ -373,8 +398,9 @@ class Discovery:
                     state.SavedRoute(
                         str(self.routes[i].listen),
                         str(self.routes[i].service_port),
-                        ports.get(str(self.routes[i].service_port), 0),
+                        self._node_ports.get(i, 0),
                         targets,
+                        route_service(self.routes[i]),
                     )
                     for i, targets in saved.items()
                 ),

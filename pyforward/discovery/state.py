@@ -1,9 +1,14 @@
 """The last discovered target, kept in a small JSON file so a restart can serve at once.
 
-One file per Service in the state directory (systemd's StateDirectory=, else
-/var/lib/pyforward). Written atomically (temporary file, then rename); a file that cannot
-be read or used is reported and ignored, never fatal: decoding checks every field, and a
-saved target passes the checks a discovered one did (`BadStateFile` is the only error).
+One file per process in the state directory (systemd's StateDirectory=, else
+/var/lib/pyforward), named after the top-level Service; each route is saved with the
+Service it follows. A version 1 file names no Service per route: its routes followed the
+file's Service. Version 2 is written only when some route follows another Service, so a
+file of one Service stays readable by an older pyforward.
+
+Written atomically (temporary file, then rename); a file that cannot be read or used is
+reported and ignored, never fatal: decoding checks every field, and a saved target passes
+the checks a discovered one did (`BadStateFile` is the only error).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pyforward.discovery.nodeaddress import check_node_address
 from pyforward.discovery.options import ServiceRef, parse_service_ref
 from pyforward.errors import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # routes following different Services
+VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class SavedRoute:
     service_port: str
     node_port: int
     targets: tuple[Address, ...]
+    service: ServiceRef  # the Service the route follows (version 1: the file's)
 
 
 @dataclass(frozen=True)
@@ -38,27 +45,30 @@ class SavedState:
     saved_at: float  # seconds since the epoch
     routes: tuple[SavedRoute, ...]
 
-    def targets_for(self, listen: str, service_port: str) -> tuple[Address, ...] | None:
+    def route_for(self, listen: str, service_port: str, service: ServiceRef) -> SavedRoute | None:
+        """The route saved for this listen address, Service and Service port, if any."""
         for route in self.routes:
-            if route.listen == listen and route.service_port == service_port:
-                return route.targets
+            if (route.listen, route.service_port, route.service) == (listen, service_port, service):
+                return route
         return None
 
 
 def state_path(state_dir: str | Path, service: ServiceRef) -> Path:
-    """The state file of one Service."""
+    """The state file of a process whose top-level Service is `service`."""
     return Path(state_dir) / f"discovery-{service.namespace}-{service.name}.json"
 
 
 def encode(state: SavedState) -> str:
     """The file's text."""
+    several = any(route.service != state.service for route in state.routes)
     data = {
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if several else 1,
         "service": str(state.service),
         "saved_at": round(state.saved_at, 3),
         "routes": [
             {
                 "listen": route.listen,
+                "service": str(route.service),
                 "service_port": route.service_port,
                 "node_port": route.node_port,
                 "targets": [str(target) for target in route.targets],
@@ -120,7 +130,15 @@ def _target(value: object, node_port: int, where: str) -> Address:
     return Address(host, target.port)
 
 
-def _route(item: object, number: int) -> SavedRoute:
+def _service(text: str, where: str) -> ServiceRef:
+    try:
+        return parse_service_ref(text)
+    except ValueError as exc:
+        raise BadStateFile(f"{where}service: {exc}") from None
+
+
+def _route(item: object, number: int, service: ServiceRef) -> SavedRoute:
+    """A saved route; `service` is the file's, for a route that names none (version 1)."""
     where = f"routes[{number}]."
     if not isinstance(item, Mapping):
         raise BadStateFile(f"routes[{number}]: {_shown(item)} is not an object")
@@ -135,6 +153,7 @@ def _route(item: object, number: int) -> SavedRoute:
         _field(item, "service_port", str, where),
         node_port,
         tuple(_target(value, node_port, where) for value in targets),
+        _service(_field(item, "service", str, where), where) if "service" in item else service,
     )
 
 
@@ -145,21 +164,19 @@ def decode(text: str) -> SavedState:
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BadStateFile(f"not JSON: {exc}") from None
     if not isinstance(data, Mapping):
-        raise BadStateFile(f"not a version {FORMAT_VERSION} state file: not a JSON object")
+        raise BadStateFile("not a state file: not a JSON object")
     version = data.get("version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise BadStateFile(f"not a version {FORMAT_VERSION} state file (version {_shown(version)})")
-    service_text = _field(data, "service", str, "")
-    try:
-        service = parse_service_ref(service_text)
-    except ValueError as exc:
-        raise BadStateFile(f"service: {exc}") from None
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise BadStateFile(f"not a version 1 or 2 state file (version {_shown(version)})")
+    service = _service(_field(data, "service", str, ""), "")
     saved_at = _field(data, "saved_at", (int, float), "")
     if not 0 <= saved_at <= _LATEST_TIME:  # NaN and the infinities fail this too
         raise BadStateFile(f"saved_at: {_shown(saved_at)} is not a time")
     routes = _field(data, "routes", list, "")
     return SavedState(
-        service, float(saved_at), tuple(_route(item, n) for n, item in enumerate(routes))
+        service,
+        float(saved_at),
+        tuple(_route(item, n, service) for n, item in enumerate(routes)),
     )
 
 

@@ -235,7 +235,8 @@ def check_route(
             report.add(f"target {target}", down, f"unreachable: {failure}")
     if not route.targets:
         # Discovered: the service follows the cluster; `pyforward discover` shows what it says.
-        report.add(f"targets of {route.listen}", Level.OK, "discovered from the cluster")
+        followed = f" (Service {route.service})" if route.service is not None else ""
+        report.add(f"targets of {route.listen}", Level.OK, f"discovered from the cluster{followed}")
     if probe_through and (not route.targets or len(failures) < len(route.targets)):
         host = ports.probe_host(route.listen)
         problem = through_listener(host, route.listen.port)
