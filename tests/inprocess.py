@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
 from tests.harness import TIMEOUT

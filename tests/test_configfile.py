@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyforward.config.file import merge, to_toml
-from pyforward.config.settings import Settings, build_settings, parse_config_text
+from pyforward.config.model import Settings
+from pyforward.config.settings import build_settings, parse_config_text
 
 
 def written(flags: dict[str, object], env: dict[str, str], file_data: Any = None) -> Settings:

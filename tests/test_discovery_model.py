@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Route, build_settings, parse_config_text
+from pyforward.config.model import Route
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.errors import (
     BadObject,

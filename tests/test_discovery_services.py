@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from pyforward.cli import service as service_cli
-from pyforward.config.settings import Settings, build_settings, parse_config_text
+from pyforward.config.model import Settings
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.errors import DiscoveryError
 from pyforward.discovery.options import ServiceRef

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pyforward.config.settings import RelayMode, build_settings
+from pyforward.config.model import RelayMode
+from pyforward.config.settings import build_settings
 from pyforward.engine import server
 from pyforward.relay.pipes import Pipe, PipePool
 from tests.harness import Backend, connect, echo, fields, forwarder, recv_all

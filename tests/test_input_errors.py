@@ -14,7 +14,8 @@ import pytest
 
 from pyforward.cli import service as service_cli
 from pyforward.cli.app import main
-from pyforward.config.settings import LogLevel, build_settings
+from pyforward.config.model import LogLevel
+from pyforward.config.settings import build_settings
 from pyforward.systemd import install as service
 from pyforward.systemd import systemctl
 from pyforward.systemd.install import InstallPaths

@@ -12,15 +12,10 @@ from typing import Any
 import typer.main
 
 from pyforward.cli.app import app
+from pyforward.config.model import Route
 from pyforward.config.policy import Policy
-from pyforward.config.settings import (
-    OPTIONS,
-    Route,
-    RouteField,
-    build_settings,
-    env_name,
-    flag_name,
-)
+from pyforward.config.schema import OPTIONS, RouteField, env_name, flag_name
+from pyforward.config.settings import build_settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -10,15 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import (
-    OPTIONS,
-    RelayMode,
-    Settings,
-    build_settings,
-    env_name,
-    flag_name,
-    parse_config_text,
-)
+from pyforward.config.model import RelayMode, Settings
+from pyforward.config.schema import OPTIONS, env_name, flag_name
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.errors import ConfigError
 
 FILE = """

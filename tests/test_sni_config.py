@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Settings, build_settings, parse_config_text
+from pyforward.config.model import Settings
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.errors import ConfigError
 from tests.harness import run_cli
 

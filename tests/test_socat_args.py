@@ -12,7 +12,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import LogLevel, Settings, build_settings
+from pyforward.config.model import LogLevel, Settings
+from pyforward.config.settings import build_settings
 from pyforward.errors import ConfigError
 from pyforward.socat.args import parse_socat_args, parse_socat_line
 from pyforward.socat.format import format_socat_args

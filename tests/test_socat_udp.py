@@ -12,7 +12,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from pyforward.cli import service as service_cli
-from pyforward.config.settings import Transport, build_settings
+from pyforward.config.model import Transport
+from pyforward.config.settings import build_settings
 from pyforward.socat.args import parse_socat_line
 from pyforward.socat.format import format_socat_args
 from pyforward.socat.model import ListenAddress

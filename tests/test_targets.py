@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from pyforward.config.settings import Settings, build_settings
+from pyforward.config.model import Settings
+from pyforward.config.settings import build_settings
 from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSink, TargetSource, route_ids

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyforward.config.settings import Transport, build_settings
+from pyforward.config.model import Transport
+from pyforward.config.settings import build_settings
 from pyforward.datagram.flows import EVICTION_SCAN, FlowTable
 from pyforward.errors import ConfigError, StartupError
 from pyforward.obs.reasons import CloseReason

@@ -24,7 +24,8 @@ from pyforward.cli.help import TakesRunOptions, environment_epilog
 from pyforward.cli.options import flag_keys, flags_of, run_flags, with_options
 from pyforward.cli.service import NameOpt, install_paths, register_service_commands
 from pyforward.config.load import config_from, load_settings
-from pyforward.config.settings import Settings, build_settings
+from pyforward.config.model import Settings
+from pyforward.config.settings import build_settings
 from pyforward.engine.loops import loop_factory
 from pyforward.engine.privileges import become
 from pyforward.engine.runtime import serve

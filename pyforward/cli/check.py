@@ -19,7 +19,8 @@ from enum import IntEnum
 from pathlib import Path
 
 from pyforward.config.addresses import Address, Endpoint, UnixAddress
-from pyforward.config.settings import Settings, Transport, env_name
+from pyforward.config.model import Settings, Transport
+from pyforward.config.schema import env_name
 from pyforward.datagram import probe
 from pyforward.engine.listeners import bind_addresses, bind_error
 from pyforward.engine.unix_listener import connect_problem, listen_problem

@@ -6,7 +6,7 @@ from typing import Any
 
 from typer.core import TyperCommand
 
-from pyforward.config.settings import OPTIONS, env_name
+from pyforward.config.schema import OPTIONS, env_name
 
 
 def environment_epilog() -> str:

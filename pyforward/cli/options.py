@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 import pyforward.discovery.options  # noqa: F401  (registers the discovery keys in the schema)
-from pyforward.config.settings import OPTIONS
+from pyforward.config.schema import OPTIONS
 from pyforward.errors import ConfigError
 
 Command = TypeVar("Command", bound=Callable[..., Any])

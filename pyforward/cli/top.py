@@ -23,7 +23,7 @@ from rich.live import Live
 
 from pyforward.config.addresses import Address, parse_listen
 from pyforward.config.load import config_from, read_config_file
-from pyforward.config.settings import OPTIONS, env_name
+from pyforward.config.schema import OPTIONS, env_name
 from pyforward.errors import ConfigError
 from pyforward.obs.live import LiveState, ScrapeError, read_live
 from pyforward.obs.top_view import Frame, render

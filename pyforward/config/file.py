@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
-from pyforward.config.settings import OPTIONS, env_name, file_value_of_env
+from pyforward.config.schema import OPTIONS, env_name, file_value_of_env
 from pyforward.errors import ConfigError
 
 ROUTE_DEFINING = ("listen", "target", "route")

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyforward.config.settings import Settings, build_settings, env_name, parse_config_text
+from pyforward.config.model import Settings
+from pyforward.config.schema import env_name
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.errors import ConfigError
 
 

@@ -20,7 +20,7 @@ from pyforward.errors import ConfigError
 from pyforward.protocols.hostnames import HostNameError, check_pattern, conflicts
 
 if TYPE_CHECKING:
-    from pyforward.config.settings import Route
+    from pyforward.config.model import Route
 
 
 def host_names(value: object) -> tuple[str, ...]:

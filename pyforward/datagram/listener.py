@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Address, client_host, format_peer
-from pyforward.config.settings import Route
+from pyforward.config.model import Route
 from pyforward.datagram.flow import ClientAddress, Flow, reason_of
 from pyforward.datagram.flows import FlowTable
 from pyforward.engine.listeners import bind_error

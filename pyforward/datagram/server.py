@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping, Sequence
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Route, Settings, Transport
+from pyforward.config.model import Route, Settings, Transport
 from pyforward.datagram.flow import Flow
 from pyforward.datagram.flows import RECEIVE_BUFFER, FlowCounts
 from pyforward.datagram.listener import DatagramListener, open_datagram_socket

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Route
+from pyforward.config.model import Route
 from pyforward.discovery.options import ServiceRef, route_service
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from pyforward.config import settings as schema
-from pyforward.config.settings import Flag, Option, Route, RouteField, Transport
+from pyforward.config import values
+from pyforward.config.model import Route, Transport
+from pyforward.config.schema import Flag, Option, RouteField, register
 from pyforward.discovery.nodeaddress import check_node_address
 from pyforward.errors import ConfigError
 
@@ -145,12 +146,12 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> str:
 # The discovery keys of the settings schema; each means something only with `discover`.
 OPTIONS: Mapping[str, Option] = {
     "discover": Option(
-        schema.boolean,
+        values.boolean,
         False,
         flag=Flag(bool, "Find the target from the cluster and follow it."),
     ),
     "kubeconfig": Option(
-        schema.string,
+        values.string,
         None,
         shown="(the order above)",  # the README lists where discovery looks
         flag=Flag(str, "Kubeconfig file [$KUBECONFIG, ~/.kube/config, k3s's, in-cluster]."),
@@ -176,7 +177,7 @@ OPTIONS: Mapping[str, Option] = {
         flag=Flag(str, "The Service's port, by name or number [https]."),
     ),
     "preset": Option(
-        schema.choice(PresetName),
+        values.choice(PresetName),
         None,
         flag=Flag(
             PresetName, "istio (443->https, 80->http2) or traefik (443->websecure, 80->web)."
@@ -188,13 +189,13 @@ OPTIONS: Mapping[str, Option] = {
         flag=Flag(str, "Forward to this node address instead of the Ready nodes."),
     ),
     "state_dir": Option(
-        schema.string,
+        values.string,
         None,
         shown="`$STATE_DIRECTORY` or `/var/lib/pyforward`",
         flag=Flag(str, "Where the last target is kept [$STATE_DIRECTORY or /var/lib/pyforward]."),
     ),
     "discover_timeout": Option(
-        schema.duration,
+        values.duration,
         DEFAULT_BOOT_TIMEOUT,
         flag=Flag(float, "At start, seconds to wait for the API when nothing is saved [60]."),
     ),
@@ -264,4 +265,4 @@ class Discovery:
         return routes, discovery
 
 
-schema.register(OPTIONS, Discovery())
+register(OPTIONS, Discovery())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiRefused, DiscoveryError
 from pyforward.discovery.hostinfo import this_host

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Route, Settings
+from pyforward.config.model import Route, Settings
 from pyforward.discovery import state
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import DiscoveryError

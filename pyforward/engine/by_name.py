@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from pyforward.config.addresses import Address
-from pyforward.config.settings import Route, Transport
+from pyforward.config.model import Route, Transport
 from pyforward.engine.targets import RouteId
 from pyforward.obs.ratelimit import Every
 from pyforward.relay.dial import ResolvedTarget

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from pyforward.config.settings import LoopName
+from pyforward.config.model import LoopName
 from pyforward.errors import ConfigError
 
 

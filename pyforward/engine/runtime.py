@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from pyforward import __version__
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.datagram.server import DatagramForwarder
 from pyforward.engine.fdlimit import raise_fd_limit
 from pyforward.engine.server import Forwarder, closed_counts, log_listeners

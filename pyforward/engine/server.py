@@ -18,8 +18,8 @@ from typing import Any
 
 from pyforward.config.access import AccessList
 from pyforward.config.addresses import Endpoint, UnixAddress, client_host, format_peer
+from pyforward.config.model import RelayMode, Route, Settings, Transport
 from pyforward.config.policy import Policy
-from pyforward.config.settings import RelayMode, Route, Settings, Transport
 from pyforward.engine.by_name import build_names, followers, name_groups
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth

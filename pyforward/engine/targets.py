@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NewType, Protocol
 
-from pyforward.config.settings import Route, Settings
+from pyforward.config.model import Route, Settings
 from pyforward.relay.connection import ResolvedTarget
 
 RouteId = NewType("RouteId", str)

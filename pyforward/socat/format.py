@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 
 from pyforward.config.addresses import host_port
-from pyforward.config.settings import Transport
+from pyforward.config.model import Transport
 from pyforward.socat import udp
 from pyforward.socat.model import (
     Connect,

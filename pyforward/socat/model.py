@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pyforward.config.settings import Transport
+from pyforward.config.model import Transport
 from pyforward.obs.dump import DumpMode
 from pyforward.socat.unix import UnixConnectAddress, UnixListenAddress
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyforward.config.addresses import host_port
-from pyforward.config.settings import Transport
+from pyforward.config.model import Transport
 from pyforward.obs.dump import DumpMode
 from pyforward.socat import udp
 from pyforward.socat.format import listen_keyword, listen_text, seconds_text, target_text

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pyforward.config.settings import Transport
+from pyforward.config.model import Transport
 from pyforward.errors import ConfigError
 from pyforward.socat.addresses import CONNECT_TYPES, LISTEN_TYPES, parse_tcp_connect, refuse_type
 from pyforward.socat.lexer import RawAddress

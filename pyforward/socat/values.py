@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from pyforward.config.access import parse_network
 from pyforward.config.addresses import PortError, host_port, parse_listen, port_number
-from pyforward.config.settings import MAX_BACKLOG
+from pyforward.config.model import MAX_BACKLOG
 from pyforward.errors import ConfigError
 from pyforward.socat.lexer import RawAddress
 from pyforward.socat.model import Family, ListenAddress, Retry

@@ -19,7 +19,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from pyforward.config.addresses import UnixAddress, format_peer
-from pyforward.config.settings import Route, Transport
+from pyforward.config.model import Route, Transport
 from pyforward.engine.listeners import bind_addresses, is_listener_for
 from pyforward.errors import StartupError
 from pyforward.obs.logfmt import logfmt

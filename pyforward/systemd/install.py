@@ -27,7 +27,9 @@ import pyforward.discovery.options  # noqa: F401  (registers the discovery keys 
 from pyforward.config import file as configfile
 from pyforward.config.addresses import Address, Endpoint, UnixAddress
 from pyforward.config.load import Layers
-from pyforward.config.settings import Settings, Transport, build_settings, env_name
+from pyforward.config.model import Settings, Transport
+from pyforward.config.schema import env_name
+from pyforward.config.settings import build_settings
 from pyforward.engine.unix_listener import connect_problem
 from pyforward.errors import ConfigError, StartupError
 from pyforward.socat.unit import settings_from_socat_unit

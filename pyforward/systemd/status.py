@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyforward.config.addresses import Address, UnixAddress
 from pyforward.config.load import load_config_only
-from pyforward.config.settings import Route, Settings
+from pyforward.config.model import Route, Settings
 from pyforward.engine.unix_listener import connect_problem
 from pyforward.errors import ConfigError
 from pyforward.systemd import procnet as ports

@@ -8,7 +8,7 @@ import socket
 from dataclasses import replace
 
 from pyforward.config.addresses import Address, format_peer
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.engine.by_name import followers, name_groups
 from pyforward.engine.listeners import bind_addresses, close_all, open_listener, system_backlog
 from pyforward.engine.targets import RouteId, route_ids

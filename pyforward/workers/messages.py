@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.engine.targets import RouteId
 from pyforward.relay.connection import ResolvedTarget
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 
 
 def usable_cpus() -> int:

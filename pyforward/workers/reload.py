@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.engine.server import resolve_target
 from pyforward.engine.targets import RouteId, TargetSource, route_ids
 from pyforward.workers import messages as m

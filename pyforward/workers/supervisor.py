@@ -31,7 +31,7 @@ from typing import Any
 
 from pyforward import __version__
 from pyforward.config.addresses import format_peer
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.engine.listeners import close_all
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource, route_ids
 from pyforward.errors import PyforwardError, StartupError

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from pyforward.config.settings import Settings
+from pyforward.config.model import Settings
 from pyforward.engine.loops import loop_factory
 from pyforward.engine.runtime import Runtime
 from pyforward.engine.server import Forwarder
