@@ -85,6 +85,8 @@ def _not_tls(prefix: bytes | bytearray) -> NotTLS | None:
 class ClientHelloReader:
     """Reads the ClientHello at the start of a connection, record by record."""
 
+    __slots__ = ("_handshake", "_offset", "_pending", "result")
+
     def __init__(self) -> None:
         self._pending = bytearray()  # the bytes of the record being read, its header first
         self._offset = 0  # bytes of the stream consumed in whole records

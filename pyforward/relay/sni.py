@@ -100,6 +100,8 @@ class ReroutableHost(StageHost, Protocol):
 class RouteByName(Stage):
     """Read the ClientHello's server name and hand the connection to the route it names."""
 
+    __slots__ = ("_decided", "_timer", "_watching", "read", "reader", "routes")
+
     side = "client"
 
     def __init__(self, routes: NameRoutes) -> None:
