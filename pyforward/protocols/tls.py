@@ -5,7 +5,8 @@
 `server_name` is the SNI host name, or None when the hello names none. A stream that starts
 like TLS but breaks its rules raises `ClientHelloError`. The reader keeps nothing of the
 bytes (the stage that feeds it keeps them, to send them on unchanged): it walks the records as
-they complete and joins their handshake fragments.
+they complete and joins their handshake fragments. A hello whole in one record in the first
+bytes fed (what clients send) is read in place, with no copy.
 
 What counts as not TLS: a first byte other than 0x16 (a handshake record), or a record version
 whose first byte is not 3 or whose second is above 4 (TLS 1.3 still writes 3.1-3.3 there;
