@@ -174,3 +174,59 @@ def test_done_writing_hands_a_socket_over_to_a_reader_in_the_same_callback(
     poller.close()
     client.close()
     accepted.close()
+
+
+def test_a_one_shot_reader_is_called_once_then_its_registration_serves_the_next_watch(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """What waiting for a ClientHello does: read once when the bytes come, then leave the
+    socket alone (more bytes wake nobody, however long) until the pump reads it."""
+    poller = EpollPoller(loop)
+    client, accepted = tcp_pair()
+    accepted.setblocking(False)
+    calls: list[bytes] = []
+    poller.read_once(accepted.fileno(), lambda: calls.append(accepted.recv(10)))
+    turn(loop, 3)
+    assert calls == []
+    client.sendall(b"hello")
+    turn(loop, 3)
+    assert calls == [b"hello"]
+    client.sendall(b"more")  # unread, level-triggered: would wake a reader in every turn
+    turn(loop, 10)
+    assert calls == [b"hello"]
+    poller.add_reader(accepted.fileno(), lambda: calls.append(accepted.recv(10)))
+    turn(loop, 1)
+    assert calls == [b"hello", b"more"]
+    poller.remove_reader(accepted.fileno())
+    # Armed again, then given up before anything came: nothing is called later.
+    poller.read_once(accepted.fileno(), lambda: calls.append(b"late"))
+    poller.remove_reader(accepted.fileno())
+    client.sendall(b"x")
+    turn(loop, 3)
+    assert calls == [b"hello", b"more"]
+    poller.forget(accepted.fileno())
+    poller.close()
+    client.close()
+    accepted.close()
+
+
+def test_a_one_shot_reader_hears_a_reset(loop: asyncio.AbstractEventLoop) -> None:
+    poller = EpollPoller(loop)
+    client, accepted = tcp_pair()
+    accepted.setblocking(False)
+    heard: list[str] = []
+
+    def on_readable() -> None:
+        try:
+            accepted.recv(1)
+        except ConnectionResetError:
+            heard.append("reset")
+
+    poller.read_once(accepted.fileno(), on_readable)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    turn(loop, 5)
+    assert heard == ["reset"]
+    poller.forget(accepted.fileno())
+    poller.close()
+    accepted.close()

@@ -270,3 +270,28 @@ def test_structured_hellos_read_or_raise_only_the_module_error(
     if isinstance(answer, ClientHello):
         assert answer.length == len(wire)
         assert answer.server_name is None or answer.server_name.isascii()
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(VERSIONS), st.booleans(), st.integers(1, 2000))
+def test_nothing_past_the_hellos_own_length_is_read(
+    version: ssl.TLSVersion, alpn: bool, cut: int
+) -> None:
+    # The record goes on with the rest of the real hello, but the handshake header says the
+    # ClientHello ends earlier: what lies after that end (the server_name among it) is
+    # never read, so the hello is cut short, or, cut right after its compression methods,
+    # one without extensions.
+    wire = bytearray(real_hello("a.example", version, alpn))
+    length = int.from_bytes(wire[6:9], "big")
+    shorter = max(0, length - cut)
+    wire[6:9] = shorter.to_bytes(3, "big")
+    for chunks in ([bytes(wire)], [bytes(wire[i : i + 1]) for i in range(len(wire))]):
+        try:
+            answer = _read(chunks)
+        except ClientHelloError:
+            continue
+        assert answer == ClientHello(None, len(wire))
+        session = wire[9 + 34]
+        suites = int.from_bytes(wire[9 + 35 + session : 9 + 37 + session], "big")
+        methods_end = 9 + 37 + session + suites + 1 + wire[9 + 37 + session + suites]
+        assert shorter == methods_end - 9

@@ -53,6 +53,7 @@ _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
 _REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
 _FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
+_ANYONE = AccessList()  # no allow/deny: one for every connection admitted late
 
 
 @dataclass
@@ -468,7 +469,7 @@ class Forwarder:
     def admit(self, connection: Connection) -> CloseReason | None:
         """Admission of a connection whose client a PROXY header named: as at accept, for
         that client, with a refusal counted and logged as at accept."""
-        access = self._awaiting_admission.pop(connection, AccessList())
+        access = self._awaiting_admission.pop(connection, _ANYONE)
         refused = self._admission(access, connection.source)
         if refused is None:
             connection.source_counted = self._counts_sources

@@ -5,7 +5,8 @@
 `server_name` is the SNI host name, or None when the hello names none. A stream that starts
 like TLS but breaks its rules raises `ClientHelloError`. The reader keeps nothing of the
 bytes (the stage that feeds it keeps them, to send them on unchanged): it walks the records as
-they complete and joins their handshake fragments.
+they complete and joins their handshake fragments. A hello whole in one record in the first
+bytes fed (what clients send) is read in place, with no copy.
 
 What counts as not TLS: a first byte other than 0x16 (a handshake record), or a record version
 whose first byte is not 3 or whose second is above 4 (TLS 1.3 still writes 3.1-3.3 there;
@@ -85,6 +86,8 @@ def _not_tls(prefix: bytes | bytearray) -> NotTLS | None:
 class ClientHelloReader:
     """Reads the ClientHello at the start of a connection, record by record."""
 
+    __slots__ = ("_handshake", "_offset", "_pending", "result")
+
     def __init__(self) -> None:
         self._pending = bytearray()  # the bytes of the record being read, its header first
         self._offset = 0  # bytes of the stream consumed in whole records
@@ -95,6 +98,23 @@ class ClientHelloReader:
         """Take the next bytes; the answer once there is one (then never again), else None."""
         if self.result is not None:
             raise RuntimeError("the ClientHello was already read")
+        if not self._offset and not self._pending and len(data) > 8:
+            # What nearly every client sends: the whole hello in its first record, in the
+            # first read. Read in place, with no copy; anything else (a hello cut into
+            # records or segments, or a bad one) takes the general path below, which
+            # reaches the same answer or error for these bytes.
+            size = data[3] << 8 | data[4]
+            hello = data[6] << 16 | data[7] << 8 | data[8]
+            if (
+                data[0] == _HANDSHAKE_RECORD
+                and data[1] == 3
+                and data[2] <= 4
+                and 4 + hello <= size <= MAX_RECORD_BYTES
+                and len(data) >= _RECORD_HEADER + size
+                and data[5] == _CLIENT_HELLO
+            ):
+                self.result = ClientHello(_server_name(data, 9, 9 + hello), _RECORD_HEADER + size)
+                return self.result
         self._pending += data
         if self._offset == 0 and (verdict := _not_tls(self._pending[:3])) is not None:
             self.result = verdict
@@ -120,9 +140,10 @@ class ClientHelloReader:
             self._handshake += self._pending[_RECORD_HEADER : _RECORD_HEADER + size]
             del self._pending[: _RECORD_HEADER + size]
             self._offset = end
-            hello = self._hello()
-            if hello is not None:
-                self.result = ClientHello(_server_name(hello), self._offset)
+            length = self._check_header(self._handshake)
+            if length is not None and len(self._handshake) >= 4 + length:
+                name = _server_name(self._handshake, 4, 4 + length)
+                self.result = ClientHello(name, self._offset)
                 return self.result
         return None
 
@@ -138,105 +159,107 @@ class ClientHelloReader:
             raise ClientHelloError(f"ClientHello of {size} bytes, over {MAX_HELLO_BYTES}")
         return size
 
-    def _hello(self) -> bytes | None:
-        """The ClientHello body once every fragment is in, else None."""
-        size = self._check_header(self._handshake)
-        if size is None or len(self._handshake) < 4 + size:
-            return None
-        return bytes(self._handshake[4 : 4 + size])
-
 
 def parse_client_hello(data: bytes) -> ClientHello | NotTLS | None:
     """The answer for the first bytes of a stream, all at once (see ClientHelloReader)."""
     return ClientHelloReader().feed(data)
 
 
-class _Cursor:
-    """Reads length-prefixed fields of a ClientHello, refusing any that runs past its end."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.at = 0
-        self.what = what
-
-    def left(self) -> int:
-        return len(self.data) - self.at
-
-    def take(self, size: int) -> bytes:
-        if size > self.left():
-            raise ClientHelloError(
-                f"{self.what} cut short: {size} bytes wanted, {self.left()} left"
-            )
-        chunk = self.data[self.at : self.at + size]
-        self.at += size
-        return chunk
-
-    def number(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def vector(self, prefix: int) -> bytes:
-        return self.take(self.number(prefix))
+# The fields are walked by offset within `data[at:end]`, one bound check before each read,
+# with no copy of the hello and no call per field: this is most of the time a connection
+# routed by name spends in Python. Every read is of bytes the check before it proved to lie
+# before `end`, so nothing past the ClientHello's own length is ever looked at.
 
 
-def _server_name(hello: bytes) -> str | None:
-    """The host name a ClientHello body names (RFC 8446 4.1.2, RFC 6066 3)."""
-    fields = _Cursor(hello, "ClientHello")
-    if fields.number(1) != 3:
+def _short(what: str, wanted: int, left: int) -> ClientHelloError:
+    return ClientHelloError(f"{what} cut short: {wanted} bytes wanted, {left} left")
+
+
+def _server_name(data: bytes | bytearray, at: int, end: int) -> str | None:
+    """The host name the ClientHello body `data[at:end]` names (RFC 8446 4.1.2, RFC 6066 3)."""
+    # legacy_version (2), random (32), then the session id's length byte.
+    if end - at < 35:
+        raise _short("ClientHello", 35, end - at)
+    if data[at] != 3:
         raise ClientHelloError("ClientHello legacy_version major is not 3")
-    fields.take(1 + 32)  # the minor version and random
-    if len(fields.vector(1)) > 32:
+    session = data[at + 34]
+    if session > 32:
         raise ClientHelloError("ClientHello session id over 32 bytes")
-    suites = fields.vector(2)
-    if not suites or len(suites) % 2:
+    at += 35 + session
+    if end - at < 2:
+        raise _short("ClientHello", session + 2, end - at + session)
+    suites = data[at] << 8 | data[at + 1]
+    at += 2
+    if not suites or suites & 1:
         raise ClientHelloError("ClientHello cipher suites empty or of odd length")
-    if not fields.vector(1):
+    if end - at < suites + 1:
+        raise _short("ClientHello", suites + 1, end - at)
+    at += suites
+    methods = data[at]
+    at += 1
+    if not methods:
         raise ClientHelloError("ClientHello has no compression method")
-    if fields.left() == 0:
+    if end - at < methods:
+        raise _short("ClientHello", methods, end - at)
+    at += methods
+    if at == end:
         return None  # a hello without extensions (TLS 1.2 allows it) names no server
-    extensions = fields.vector(2)
-    if fields.left():
-        raise ClientHelloError(f"{fields.left()} bytes after the ClientHello extensions")
-    # Walked by offset, not with the cursor: a hello has 10-20 extensions, and this loop is
-    # most of the time a connection routed by name spends in Python.
+    if end - at < 2:
+        raise _short("ClientHello", 2, end - at)
+    size = data[at] << 8 | data[at + 1]
+    at += 2
+    if size != end - at:
+        if size > end - at:
+            raise _short("ClientHello extensions", size, end - at)
+        raise ClientHelloError(f"{end - at - size} bytes after the ClientHello extensions")
     seen: set[int] = set()
     name = None
-    at, end = 0, len(extensions)
+    unpack = _EXTENSION_HEADER.unpack_from
     while at < end:
         if end - at < 4:
             raise ClientHelloError(f"ClientHello extensions cut short: {end - at} bytes left")
-        kind, size = _EXTENSION_HEADER.unpack_from(extensions, at)
+        kind, size = unpack(data, at)
         at += 4
         if size > end - at:
-            raise ClientHelloError(
-                f"ClientHello extensions cut short: {size} bytes wanted, {end - at} left"
-            )
+            raise _short("ClientHello extensions", size, end - at)
         if kind in seen:
             raise ClientHelloError(f"ClientHello extension {kind} given twice")
         seen.add(kind)
         if kind == _SERVER_NAME:
-            name = _host_name(extensions[at : at + size])
+            name = _host_name(data, at, at + size)
         at += size
     return name
 
 
-def _host_name(body: bytes) -> str | None:
-    if not body:
+def _host_name(data: bytes | bytearray, at: int, end: int) -> str | None:
+    """The host_name of the server_name extension body `data[at:end]` (RFC 6066 3)."""
+    if at == end:
         return None
-    outer = _Cursor(body, "server_name extension")
-    names = _Cursor(outer.vector(2), "server_name list")
-    if outer.left():
+    if end - at < 2:
+        raise _short("server_name extension", 2, end - at)
+    size = data[at] << 8 | data[at + 1]
+    at += 2
+    if size != end - at:
+        if size > end - at:
+            raise _short("server_name extension", size, end - at)
         raise ClientHelloError("bytes after the server_name list")
     found = None
     kinds: set[int] = set()
-    while names.left():
-        kind = names.number(1)
-        value = names.vector(2)
+    while at < end:
+        if end - at < 3:
+            raise _short("server_name list", 3, end - at)
+        kind = data[at]
+        size = data[at + 1] << 8 | data[at + 2]
+        at += 3
+        if size > end - at:
+            raise _short("server_name list", size, end - at)
         if kind in kinds:
             raise ClientHelloError(f"server_name list names type {kind} twice")
         kinds.add(kind)
-        if kind != _HOST_NAME:
-            continue  # types other than host_name are skipped (none is defined)
-        if not value or value.translate(None, _PRINTABLE):
-            raise ClientHelloError("server_name host_name is empty or not printable ASCII")
-        found = value.decode("ascii")
+        if kind == _HOST_NAME:  # types other than host_name are skipped (none is defined)
+            value = data[at : at + size]
+            if not value or value.translate(None, _PRINTABLE):
+                raise ClientHelloError("server_name host_name is empty or not printable ASCII")
+            found = value.decode("ascii")
+        at += size
     return found

@@ -14,6 +14,11 @@ batch of events): the relay's do, since every operation is non-blocking.
 A socket nobody reads or writes for the moment (its bytes wait behind a peer that is not
 reading) can still be watched for errors: epoll reports an error or hang-up even with no
 event asked for, so a reset there is noticed at once rather than when the peer drains.
+
+`read_once` is for a stage that waits for the client's first bytes and then leaves the socket
+alone until the pump starts (the wait for a TLS ClientHello): one-shot, the kernel disarms the
+watch as it reports it, so leaving costs no system call, and the pump's watch later re-arms the
+same registration (a modify instead of a delete and an add).
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ Callback = Callable[..., object]
 _TROUBLE = getattr(select, "EPOLLERR", 0) | getattr(select, "EPOLLHUP", 0)
 _READ_EVENTS = getattr(select, "EPOLLIN", 0) | _TROUBLE
 _WRITE_EVENTS = getattr(select, "EPOLLOUT", 0) | _TROUBLE
+_ONCE = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
+_DISARMED = -1  # in the epoll, reporting nothing, errors included (a one-shot that fired)
 
 
 class Poller(Protocol):
     def add_reader(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def remove_reader(self, fd: int) -> None: ...
+    def read_once(self, fd: int, callback: Callback) -> None: ...
     def add_writer(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def remove_writer(self, fd: int) -> None: ...
     def done_writing(self, fd: int) -> None: ...
@@ -57,6 +65,7 @@ class EpollPoller:
         self._readers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
         self._writers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
         self._error_watchers: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
+        self._once: dict[int, Callback] = {}  # see read_once
         self._masks: dict[int, int] = {}
         self._settle_later: list[int] = []  # see done_writing
         loop.add_reader(self._epoll.fileno(), self._dispatch)
@@ -66,8 +75,15 @@ class EpollPoller:
         self._update(fd)
 
     def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
+        if self._readers.pop(fd, None) is not None or self._once.pop(fd, None) is not None:
             self._update(fd)
+
+    def read_once(self, fd: int, callback: Callback) -> None:
+        """Call `callback` the next time `fd` is readable (or in error), once: the watch is
+        gone when it is called (call again for the next time). A socket with no other
+        reader or writer only: its registration is kept, disarmed, for the next watch."""
+        self._once[fd] = callback
+        self._update(fd)
 
     def add_writer(self, fd: int, callback: Callback, *args: Any) -> None:
         self._writers[fd] = (callback, args)
@@ -111,17 +127,22 @@ class EpollPoller:
         self._readers.pop(fd, None)
         self._writers.pop(fd, None)
         self._error_watchers.pop(fd, None)
+        self._once.pop(fd, None)
         self._masks.pop(fd, None)
 
     def _update(self, fd: int) -> None:
         mask: int | None = (select.EPOLLIN if fd in self._readers else 0) | (
             select.EPOLLOUT if fd in self._writers else 0
         )
-        if not mask and fd not in self._error_watchers:
+        if fd in self._once:
+            mask = _ONCE
+        elif not mask and fd not in self._error_watchers:
             mask = None  # not registered at all
         old = self._masks.get(fd)
         if mask == old:
             return
+        if mask is None and old == _DISARMED:
+            return  # reports nothing already; it stays for the next watch, or its close
         if mask is None:
             del self._masks[fd]
             self._epoll.unregister(fd)
@@ -149,6 +170,9 @@ class EpollPoller:
                 entry = readers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
+                elif fd in self._once:
+                    self._masks[fd] = _DISARMED  # the kernel disarmed it as it reported it
+                    self._once.pop(fd)()
             if events & _WRITE_EVENTS:
                 entry = writers.get(fd)
                 if entry is not None:
@@ -173,6 +197,13 @@ class LoopPoller:
 
     def remove_reader(self, fd: int) -> None:
         self._loop.remove_reader(fd)
+
+    def read_once(self, fd: int, callback: Callback) -> None:
+        self._loop.add_reader(fd, self._once, fd, callback)
+
+    def _once(self, fd: int, callback: Callback) -> None:
+        self._loop.remove_reader(fd)
+        callback()
 
     def remove_writer(self, fd: int) -> None:
         self._loop.remove_writer(fd)

@@ -100,6 +100,8 @@ class ReroutableHost(StageHost, Protocol):
 class RouteByName(Stage):
     """Read the ClientHello's server name and hand the connection to the route it names."""
 
+    __slots__ = ("_decided", "_timer", "_watching", "read", "reader", "routes")
+
     side = "client"
 
     def __init__(self, routes: NameRoutes) -> None:
@@ -121,8 +123,10 @@ class RouteByName(Stage):
             # wait (a watch and a timer) only when it is not all there.
             self._read()
         if not self._decided:
+            # One-shot: once the hello is read, the socket needs no call to be left alone
+            # while the dial runs, and the pump re-arms the same registration.
             self._watching = True
-            host.poller.add_reader(host.client.fileno(), self._on_readable)
+            host.poller.read_once(host.client.fileno(), self._on_readable)
             self._timer = host.loop.call_later(self.routes.timeout, self._on_timeout)
 
     def stop(self) -> None:
@@ -139,7 +143,11 @@ class RouteByName(Stage):
 
     @contained
     def _on_readable(self) -> None:
+        self._watching = False  # a one-shot watch: gone as it is called
         self._read()
+        if not self._decided:
+            self._watching = True
+            self.host.poller.read_once(self.host.client.fileno(), self._on_readable)
 
     def _read(self) -> None:
         host = self.host
