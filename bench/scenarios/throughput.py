@@ -19,8 +19,8 @@ DIRECTIONS = {
     "up": ([], "client -> backend"),
     "down": (["-R"], "backend -> client"),
     # A stalled run (see _ATTEMPTS) ends after 3 s without a byte, not at its end. Not 1 s:
-    # on a loaded machine iperf3's own exchange of results at the end can take that long,
-    # and it counts as a time without a byte.
+    # with that, five runs in a row with no forwarder at all timed out on a machine loaded
+    # far beyond its cores.
     "both": (["--bidir", "--rcv-timeout", "3000"], "both at once"),
 }
 # iperf3's server refuses a test while it still tears down the last, and --bidir can stall
