@@ -1,4 +1,6 @@
-"""One UDP flow's I/O: its connected socket to the target, both directions, one close.
+"""One UDP flow's I/O: its connected socket to the target, the target's datagrams back to
+the client, one close. (The client's datagrams go out on this socket from the listener's read
+loop, listener.py: no call per datagram.)
 
 A datagram is relayed as one `send`/`sendto` of exactly the bytes received (never merged,
 split or truncated: the receive buffer holds the largest datagram whole). Nothing is queued
@@ -113,25 +115,6 @@ class Flow:
     def byte_counts(self) -> tuple[int, int]:
         counts = self.state.counts
         return counts.bytes_up, counts.bytes_down
-
-    def to_target(self, datagram: memoryview, now: float) -> None:
-        """Send one client datagram on; a full send buffer drops it (counted). (The
-        listener's read loop does the same inline.)"""
-        counts = self._counts
-        try:
-            self.sock.send(datagram)
-        except BlockingIOError:
-            counts.dropped_up += 1
-            return
-        except OSError as exc:
-            # An earlier datagram's ICMP error is reported on this send: the target is not
-            # there. This datagram is lost too, as it would be on the wire.
-            self.failed(exc)
-            return
-        counts.datagrams_up += 1
-        counts.bytes_up += len(datagram)
-        self.state.last = now
-        self._recent(self._client)
 
     def _from_target(self) -> None:
         singles = self._singles
