@@ -1,4 +1,6 @@
-"""One UDP flow's I/O: its connected socket to the target, both directions, one close.
+"""One UDP flow's I/O: its connected socket to the target, the target's datagrams back to
+the client, one close. (The client's datagrams go out on this socket from the listener's read
+loop, listener.py: no call per datagram.)
 
 A datagram is relayed as one `send`/`sendto` of exactly the bytes received (never merged,
 split or truncated: the receive buffer holds the largest datagram whole). Nothing is queued
@@ -30,11 +32,11 @@ log = logging.getLogger("pyforward.datagram")
 _ids = itertools.count(1)  # flow ids for the close lines, unique within the process
 _BATCH = 64  # datagrams read per wakeup before other flows get a turn
 # A target that answers one datagram at a time (DNS) leaves one in the socket per wakeup:
-# reading on until EAGAIN would cost a system call per answer for nothing. A flow whose last
-# batch held one datagram reads one per wakeup (the loop calls again at once if more are
-# waiting: readiness is level-triggered), and every _PROBE_EVERY-th wakeup a whole batch, to
-# notice when its target starts to send more.
-_PROBE_EVERY = 4
+# reading on until EAGAIN would cost a system call (and an exception) per answer for
+# nothing. A flow whose last batch held one datagram reads one per wakeup (the loop calls
+# again at once if more are waiting: readiness is level-triggered), and every
+# _PROBE_EVERY-th wakeup a whole batch, to notice when its target starts to send more.
+_PROBE_EVERY = 16
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 
 ClientAddress = tuple[object, ...]
@@ -53,7 +55,15 @@ class Flow:
     """A client address's datagrams to one target and the target's back to it."""
 
     __slots__ = (
+        "_buffer",
+        "_client",
+        "_counts",
+        "_loop",
+        "_recent",
+        "_recv_into",
+        "_sendto",
         "_singles",
+        "_view",
         "closed",
         "error",
         "id",
@@ -82,7 +92,17 @@ class Flow:
         except BaseException:
             self.sock.close()
             raise
-        listener.owner.loop.add_reader(self.sock.fileno(), self._from_target)
+        # What the per-datagram path uses, looked up once: a datagram costs its two system
+        # calls and a few counter updates, not a walk through listener and owner.
+        owner = listener.owner
+        self._loop = owner.loop
+        self._buffer, self._view = owner.buffer, owner.view
+        self._recv_into = self.sock.recv_into
+        self._sendto = listener.sock.sendto
+        self._recent = listener.table.recent
+        self._client = state.key
+        self._counts = state.counts
+        self._loop.add_reader(self.sock.fileno(), self._from_target)
 
     @property
     def listen_label(self) -> str:
@@ -96,54 +116,62 @@ class Flow:
         counts = self.state.counts
         return counts.bytes_up, counts.bytes_down
 
-    def to_target(self, datagram: memoryview, now: float) -> None:
-        """Send one client datagram on; a full send buffer drops it (counted)."""
-        counts = self.state.counts
-        try:
-            self.sock.send(datagram)
-        except BlockingIOError:
-            counts.dropped_up += 1
-            return
-        except OSError as exc:
-            # An earlier datagram's ICMP error is reported on this send: the target is not
-            # there. This datagram is lost too, as it would be on the wire.
-            self._failed(exc)
-            return
-        counts.datagrams_up += 1
-        counts.bytes_up += len(datagram)
-        self.listener.table.touch(self.state, now)
-
     def _from_target(self) -> None:
-        listener = self.listener
-        buffer, view = listener.owner.buffer, listener.owner.view
-        counts = self.state.counts
-        client = self.state.key
-        moved = 0
-        single = 0 < self._singles < _PROBE_EVERY
-        for _ in range(1 if single else _BATCH):
+        singles = self._singles
+        if 0 < singles < _PROBE_EVERY:
+            # One datagram, no loop: the common case of a target answering one at a time.
+            self._singles = singles + 1
             try:
-                size = self.sock.recv_into(buffer)
+                size = self._recv_into(self._buffer)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.failed(exc)
+                return
+            counts = self._counts
+            try:
+                self._sendto(self._view[:size], self._client)
+            except OSError:
+                counts.dropped_down += 1  # full (EAGAIN) or the client unreachable
+                return
+            counts.datagrams_down += 1
+            counts.bytes_down += size
+            self.state.last = self._loop.time()
+            self._recent(self._client)
+            return
+        moved = self._batch()
+        self._singles = 1 if moved == 1 else 0  # one datagram in a whole batch: read singly
+        if moved and not self.closed:
+            self.state.last = self._loop.time()
+            self._recent(self._client)
+
+    def _batch(self) -> int:
+        """Read and send on up to _BATCH datagrams: how many went to the client."""
+        recv_into, sendto = self._recv_into, self._sendto
+        buffer, view = self._buffer, self._view
+        counts = self._counts
+        client = self._client
+        moved = 0
+        for _ in range(_BATCH):
+            try:
+                size = recv_into(buffer)
             except BlockingIOError:
                 break
             except OSError as exc:
-                self._failed(exc)
-                return
+                self.failed(exc)
+                break
             try:
-                listener.sock.sendto(view[:size], client)
+                sendto(view[:size], client)
             except OSError:
                 counts.dropped_down += 1  # full (EAGAIN) or the client unreachable
                 continue
             counts.datagrams_down += 1
             counts.bytes_down += size
             moved += 1
-        if single:
-            self._singles += 1
-        else:  # a whole batch: one datagram in it means read singly again
-            self._singles = 1 if moved == 1 else 0
-        if moved:
-            listener.table.touch(self.state, listener.owner.loop.time())
+        return moved
 
-    def _failed(self, exc: OSError) -> None:
+    def failed(self, exc: OSError) -> None:
+        """An error of the flow's socket: close it with the reason the error gives."""
         reason = reason_of(exc)
         if reason is CloseReason.ERROR:
             self.error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)

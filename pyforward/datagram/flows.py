@@ -39,7 +39,7 @@ RECEIVE_BUFFER = 65536
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowCounts:
     """What one flow has moved: datagrams and bytes each way, and datagrams dropped
     because a socket's send buffer was full (up: to the target, down: to the client)."""
@@ -57,7 +57,7 @@ class FlowCounts:
         return self.datagrams_up >= 2 and self.datagrams_down >= 1
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowState(Generic[K]):
     key: K  # the client's address
     source: str  # the client's IP, as access lists and per-source limits see it
@@ -84,6 +84,9 @@ class FlowTable(Generic[K]):
         self.per_source = per_source
         self._flows: OrderedDict[K, FlowState[K]] = OrderedDict()
         self._sources: Counter[str] = Counter()
+        # `touch` in two steps for the per-datagram path, which sets `flow.last` itself:
+        # recent(flow.key) makes it the most recently active without a call of its own.
+        self.recent = self._flows.move_to_end
 
     def __len__(self) -> int:
         return len(self._flows)
