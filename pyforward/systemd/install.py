@@ -219,6 +219,24 @@ def _check_kubeconfig(path: str, given_as: str) -> None:
         check_credentials(KubeconfigSource(given_as, path))
 
 
+def _refuse_other_clusters(settings: Settings) -> None:
+    """A service is handed one kubeconfig, the top-level one (credential `kubeconfig`): a
+    route following another cluster's is refused rather than installed to read a file the
+    service's user may not be able to read."""
+    from pyforward.discovery.followed import route_label  # noqa: PLC0415
+
+    assert settings.discovery is not None
+    top = settings.discovery.kubeconfig
+    for route in settings.routes:
+        if not route.targets and route.kubeconfig != top:
+            raise ConfigError(
+                f"route {route_label(route)}: kubeconfig {route.kubeconfig}: install hands "
+                "the service one kubeconfig (the top-level one, as its credential); run "
+                "routes of another cluster by hand (pyforward run --config FILE) or install "
+                "a pyforward per cluster (--name)"
+            )
+
+
 def plan_install(
     request: InstallRequest, find_installation: Callable[[], installation.Installation]
 ) -> InstallPlan:
@@ -231,6 +249,8 @@ def plan_install(
             raise ConfigError(
                 f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
             )
+    if settings.discovery is not None:
+        _refuse_other_clusters(settings)
     merged = configfile.merge(layers.flags, layers.env, layers.file_data)
     if build_settings({}, {}, merged) != settings:
         raise StartupError(
@@ -254,6 +274,8 @@ def plan_install(
                 "here; give --kubeconfig FILE to hand over another"
             )
         merged.pop("kubeconfig", None)
+        for table in merged.get("route") or []:  # each the top-level one: refused otherwise
+            table.pop("kubeconfig", None)
     note = ""
     if kubeconfig is not None:
         check_path(kubeconfig, kubeconfig_source)
