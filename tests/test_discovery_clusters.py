@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -46,6 +47,7 @@ from tests.test_discovery_services import (
     started,
     traefik,
 )
+from tests.test_metrics import samples, scrape
 from tests.test_service import IN_OPT, run_cli
 
 
@@ -139,7 +141,16 @@ async def test_two_clusters_behind_one_address(
     port = free_port()
     text = config(dev, prod, tmp_path, port)
     caplog.set_level(logging.INFO, "pyforward")
-    async with forwarding(text) as (running, source):
+    async with forwarding(f'metrics = "127.0.0.1:0"\n{text}') as (running, source):
+        found = re.search(r"event=metrics address=127\.0\.0\.1:(\d+)", caplog.text)
+        assert found is not None
+
+        async def degraded_metric() -> float:
+            # In a thread: the endpoint answers from this test's own event loop.
+            scraped = await asyncio.to_thread(scrape, int(found.group(1)))
+            return samples(scraped)["pyforward_discovery_degraded"]
+
+        assert await degraded_metric() == 0
         assert await answer(port, DEV) == "dev-istio"
         assert await answer(port, OTHER) == "prod-traefik"
         assert await answer(port, None) == "prod-traefik"
@@ -179,12 +190,13 @@ async def test_two_clusters_behind_one_address(
         assert degraded.message.startswith(f"{dev.kubeconfig}: ")
         assert "forwarding to the last known targets" in degraded.message
         assert f"{prod.kubeconfig}: following {TRAEFIK}" in degraded.message
-        assert source.degraded
+        assert source.degraded and await degraded_metric() == 1
         assert [m.degraded for m in source.members] == [True, False]
         assert await answer(port, DEV) == "dev-istio-moved"
         assert await answer(port, OTHER) == "prod-traefik"
         dev.start()  # back on the same port
         await running.status_where(lambda s: not s.degraded)
+        assert await degraded_metric() == 0
 
     # One state file per cluster: the top-level one keeps its name; the dev one has a key.
     saved = state.load(state.state_path(tmp_path / "state", ISTIO))
