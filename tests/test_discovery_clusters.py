@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -298,34 +299,54 @@ def test_discover_and_check_ask_every_cluster(
         assert f"cluster {dev.kubeconfig}: " in down.stderr
 
 
-def test_install_refuses_a_route_of_another_cluster(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_install_hands_each_kubeconfig_over_as_its_own_credential(
+    dev: KubeApi,
+    prod: KubeApi,
+    tmp_path: Path,
+    *,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pyforward: Pyforward,  # noqa: F811
 ) -> None:
     monkeypatch.setattr(service_cli, "find_installation", lambda: IN_OPT)
     monkeypatch.setattr(install, "ports_taken", lambda plan: [])
-    dev, prod = KubeApi(tmp_path), KubeApi(tmp_path)
-    dev.kubeconfig = tmp_path / "dev.kubeconfig"
-    for api in (dev, prod):
-        api.write_kubeconfig(api.kubeconfig)
     given = tmp_path / "pyforward.toml"
     given.write_text(config(dev, prod, tmp_path, 8443))
-    code, _, err = run_cli(["install", "--dry-run", "--config", str(given)], capsys)
-    assert code == 2
-    assert (
-        err.strip()
-        .splitlines()[-1]
-        .endswith(
-            f"route 127.0.0.1:8443 (sni *.dev.local.me): kubeconfig {dev.kubeconfig}: install "
-            "hands the service one kubeconfig (the top-level one, as its credential); run routes "
-            "of another cluster by hand (pyforward run --config FILE) or install a pyforward per "
-            "cluster (--name)"
-        )
-    )
-    # A route naming the top-level kubeconfig itself is the same cluster: installed, with
-    # the kubeconfig handed over as the credential and named nowhere in the file.
-    given.write_text(config(prod, prod, tmp_path, 8443))
     code, out, err = run_cli(["install", "--dry-run", "--config", str(given)], capsys)
     assert code == 0, err
-    assert f"LoadCredential=kubeconfig:{prod.kubeconfig}" in out
+    assert f"LoadCredential=kubeconfig:{prod.kubeconfig}\n" in out
+    assert f"LoadCredential=kubeconfig-2:{dev.kubeconfig}\n" in out
+    assert (
+        f"routes of kubeconfig {dev.kubeconfig} are handed it as credential 'kubeconfig-2'" in err
+    )
     written = out.split("<==\n", 1)[1].split("\n==> ", 1)[0]
-    assert "kubeconfig" not in written
+    data = tomllib.loads(written)
+    assert "kubeconfig" not in data
+    assert [r.get("kubeconfig") for r in data["route"]] == [
+        "$CREDENTIALS_DIRECTORY/kubeconfig-2",
+        None,
+    ]
+
+    # As the service: systemd's credentials directory holds both; each cluster answers.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "kubeconfig").write_bytes(prod.kubeconfig.read_bytes())
+    (credentials / "kubeconfig-2").write_bytes(dev.kubeconfig.read_bytes())
+    service_config = tmp_path / "service.toml"
+    service_config.write_text(written)
+    with ports_held(2) as (istio_port, traefik_port):
+        dev.put_service(istio(istio_port))
+        prod.put_service(traefik(traefik_port))
+        result = pyforward(
+            ["discover", "--config", str(service_config), "--json"],
+            tmp_path,
+            CREDENTIALS_DIRECTORY=str(credentials),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        clusters = json.loads(result.stdout)["clusters"]
+        assert [c["routes"][0]["node_port"] for c in clusters] == [istio_port, traefik_port]
+        assert clusters[0]["kubeconfig"].startswith(f"{credentials / 'kubeconfig-2'} ")
+    # Outside the service, the credential cannot be found: one line says why.
+    outside = pyforward(["discover", "--config", str(service_config)], tmp_path)
+    assert outside.returncode == 2
+    assert "$CREDENTIALS_DIRECTORY is not set" in outside.stderr

@@ -219,22 +219,15 @@ def _check_kubeconfig(path: str, given_as: str) -> None:
         check_credentials(KubeconfigSource(given_as, path))
 
 
-def _refuse_other_clusters(settings: Settings) -> None:
-    """A service is handed one kubeconfig, the top-level one (credential `kubeconfig`): a
-    route following another cluster's is refused rather than installed to read a file the
-    service's user may not be able to read."""
-    from pyforward.discovery.followed import route_label  # noqa: PLC0415
-
+def _route_kubeconfigs(settings: Settings) -> dict[str, str]:
+    """The kubeconfig files of the discovered routes that follow another cluster than the
+    top-level one, each with the credential the service is handed it as: `kubeconfig-2`,
+    `kubeconfig-3`, ... in route order (the top-level one is `kubeconfig`)."""
     assert settings.discovery is not None
     top = settings.discovery.kubeconfig
-    for route in settings.routes:
-        if not route.targets and route.kubeconfig != top:
-            raise ConfigError(
-                f"route {route_label(route)}: kubeconfig {route.kubeconfig}: install hands "
-                "the service one kubeconfig (the top-level one, as its credential); run "
-                "routes of another cluster by hand (pyforward run --config FILE) or install "
-                "a pyforward per cluster (--name)"
-            )
+    found = [r.kubeconfig for r in settings.routes if not r.targets and r.kubeconfig != top]
+    paths = [path for path in dict.fromkeys(found) if path is not None]
+    return {path: f"kubeconfig-{number}" for number, path in enumerate(paths, 2)}
 
 
 def plan_install(
@@ -249,8 +242,6 @@ def plan_install(
             raise ConfigError(
                 f"listen {route.listen}: a service needs a fixed port, not 0 (any free port)"
             )
-    if settings.discovery is not None:
-        _refuse_other_clusters(settings)
     merged = configfile.merge(layers.flags, layers.env, layers.file_data)
     if build_settings({}, {}, merged) != settings:
         raise StartupError(
@@ -258,7 +249,11 @@ def plan_install(
         )
     kubeconfig, kubeconfig_source = request.kubeconfig, "--kubeconfig"
     origin, why = "--kubeconfig", "given with install --kubeconfig"
+    route_kubeconfigs: dict[str, str] = {}
     if settings.discovery is not None:
+        from pyforward.discovery.kubeconfig import CREDENTIALS_PREFIX  # noqa: PLC0415
+
+        route_kubeconfigs = _route_kubeconfigs(settings)
         # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
         # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
         # so the config file names no kubeconfig of its own.
@@ -274,8 +269,12 @@ def plan_install(
                 "here; give --kubeconfig FILE to hand over another"
             )
         merged.pop("kubeconfig", None)
-        for table in merged.get("route") or []:  # each the top-level one: refused otherwise
-            table.pop("kubeconfig", None)
+        # Another cluster's kubeconfig is handed over as a credential of its own, which the
+        # route names; a route naming the top-level one follows the top-level credential.
+        for table in merged.get("route") or []:
+            path = table.pop("kubeconfig", None)
+            if path is not None and path in route_kubeconfigs:
+                table["kubeconfig"] = f"{CREDENTIALS_PREFIX}{route_kubeconfigs[path]}"
     note = ""
     if kubeconfig is not None:
         check_path(kubeconfig, kubeconfig_source)
@@ -285,6 +284,11 @@ def plan_install(
                 f"the service is handed kubeconfig {kubeconfig} ({why}), as its credential "
                 "'kubeconfig' (LoadCredential=, read by systemd as root)"
             )
+    for path, credential in route_kubeconfigs.items():
+        check_path(path, "a route's kubeconfig")
+        _check_kubeconfig(path, "kubeconfig of a route")
+        note += f"{'; ' if note else ''}routes of kubeconfig {path} are handed it as credential "
+        note += f"'{credential}'"
     paths = request.paths
     config = config_path(name, paths)
     header = (
@@ -314,6 +318,7 @@ def plan_install(
         ),
         socket_activation=request.socket_activation,
         kubeconfig=kubeconfig,
+        route_kubeconfigs=tuple((name, path) for path, name in route_kubeconfigs.items()),
         read_only_paths=found.bind_paths,
         shutdown_timeout=settings.shutdown_timeout,
         backlog=settings.backlog,
