@@ -219,7 +219,7 @@ async def test_reload_keeps_targets_and_refuses_a_changed_service(
         ]
         assert again.routes[1].idle_timeout == 9
         changed = config(kube, tmp_path, port).replace("kube-system/traefik", "kube-system/other")
-        with pytest.raises(ConfigError, match=r"\(listen, service, service_port\) needs a restart"):
+        with pytest.raises(ConfigError, match=r"kubeconfig, node_ip\) needs a restart"):
             discovery.fill(settings_of(changed))
         # Naming the top-level Service where a route named it is no change at all.
         same = config(kube, tmp_path, port).replace(

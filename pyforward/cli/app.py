@@ -87,9 +87,9 @@ def run(config: ConfigOpt = None, **options: Any) -> None:
     targets: TargetSource | None = None
     if settings.discovery is not None:
         # Imported here: static forwarding never loads discovery or kubernetes.
-        from pyforward.discovery.runtime import Discovery  # noqa: PLC0415
+        from pyforward.discovery.clusters import discovery_source  # noqa: PLC0415
 
-        targets = Discovery(settings)
+        targets = discovery_source(settings)  # one Discovery per cluster the routes follow
     # SIGHUP re-reads the same flags, environment and config file (under discovery too:
     # discovered routes keep their targets, see Discovery.fill).
     reload = functools.partial(_load, flags, config)
@@ -125,18 +125,20 @@ def discover(
     flags = {"discover": True, **flags_of({**options, "listen": listen})}
     try:
         settings = _load(flags, config)
-        found = report.inspect(settings)
+        # Each cluster the routes follow (their kubeconfig, node_ip) is asked on its own.
+        found = report.inspect_clusters(settings)
     except PyforwardError as exc:
         if not as_json:
             raise
         # Scripts read stdout: the failure is JSON there too, and the exit status says it.
         typer.echo(json.dumps({"error": str(exc), "kind": type(exc).__name__}, indent=2))
         raise typer.Exit(exc.exit_code) from None
-    typer.echo(report.as_json(found) if as_json else report.as_text(found))
-    if found.error is not None:
+    typer.echo(report.clusters_json(found) if as_json else report.clusters_text(found))
+    error = next((each.error for each in found if each.error is not None), None)
+    if error is not None:
         if as_json:
-            raise typer.Exit(found.error.exit_code)
-        raise found.error
+            raise typer.Exit(error.exit_code)
+        raise error
 
 
 @app.command(

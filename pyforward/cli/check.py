@@ -273,12 +273,24 @@ def check_udp_target(address: Address) -> list[Finding]:
 
 
 def check_discovery(settings: Settings, timeout: float) -> list[Finding]:
-    """Whether the Kubernetes API answers and gives a target; then those targets."""
+    """Whether each cluster's Kubernetes API answers and gives a target; then those
+    targets."""
     # Imported here: a static configuration loads nothing of discovery.
+    from pyforward.discovery.followed import cluster_settings  # noqa: PLC0415
+
+    parts = cluster_settings(settings)
+    if len(parts) <= 1:
+        return _check_cluster(settings, timeout, "discovery")
+    findings = []
+    for cluster, part in parts:
+        findings += _check_cluster(part, timeout, f"discovery ({cluster.label})")
+    return findings
+
+
+def _check_cluster(settings: Settings, timeout: float, subject: str) -> list[Finding]:
     from pyforward.discovery import report  # noqa: PLC0415
     from pyforward.discovery.errors import ApiRefused, DiscoveryError  # noqa: PLC0415
 
-    subject = "discovery"
     try:
         found = report.inspect(settings)
     except ConfigError as exc:  # no usable kubeconfig

@@ -66,6 +66,10 @@ class Route:
     # follow (discovery fills in the top-level Service for a route that names none).
     service_port: str | None = None
     service: ServiceRef | None = None
+    # The cluster a discovered route follows its Service in: its kubeconfig and node address
+    # (discovery fills in the top-level ones; None: found as the README says).
+    kubeconfig: str | None = None
+    node_ip: str | None = None
     protocol: Transport = Transport.TCP
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     udp_max_flows: int = UDP_MAX_FLOWS

@@ -1,14 +1,73 @@
-"""The discovered routes as discovery follows them: grouped by the Service each follows,
-what makes one the same route across a reload, and how they are named in status text.
-Pure."""
+"""The discovered routes as discovery follows them: grouped by the cluster and the Service
+each follows, what makes one the same route across a reload, and how they are named in
+status text. Pure."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from pyforward.config.addresses import Address
-from pyforward.config.model import Route
+from pyforward.config.model import Route, Settings
 from pyforward.discovery.options import ServiceRef, route_service
+from pyforward.errors import PyforwardError
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where a discovered route's Service is looked up: one API client and its watches.
+    None: the kubeconfig found as the README says; the Ready nodes."""
+
+    kubeconfig: str | None
+    node_ip: str | None
+
+    @property
+    def key(self) -> str:
+        """A short name for it in file names: the same for the same kubeconfig and node_ip."""
+        text = f"{self.kubeconfig or ''}\0{self.node_ip or ''}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        """How status text and log lines name it: the kubeconfig path (and the node address
+        given, when one is)."""
+        text = self.kubeconfig or "the default kubeconfig"
+        return f"{text} (node_ip {self.node_ip})" if self.node_ip else text
+
+
+def route_cluster(route: Route) -> Cluster:
+    return Cluster(route.kubeconfig, route.node_ip)
+
+
+def by_cluster(routes: Sequence[Route]) -> dict[Cluster, list[int]]:
+    """The discovered routes' indexes by the cluster each follows, in route order."""
+    groups: dict[Cluster, list[int]] = {}
+    for index, route in enumerate(routes):
+        if not route.targets:
+            groups.setdefault(route_cluster(route), []).append(index)
+    return groups
+
+
+def cluster_settings(settings: Settings) -> list[tuple[Cluster, Settings]]:
+    """`settings` split by cluster: each with that cluster's discovered routes only and
+    its kubeconfig and node_ip as the discovery settings (what `discover` and `check` ask
+    each cluster about)."""
+    assert settings.discovery is not None
+    split = []
+    for cluster, indexes in by_cluster(settings.routes).items():
+        config = replace(settings.discovery, kubeconfig=cluster.kubeconfig, node_ip=cluster.node_ip)
+        routes = tuple(settings.routes[i] for i in indexes)
+        split.append((cluster, replace(settings, routes=routes, discovery=config)))
+    return split
+
+
+def naming_cluster(problem: PyforwardError, cluster: Cluster) -> PyforwardError:
+    """`problem` with the cluster it came from named first (same class, same exit code)."""
+    try:
+        return type(problem)(f"cluster {cluster.label}: {problem}")
+    except TypeError:  # an error class built from more than its message
+        return problem
 
 
 def by_service(routes: Sequence[Route], indexes: Sequence[int]) -> dict[ServiceRef, list[int]]:
@@ -20,10 +79,17 @@ def by_service(routes: Sequence[Route], indexes: Sequence[int]) -> dict[ServiceR
     return groups
 
 
-def route_identity(route: Route) -> tuple[str, str, str]:
-    """What makes a discovered route the same one across a reload: listen, Service, port.
-    Routes alike in all three (told apart by sni only) have the same targets."""
-    return str(route.listen), str(route.service), str(route.service_port)
+def route_identity(route: Route) -> tuple[str, str, str, str, str]:
+    """What makes a discovered route the same one across a reload: listen, Service, port,
+    and the cluster (kubeconfig, node_ip). Routes alike in all (told apart by sni only)
+    have the same targets."""
+    return (
+        str(route.listen),
+        str(route.service),
+        str(route.service_port),
+        str(route.kubeconfig),
+        str(route.node_ip),
+    )
 
 
 def route_label(route: Route) -> str:

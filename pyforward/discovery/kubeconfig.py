@@ -4,6 +4,9 @@ Order: `--kubeconfig`, `$KUBECONFIG`, `~/.kube/config`, `/etc/rancher/k3s/k3s.ya
 `$CREDENTIALS_DIRECTORY/kubeconfig` (systemd `LoadCredential=kubeconfig:...`), then the
 in-cluster service account. A file that exists but cannot be read (k3s.yaml is root-only)
 is passed over and named in the error if nothing else works.
+
+A kubeconfig given as `$CREDENTIALS_DIRECTORY/NAME` is systemd's credential NAME
+(`LoadCredential=NAME:...`): how an installed service is handed a route's own kubeconfig.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pyforward.discovery.errors import KubeconfigError
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,23 @@ class KubeconfigSource:
         return f"{self.path} ({self.origin})"
 
 
+def credential_path(path: str, env: Mapping[str, str]) -> str:
+    """`path`, with a leading `$CREDENTIALS_DIRECTORY/` replaced by systemd's directory."""
+    if not path.startswith(CREDENTIALS_PREFIX):
+        return path
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise KubeconfigError(
+            f"kubeconfig {path}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
+            "service with LoadCredential=)"
+        )
+    return str(Path(directory) / path.removeprefix(CREDENTIALS_PREFIX))
+
+
 def candidate_sources(flag: str | None, env: Mapping[str, str]) -> list[KubeconfigSource]:
     """Where to look, in order. An explicit --kubeconfig is the only candidate."""
     if flag:
-        return [KubeconfigSource("--kubeconfig", flag)]
+        return [KubeconfigSource("--kubeconfig", credential_path(flag, env))]
     sources = []
     if env.get("KUBECONFIG"):
         sources.append(KubeconfigSource("$KUBECONFIG", env["KUBECONFIG"]))

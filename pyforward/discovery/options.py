@@ -153,8 +153,14 @@ OPTIONS: Mapping[str, Option] = {
     "kubeconfig": Option(
         values.string,
         None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
         shown="(the order above)",  # the README lists where discovery looks
-        flag=Flag(str, "Kubeconfig file [$KUBECONFIG, ~/.kube/config, k3s's, in-cluster]."),
+        flag=Flag(
+            str,
+            "Kubeconfig file, for every discovered route "
+            "[$KUBECONFIG, ~/.kube/config, k3s's, in-cluster].",
+        ),
     ),
     "service": Option(
         parse_service_ref,
@@ -186,6 +192,8 @@ OPTIONS: Mapping[str, Option] = {
     "node_ip": Option(
         parse_node_ip,
         None,
+        per_route=True,
+        route_field=RouteField.ROUTE,
         flag=Flag(str, "Forward to this node address instead of the Ready nodes."),
     ),
     "state_dir": Option(
@@ -240,8 +248,9 @@ class Discovery:
         ]
         # Each discovered route follows its own Service, else the top-level one; a static
         # route follows none.
+        # The same for its cluster: a route's own kubeconfig and node_ip, else the top-level.
         routes = [
-            replace(route, service=None)
+            replace(route, service=None, kubeconfig=None, node_ip=None)
             if route.targets
             else replace(route, service=route.service or service)
             for route in routes

@@ -12,6 +12,7 @@ from pyforward.config.addresses import Address
 from pyforward.config.model import Settings
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiRefused, DiscoveryError
+from pyforward.discovery.followed import cluster_settings, naming_cluster
 from pyforward.discovery.hostinfo import this_host
 from pyforward.discovery.kubeconfig import find_kubeconfig
 from pyforward.discovery.model import (
@@ -28,6 +29,7 @@ from pyforward.discovery.model import (
     resolve,
 )
 from pyforward.discovery.options import ServiceRef, route_service
+from pyforward.errors import PyforwardError
 
 
 @dataclass(frozen=True)
@@ -235,3 +237,32 @@ def as_text(report: Report) -> str:
             )
     lines.extend(f"warning: {warning}" for warning in report.warnings)
     return "\n".join(lines)
+
+
+def inspect_clusters(
+    settings: Settings, env: Mapping[str, str] | None = None, host: HostIdentity | None = None
+) -> list[Report]:
+    """`inspect` for each cluster the discovered routes follow (most configurations: one);
+    with several, a failure names its cluster."""
+    parts = cluster_settings(settings)
+    if len(parts) <= 1:
+        return [inspect(settings, env, host)]
+    reports = []
+    for cluster, part in parts:
+        try:
+            reports.append(inspect(part, env, host))
+        except PyforwardError as exc:
+            raise naming_cluster(exc, cluster) from None
+    return reports
+
+
+def clusters_json(reports: list[Report]) -> str:
+    """One cluster's report as `as_json`; several as `{"clusters": [...]}`."""
+    if len(reports) == 1:
+        return as_json(reports[0])
+    return json.dumps({"clusters": [json.loads(as_json(each)) for each in reports]}, indent=2)
+
+
+def clusters_text(reports: list[Report]) -> str:
+    """Each cluster's report (each starts with its kubeconfig), a blank line between."""
+    return "\n\n".join(as_text(each) for each in reports)

@@ -9,6 +9,8 @@ new target is handed to the forwarder (new connections only) and saved.
 Each discovered route follows its own Service (`Route.service`): the Services of every
 namespace named are watched (one watch per namespace), the Nodes once, and each Service's
 routes are resolved against it; a Service that gives no target degrades its routes only.
+A `Discovery` follows one cluster (`followed.Cluster`: a kubeconfig and node_ip); routes
+in several are followed by one each, grouped by `pyforward.discovery.clusters`.
 
 `Discovery` is a target source (`pyforward.engine.targets.TargetSource`): the runtime starts
 it, attaches it and stops it, as it does the configuration's own targets. While the API
@@ -32,6 +34,8 @@ from pyforward.discovery import state
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import DiscoveryError
 from pyforward.discovery.followed import (
+    Cluster,
+    by_cluster,
     by_service,
     following_text,
     route_identity,
@@ -66,8 +70,8 @@ class DiscoveryStatus:
 
 
 class Discovery:
-    """Follows the Services (and the Nodes) of the routes that have no static target: the
-    target source of `run --discover`."""
+    """Follows the Services (and the Nodes) of one cluster's routes that have no static
+    target: the target source of `run --discover` (of each cluster's, with several)."""
 
     name = "discovery"  # its note's key in the status line
 
@@ -78,12 +82,25 @@ class Discovery:
         host: HostIdentity | None = None,
         timing: WatchTiming | None = None,
         env: dict[str, str] | None = None,
+        cluster: Cluster | None = None,
+        label: str | None = None,
     ) -> None:
         assert settings.discovery is not None
         self.settings = settings
         self.config: DiscoverySettings = settings.discovery
         self.routes: list[Route] = list(settings.routes)
-        self._indexes = [i for i, route in enumerate(self.routes) if not route.targets]
+        clusters = by_cluster(self.routes)
+        if cluster is None:
+            if len(clusters) > 1:
+                raise ValueError("routes in several clusters: see discovery.clusters")
+            cluster = next(iter(clusters), Cluster(self.config.kubeconfig, self.config.node_ip))
+        self.cluster = cluster
+        self.node_ip = cluster.node_ip
+        # Names the cluster in log lines and errors when the process follows several.
+        self.label = label
+        self._indexes = clusters.get(cluster, [])
+        # Every discovered route, of any cluster: a reload may change none of them.
+        self._identities = sorted(route_identity(r) for r in self.routes if not r.targets)
         # The discovered routes by the Service they follow, in the order routes name them.
         self._groups = by_service(self.routes, self._indexes)
         self._host = host or this_host(env)
@@ -107,7 +124,10 @@ class Discovery:
         self.source: KubeconfigSource | None = None
         self.status = DiscoveryStatus(True, "starting")
         self.status_listeners: list[Callable[[DiscoveryStatus], None]] = []
-        self.state_file = state.state_path(self.config.state_dir, self.config.service)
+        default = cluster == Cluster(self.config.kubeconfig, self.config.node_ip)
+        self.state_file = state.state_path(
+            self.config.state_dir, self.config.service, None if default else cluster.key
+        )
 
     @property
     def degraded(self) -> bool:
@@ -120,15 +140,26 @@ class Discovery:
     async def start(self, settings: Settings) -> Settings:
         """Connect and find the first targets; return `settings` (those this source was made
         for) with them filled in."""
+        await self.begin()
+        return self.filled(settings)
+
+    def _cluster_field(self) -> dict[str, object]:
+        return {"cluster": self.label} if self.label else {}
+
+    async def begin(self) -> None:
+        """Connect, start the watches and wait for the first targets (or take the saved)."""
         self._loop = loop = asyncio.get_running_loop()
-        self.source = find_kubeconfig(self.config.kubeconfig, self._env)
-        log.info(logfmt({"event": "kubeconfig", "source": str(self.source)}))
+        self.source = find_kubeconfig(self.cluster.kubeconfig, self._env)
+        log.info(
+            logfmt({"event": "kubeconfig", **self._cluster_field(), "source": str(self.source)})
+        )
         self._api = api = await loop.run_in_executor(None, ClusterApi, self.source)
         ports = ",".join(str(self.routes[i].service_port) for i in self._indexes)
         log.info(
             logfmt(
                 {
                     "event": "discovery",
+                    **self._cluster_field(),
                     "api": api.host,
                     "service": ",".join(str(ref) for ref in self._groups),
                     "ports": ports,
@@ -138,7 +169,7 @@ class Discovery:
         stores: list[tuple[Resource, ServiceStore | NodeStore]] = [
             (Resource("services", namespace), store) for namespace, store in self._services.items()
         ]
-        if self.config.node_ip is None:
+        if self.node_ip is None:
             stores.append((Resource("nodes"), self._nodes))
         for resource, store in stores:
             watcher = ResourceWatcher(api, resource, store, self._deliver, self._timing)
@@ -148,7 +179,14 @@ class Discovery:
             await self._wait_for_first_target()
         for index in self._indexes:
             self.routes[index] = replace(self.routes[index], targets=self._current[index])
-        return replace(settings, routes=tuple(self.routes))
+
+    def filled(self, settings: Settings) -> Settings:
+        """`settings` (those this source was made for) with this cluster's routes' current
+        targets filled in."""
+        routes = list(settings.routes)
+        for index in self._indexes:
+            routes[index] = replace(routes[index], targets=self._current[index])
+        return replace(settings, routes=tuple(routes))
 
     def _load_state(self) -> bool:
         try:
@@ -211,21 +249,31 @@ class Discovery:
 
         Everything else in it applies (access lists, timeouts, limits, static routes);
         what is discovered, and from where, does not change without a restart."""
+        self.check_reload(settings)
+        return self.fill_targets(settings)
+
+    def check_reload(self, settings: Settings) -> None:
+        """Refuse (ConfigError) a reloaded configuration that changes what is discovered."""
         if settings.discovery != self.config:
             raise ConfigError(
                 "changing the discovery settings (service, kubeconfig, node_ip, state_dir, "
                 "...) needs a restart"
             )
         wanted = sorted(route_identity(r) for r in settings.routes if not r.targets)
-        following = sorted(route_identity(self.routes[i]) for i in self._indexes)
-        if wanted != following:
+        if wanted != self._identities:
             raise ConfigError(
                 "adding, removing or changing a discovered route (listen, service, "
-                "service_port) needs a restart"
+                "service_port, kubeconfig, node_ip) needs a restart"
             )
+
+    def fill_targets(self, settings: Settings) -> Settings:
+        """`settings` (checked by `check_reload`) with this cluster's routes' targets."""
         targets = {route_identity(self.routes[i]): self._current[i] for i in self._indexes}
+        # Another cluster's routes are left to its own Discovery (clusters.Clusters.fill).
         routes = tuple(
-            route if route.targets else replace(route, targets=targets[route_identity(route)])
+            replace(route, targets=targets[route_identity(route)])
+            if not route.targets and route_identity(route) in targets
+            else route
             for route in settings.routes
         )
         return replace(settings, routes=routes)
@@ -270,7 +318,7 @@ class Discovery:
         self._changed.set()
 
     def _evaluate(self) -> None:
-        nodes_known = self._nodes.listed or self.config.node_ip is not None
+        nodes_known = self._nodes.listed or self.node_ip is not None
         nodes_trouble = self._trouble.get(Resource("nodes"))
         problems: list[DiscoveryError] = []
         left_out: list[str] = []  # what the cluster sent that could not be used
@@ -285,7 +333,7 @@ class Discovery:
                         self._nodes.choose,
                         ref,
                         [str(self.routes[i].service_port) for i in indexes],
-                        node_ip=self.config.node_ip,
+                        node_ip=self.node_ip,
                     )
                 except DiscoveryError as exc:
                     problem = exc
@@ -329,6 +377,7 @@ class Discovery:
         route = self.routes[index]
         fields: dict[str, object] = {
             "event": "target-change" if previous is not None else "target",
+            **self._cluster_field(),
             "listen": route.listen,
         }
         if route.sni:
@@ -339,7 +388,7 @@ class Discovery:
             "node_port": route_target.port.node_port,
             "targets": targets_text(targets),
         }
-        if self.config.node_ip is None:
+        if self.node_ip is None:
             # Counts, not lists: a big cluster's nodes would make kilobytes of line.
             counts = self._nodes.counts
             fields["ready_nodes"] = counts.candidates
@@ -359,9 +408,11 @@ class Discovery:
         was_degraded = self.status.degraded
         self.status = DiscoveryStatus(degraded, message)
         if degraded:
-            log.warning(logfmt({"event": "discovery-degraded", "reason": message}))
+            log.warning(
+                logfmt({"event": "discovery-degraded", **self._cluster_field(), "reason": message})
+            )
         elif was_degraded:
-            log.info(logfmt({"event": "discovery-ok", "msg": message}))
+            log.info(logfmt({"event": "discovery-ok", **self._cluster_field(), "msg": message}))
         for listener in self.status_listeners:
             listener(self.status)
         if self._sink is not None:

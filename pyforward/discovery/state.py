@@ -1,10 +1,12 @@
 """The last discovered target, kept in a small JSON file so a restart can serve at once.
 
-One file per process in the state directory (systemd's StateDirectory=, else
+One file per cluster in the state directory (systemd's StateDirectory=, else
 /var/lib/pyforward), named after the top-level Service; each route is saved with the
-Service it follows. A version 1 file names no Service per route: its routes followed the
-file's Service. Version 2 is written only when some route follows another Service, so a
-file of one Service stays readable by an older pyforward.
+Service it follows. The top-level cluster's file has the name it always had; a cluster of
+a route's own `kubeconfig`/`node_ip` adds a key of those to the name. A version 1 file
+names no Service per route: its routes followed the file's Service. Version 2 is written
+only when some route follows another Service, so a file of one Service stays readable by
+an older pyforward.
 
 Written atomically (temporary file, then rename); a file that cannot be read or used is
 reported and ignored, never fatal: decoding checks every field, and a saved target passes
@@ -53,9 +55,11 @@ class SavedState:
         return None
 
 
-def state_path(state_dir: str | Path, service: ServiceRef) -> Path:
-    """The state file of a process whose top-level Service is `service`."""
-    return Path(state_dir) / f"discovery-{service.namespace}-{service.name}.json"
+def state_path(state_dir: str | Path, service: ServiceRef, cluster: str | None = None) -> Path:
+    """The state file of a process whose top-level Service is `service`: of its top-level
+    cluster, or (`cluster`, `followed.Cluster.key`) of another."""
+    suffix = f".cluster-{cluster}" if cluster else ""
+    return Path(state_dir) / f"discovery-{service.namespace}-{service.name}{suffix}.json"
 
 
 def encode(state: SavedState) -> str:

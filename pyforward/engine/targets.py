@@ -1,8 +1,9 @@
 """Where each route forwards now: a target source, and the identity of a route.
 
 A route's targets come from a `TargetSource`. The configuration's own targets are the
-`StaticTargets`; Kubernetes discovery (`pyforward.discovery.runtime.Discovery`) is the other
-source, loaded only when configured. The runtime starts the source before the listeners
+`StaticTargets`; Kubernetes discovery (`pyforward.discovery.runtime.Discovery`, or one per
+cluster grouped by `pyforward.discovery.clusters.Clusters`) is the other source, loaded only
+when configured. The runtime starts the source before the listeners
 open, attaches it to a `TargetSink` once they accept, asks it to fill in a reloaded
 configuration, and stops it last. The engine knows no more of discovery than this.
 """

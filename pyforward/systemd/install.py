@@ -221,6 +221,17 @@ def _check_kubeconfig(path: str, given_as: str) -> None:
         check_credentials(KubeconfigSource(given_as, path))
 
 
+def _route_kubeconfigs(settings: Settings) -> dict[str, str]:
+    """The kubeconfig files of the discovered routes that follow another cluster than the
+    top-level one, each with the credential the service is handed it as: `kubeconfig-2`,
+    `kubeconfig-3`, ... in route order (the top-level one is `kubeconfig`)."""
+    assert settings.discovery is not None
+    top = settings.discovery.kubeconfig
+    found = [r.kubeconfig for r in settings.routes if not r.targets and r.kubeconfig != top]
+    paths = [path for path in dict.fromkeys(found) if path is not None]
+    return {path: f"kubeconfig-{number}" for number, path in enumerate(paths, 2)}
+
+
 def plan_install(
     request: InstallRequest, find_installation: Callable[[], installation.Installation]
 ) -> InstallPlan:
@@ -240,7 +251,11 @@ def plan_install(
         )
     kubeconfig, kubeconfig_source = request.kubeconfig, "--kubeconfig"
     origin, why = "--kubeconfig", "given with install --kubeconfig"
+    route_kubeconfigs: dict[str, str] = {}
     if settings.discovery is not None:
+        from pyforward.discovery.kubeconfig import CREDENTIALS_PREFIX  # noqa: PLC0415
+
+        route_kubeconfigs = _route_kubeconfigs(settings)
         # The service's user cannot read a root-only kubeconfig such as k3s's: systemd hands
         # it over as a credential, where discovery looks ($CREDENTIALS_DIRECTORY/kubeconfig),
         # so the config file names no kubeconfig of its own.
@@ -256,6 +271,12 @@ def plan_install(
                 "here; give --kubeconfig FILE to hand over another"
             )
         merged.pop("kubeconfig", None)
+        # Another cluster's kubeconfig is handed over as a credential of its own, which the
+        # route names; a route naming the top-level one follows the top-level credential.
+        for table in merged.get("route") or []:
+            path = table.pop("kubeconfig", None)
+            if path is not None and path in route_kubeconfigs:
+                table["kubeconfig"] = f"{CREDENTIALS_PREFIX}{route_kubeconfigs[path]}"
     note = ""
     if kubeconfig is not None:
         check_path(kubeconfig, kubeconfig_source)
@@ -265,6 +286,11 @@ def plan_install(
                 f"the service is handed kubeconfig {kubeconfig} ({why}), as its credential "
                 "'kubeconfig' (LoadCredential=, read by systemd as root)"
             )
+    for path, credential in route_kubeconfigs.items():
+        check_path(path, "a route's kubeconfig")
+        _check_kubeconfig(path, "kubeconfig of a route")
+        note += f"{'; ' if note else ''}routes of kubeconfig {path} are handed it as credential "
+        note += f"'{credential}'"
     paths = request.paths
     config = config_path(name, paths)
     header = (
@@ -294,6 +320,7 @@ def plan_install(
         ),
         socket_activation=request.socket_activation,
         kubeconfig=kubeconfig,
+        route_kubeconfigs=tuple((name, path) for path, name in route_kubeconfigs.items()),
         read_only_paths=found.bind_paths,
         shutdown_timeout=settings.shutdown_timeout,
         backlog=settings.backlog,

@@ -50,6 +50,8 @@ class UnitSpec:
     exec_args: tuple[str, ...] = ()  # what goes before `run`: `-I ARCHIVE` for pyforward.pyz
     socket_activation: bool = False
     kubeconfig: str | None = None  # passed to the service as credential "kubeconfig"
+    # Routes' own kubeconfigs (other clusters): (credential name, file), e.g. kubeconfig-2.
+    route_kubeconfigs: tuple[tuple[str, str], ...] = ()
     read_only_paths: tuple[str, ...] = ()  # installation directories under /home or /root
     shutdown_timeout: float = 20.0
     backlog: int | None = None  # the .socket unit's Backlog=; None: systemd's default
@@ -166,7 +168,10 @@ def render_service(spec: UnitSpec) -> str:
             "AmbientCapabilities=CAP_NET_BIND_SERVICE",
             "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         )
-    credential = (f"LoadCredential=kubeconfig:{spec.kubeconfig}",) if spec.kubeconfig else ()
+    credential: tuple[str, ...] = (
+        (f"LoadCredential=kubeconfig:{spec.kubeconfig}",) if spec.kubeconfig else ()
+    )
+    credential += tuple(f"LoadCredential={name}:{path}" for name, path in spec.route_kubeconfigs)
     bind_paths: tuple[str, ...] = ()
     protect_home = "yes"
     if spec.read_only_paths:
