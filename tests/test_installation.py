@@ -79,6 +79,7 @@ def test_no_install_hint_names_an_index_package() -> None:
     assert not INDEX_INSTALL.search("python3 pyforward.pyz; pip install -e '.[bench]'")
     texts = [
         ROOT / "README.md",
+        *(ROOT / "docs").glob("*.md"),
         *(ROOT / "pyforward").rglob("*.py"),
         *(ROOT / "pyforward" / "systemd" / "templates").iterdir(),
         *ROOT.glob("*/README.md"),

@@ -1,5 +1,6 @@
 """The settings schema is the one source: the CLI's options, the Route's policy and the
-README's configuration reference all agree with it."""
+configuration reference (docs/configuration.md, with the discovery keys in
+docs/kubernetes.md) all agree with it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pyforward.config.policy import Policy
 from pyforward.config.schema import OPTIONS, RouteField, env_name, flag_name
 from pyforward.config.settings import build_settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+# The README and the pages of docs/ (the configuration reference, the discovery keys).
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def run_command() -> Any:
@@ -26,7 +29,7 @@ def run_command() -> Any:
 
 
 def shown_flag(param: object) -> str:
-    """A click option's names as the README writes them: `--long`, `-s` (or `--x/--no-x`)."""
+    """A click option's names as the docs write them: `--long`, `-s` (or `--x/--no-x`)."""
     opts = sorted(param.opts, key=lambda name: not name.startswith("--"))  # type: ignore[attr-defined]
     secondary = param.secondary_opts  # type: ignore[attr-defined]
     if secondary:
@@ -35,10 +38,10 @@ def shown_flag(param: object) -> str:
 
 
 def readme_rows() -> dict[str, dict[str, str]]:
-    """Every row of the README's key tables, by key: flag, variable, default."""
+    """Every row of the documentation's key tables, by key: flag, variable, default."""
     rows: dict[str, dict[str, str]] = {}
     header: list[str] | None = None
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in "\n".join(d.read_text(encoding="utf-8") for d in DOCS).splitlines():
         if line.startswith("| key | flag |"):
             header = [cell.strip() for cell in line.strip("|").split("|")]
             continue
@@ -50,7 +53,7 @@ def readme_rows() -> dict[str, dict[str, str]]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         row = dict(zip(header, cells, strict=False))
         key = row["key"].strip("`")
-        assert key not in rows, f"{key} is in the README twice"
+        assert key not in rows, f"{key} is in the documentation twice"
         rows[key] = row
     return rows
 

@@ -67,7 +67,7 @@ class Route:
     service_port: str | None = None
     service: ServiceRef | None = None
     # The cluster a discovered route follows its Service in: its kubeconfig and node address
-    # (discovery fills in the top-level ones; None: found as the README says).
+    # (discovery fills in the top-level ones; None: found as docs/kubernetes.md says).
     kubeconfig: str | None = None
     node_ip: str | None = None
     protocol: Transport = Transport.TCP

@@ -87,7 +87,7 @@ class Option:
     default: object
     per_route: bool = False
     flag: Flag | None = None
-    # The default as help and the README show it, when not the value itself ("0 (off)").
+    # The default as help and the docs show it, when not the value itself ("0 (off)").
     shown: str | None = None
     route_field: RouteField | None = None  # per-route options only
     # A timeout that 0 turns off is None in the Route ("no timeout").
@@ -109,8 +109,8 @@ class Option:
 
 
 # The schema: every setting, in the order `run --help` lists them. A feature outside the
-# core (Kubernetes discovery) adds its keys with `register`. The README's configuration
-# reference mirrors it, and a test holds the two (and the CLI) together.
+# core (Kubernetes discovery) adds its keys with `register`. The configuration
+# reference (docs/configuration.md) mirrors it, and a test holds the two (and the CLI) together.
 OPTIONS: dict[str, Option] = {
     "listen": Option(
         listen_text,

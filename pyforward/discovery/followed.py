@@ -17,7 +17,7 @@ from pyforward.errors import PyforwardError
 @dataclass(frozen=True)
 class Cluster:
     """Where a discovered route's Service is looked up: one API client and its watches.
-    None: the kubeconfig found as the README says; the Ready nodes."""
+    None: the kubeconfig found as docs/kubernetes.md says; the Ready nodes."""
 
     kubeconfig: str | None
     node_ip: str | None

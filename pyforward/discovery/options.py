@@ -155,7 +155,7 @@ OPTIONS: Mapping[str, Option] = {
         None,
         per_route=True,
         route_field=RouteField.ROUTE,
-        shown="(the order above)",  # the README lists where discovery looks
+        shown="(the order above)",  # docs/kubernetes.md lists where discovery looks
         flag=Flag(
             str,
             "Kubeconfig file, for every discovered route "

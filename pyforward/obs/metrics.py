@@ -46,7 +46,7 @@ class DiscoveryState:
 
 
 class ForwarderCollector(Collector):
-    """Collects the families of the README's "Watching it" from a running forwarder."""
+    """Collects the families of docs/operating.md's "Watching it" from a running forwarder."""
 
     def __init__(
         self,
