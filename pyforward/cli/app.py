@@ -1,17 +1,20 @@
-"""The command line: parse, build settings, call the library. Nothing else lives here."""
+"""The command line: parse, build settings, call the library. Nothing else lives here.
+
+Every start of the CLI imports this module, to parse; a command imports what it calls when it
+runs (the `# noqa: PLC0415` imports), so `run` loads the engine and no more: none of the
+systemd install code, the socat parser, check, the UDP relay or the workers unless it uses
+them (tests/test_startup_imports.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import difflib
 import functools
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,25 +22,20 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption
 
 from pyforward import __version__
-from pyforward.cli import check as checking
 from pyforward.cli.help import TakesRunOptions, environment_epilog
 from pyforward.cli.options import flag_keys, flags_of, run_flags, with_options
 from pyforward.cli.service import NameOpt, install_paths, register_service_commands
 from pyforward.config.load import config_from, load_settings
 from pyforward.config.model import Settings
 from pyforward.config.settings import build_settings
-from pyforward.engine.loops import loop_factory
-from pyforward.engine.privileges import become
-from pyforward.engine.runtime import serve
-from pyforward.engine.server import Forwarder
-from pyforward.engine.targets import TargetSource
 from pyforward.errors import ConfigError, PyforwardError
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.logsetup import priority_prefix, setup_logging, writes_to_journal
-from pyforward.socat.args import parse_socat_args
-from pyforward.socat.translate import summarize, to_flags
-from pyforward.systemd.install import InstallPaths
-from pyforward.workers.plan import worker_count
+
+if TYPE_CHECKING:
+    from pyforward.engine.server import Forwarder
+    from pyforward.engine.targets import TargetSource
+    from pyforward.systemd.install import InstallPaths
 
 app = typer.Typer(
     name="pyforward",
@@ -80,6 +78,11 @@ def _load(flags: dict[str, Any], config: Path | None) -> Settings:
 @with_options(flag_keys(), after="route")
 def run(config: ConfigOpt = None, **options: Any) -> None:
     """Listen and forward every connection to its target."""
+    import asyncio  # noqa: PLC0415 (the engine's imports: only the commands that serve)
+
+    from pyforward.engine.loops import loop_factory  # noqa: PLC0415
+    from pyforward.engine.runtime import serve  # noqa: PLC0415
+
     flags = flags_of(options)
     settings = _load(flags, config)
     setup_logging(settings.log_level)
@@ -93,7 +96,7 @@ def run(config: ConfigOpt = None, **options: Any) -> None:
     # SIGHUP re-reads the same flags, environment and config file (under discovery too:
     # discovered routes keep their targets, see Discovery.fill).
     reload = functools.partial(_load, flags, config)
-    count = worker_count(settings)
+    count = 1 if settings.workers == 1 else _worker_count(settings)
     with asyncio.Runner(loop_factory=factory) as runner:
         if count > 1:
             # Imported here: one process loads nothing of the workers.
@@ -104,6 +107,13 @@ def run(config: ConfigOpt = None, **options: Any) -> None:
             return
         # Signals, reload, systemd's notifications, socket activation: engine/runtime.py.
         runner.run(serve(settings, targets=targets, reload_settings=reload, loop_name=loop_name))
+
+
+def _worker_count(settings: Settings) -> int:
+    """`workers` other than the default 1 resolved (`auto`: one per usable CPU)."""
+    from pyforward.workers.plan import worker_count  # noqa: PLC0415 (one process: not loaded)
+
+    return worker_count(settings)
 
 
 @app.command()
@@ -120,6 +130,8 @@ def discover(
     **options: Any,
 ) -> None:
     """Show what the cluster says the forwarder should forward to, and why."""
+    import json  # noqa: PLC0415 (--json only)
+
     from pyforward.discovery import report  # noqa: PLC0415  (loads kubernetes)
 
     flags = {"discover": True, **flags_of({**options, "listen": listen})}
@@ -154,6 +166,8 @@ def check(ctx: typer.Context) -> None:
     Takes --config FILE or the options of run. Exit status 0: all is well; 1: warnings
     (run would start, but something does not answer); 2: errors (run would refuse).
     """
+    from pyforward.cli import check as checking  # noqa: PLC0415 (loaded on use)
+
     args = list(ctx.args)
     try:
         flags, config = run_flags(ctx, "pyforward check")
@@ -211,6 +225,13 @@ def socat(
     if words[:1] == ["-V"]:
         typer.echo(f"pyforward {__version__} (socat command line)")
         return
+    import asyncio  # noqa: PLC0415 (the socat parser and the engine: loaded on use)
+
+    from pyforward.engine.loops import loop_factory  # noqa: PLC0415
+    from pyforward.engine.runtime import serve  # noqa: PLC0415
+    from pyforward.socat.args import parse_socat_args  # noqa: PLC0415
+    from pyforward.socat.translate import summarize, to_flags  # noqa: PLC0415
+
     command = parse_socat_args(words)
     settings = build_settings(to_flags(command), dict(os.environ))
     setup_logging(settings.log_level)
@@ -240,6 +261,8 @@ def _become(user: str | None) -> Callable[[Forwarder], None] | None:
     """socat's su=: once the listeners are bound, before the first accept."""
     if user is None:
         return None
+    from pyforward.engine.privileges import become  # noqa: PLC0415 (su= only)
+
     return lambda _forwarder: become(user)
 
 
@@ -301,6 +324,8 @@ def socat_main() -> None:
 
 
 def _suggestion(name: str, known: Sequence[str]) -> str:
+    import difflib  # noqa: PLC0415 (a mistyped flag only)
+
     # click suggests anything 60% alike (--foo: --loop); only a near miss helps.
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
     return f" (did you mean {close[0]}?)" if close else ""

@@ -1,4 +1,8 @@
-"""The systemd commands, `install`, `status` and `uninstall`: parse, then call pyforward.systemd."""
+"""The systemd commands, `install`, `status` and `uninstall`: parse, then call pyforward.systemd.
+
+Registered on every start of the CLI, so this module imports only what their options need:
+each command imports pyforward.systemd when it runs (`run` loads none of it).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,12 +18,21 @@ from pyforward.cli.help import TakesRunOptions
 from pyforward.cli.options import run_flags
 from pyforward.config.load import load_layers
 from pyforward.errors import ConfigError
-from pyforward.systemd import install as service
-from pyforward.systemd import installation
-from pyforward.systemd import status as service_status
-from pyforward.systemd.units import check_name
+
+if TYPE_CHECKING:
+    from pyforward.systemd.install import InstallPaths
+    from pyforward.systemd.installation import Installation
 
 NAME_DEFAULT = "pyforward"
+
+
+def check_name(name: str) -> str:
+    """--name checked as systemd.units checks a unit name (imported once a command runs)."""
+    from pyforward.systemd.units import check_name as check  # noqa: PLC0415 (loaded on use)
+
+    return check(name)
+
+
 NameOpt = Annotated[
     str,
     typer.Option(
@@ -32,14 +45,18 @@ NameOpt = Annotated[
 ]
 
 
-def install_paths(ctx: typer.Context) -> service.InstallPaths:
+def install_paths(ctx: typer.Context) -> InstallPaths:
     """Where install writes: the system's directories, unless the caller of the CLI gave
     others as the context object (`main(argv, paths=...)`)."""
-    return ctx.obj if isinstance(ctx.obj, service.InstallPaths) else service.SYSTEM
+    from pyforward.systemd.install import SYSTEM, InstallPaths  # noqa: PLC0415 (loaded on use)
+
+    return ctx.obj if isinstance(ctx.obj, InstallPaths) else SYSTEM
 
 
-def find_installation() -> installation.Installation:
+def find_installation() -> Installation:
     """This installation, checked for what the hardened service can reach."""
+    from pyforward.systemd import installation  # noqa: PLC0415 (loaded on use)
+
     return installation.this_installation()
 
 
@@ -90,6 +107,8 @@ def install(
     k3s-ingress-forward's socat) is stopped and kept; `pyforward uninstall` restores it.
     Given no route, install takes the routes from that socat unit's ExecStart=.
     """
+    from pyforward.systemd import install as service  # noqa: PLC0415 (loaded on use)
+
     flags, config = run_flags(ctx, "pyforward install")
     env = dict(os.environ)
     if not dry_run:
@@ -177,6 +196,8 @@ def status(
             raise typer.Exit(2) from None
         report = live_status(address)
     else:
+        from pyforward.systemd import status as service_status  # noqa: PLC0415 (loaded on use)
+
         report = service_status.status(name, install_paths(ctx))
     typer.echo(report.to_json() if as_json else report.to_text())
     sys.stdout.flush()
@@ -185,6 +206,8 @@ def status(
 
 def uninstall(ctx: typer.Context, name: NameOpt = "pyforward") -> None:
     """Stop, disable and remove the service, its config, and restore a replaced unit."""
+    from pyforward.systemd import install as service  # noqa: PLC0415 (loaded on use)
+
     service.uninstall(name, typer.echo, install_paths(ctx))
 
 

@@ -28,10 +28,10 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pyforward import __version__
-from pyforward.config.model import Settings
-from pyforward.datagram.server import DatagramForwarder
+from pyforward.config.model import Settings, Transport
 from pyforward.engine.fdlimit import raise_fd_limit
 from pyforward.engine.server import Forwarder, closed_counts, log_listeners
 from pyforward.engine.sources import SourceCounts
@@ -43,6 +43,9 @@ from pyforward.relay.connection import ResolvedTarget
 from pyforward.systemd.activation import take_passed_sockets
 from pyforward.systemd.notify import Reporter
 from pyforward.systemd.status_text import format_status
+
+if TYPE_CHECKING:
+    from pyforward.datagram.server import DatagramForwarder
 
 log = logging.getLogger("pyforward")
 
@@ -71,7 +74,9 @@ class Runtime:
         self.loop_name = loop_name
         self.reporter = reporter if reporter is not None else Reporter.from_environment(self.status)
         self.forwarder: Forwarder | None = None
-        self.datagram: DatagramForwarder | None = None  # the UDP routes, beside the TCP ones
+        # The UDP routes, beside the TCP ones; None while there is none (nothing of
+        # pyforward/datagram is loaded until a route needs it: `_start_datagram`).
+        self.datagram: DatagramForwarder | None = None
         self.source_note: str | None = None
         self.last_reload_error: str | None = None
         self._stop = asyncio.Event()
@@ -186,6 +191,8 @@ class Runtime:
             await self.forwarder.reload(self.reload_settings(), fill=self.source.fill)
             if self.datagram is not None:
                 await self.datagram.reload(self.forwarder.settings)
+            else:  # the first UDP route, if the new configuration has one
+                self.datagram = await self._start_datagram(self.forwarder.settings, {})
         except PyforwardError as exc:
             log.error(
                 logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
@@ -249,11 +256,8 @@ class Runtime:
             source_counts=self.source_counts,
         )
         await forwarder.start()
-        datagram = DatagramForwarder(
-            settings, loop, max_flows_total=self.max_accepts, passed_sockets=passed
-        )
         try:
-            await datagram.start()
+            datagram = await self._start_datagram(settings, passed)
         except BaseException:
             forwarder.close()
             raise
@@ -270,7 +274,8 @@ class Runtime:
             )
         )
         log_listeners(forwarder)
-        log_datagram_listeners(datagram)
+        if datagram is not None:
+            log_datagram_listeners(datagram)
         metrics = None
         try:
             if settings.metrics is not None:
@@ -283,7 +288,10 @@ class Runtime:
             if self.max_accepts is None:
                 await trigger()
             else:
-                await _first_of(trigger, forwarder.finished.wait, datagram.finished.wait)
+                finished = [forwarder.finished.wait]
+                if datagram is not None:
+                    finished.append(datagram.finished.wait)
+                await _first_of(trigger, *finished)
             # 1. Tell systemd, and say so in the log.
             self._stopping = True
             self.reporter.stopping(forwarder.stats.active)
@@ -291,7 +299,11 @@ class Runtime:
             # 2. Stop accepting, drain, then reset what is left (`request_stop` may hurry it).
             await forwarder.shutdown(settings.shutdown_timeout)
         finally:
-            datagram.close()  # UDP flows have nothing in flight: closed at once, not drained
+            # UDP flows have nothing in flight: closed at once, not drained. (The UDP side
+            # may have been started by a reload.)
+            udp = self.datagram if self.datagram is not None else datagram
+            if udp is not None:
+                udp.close()
             forwarder.close()  # a no-op after shutdown; when cancelled, nothing is left open
             if metrics is not None:
                 await metrics.close()
@@ -307,6 +319,24 @@ class Runtime:
             )
         )
         return forwarder
+
+    async def _start_datagram(
+        self, settings: Settings, passed: dict[int, list[socket.socket]]
+    ) -> DatagramForwarder | None:
+        """The UDP side of `settings`, bound and reading; None without a UDP route. Its
+        package is imported here, once, when the first UDP route appears."""
+        if not any(route.protocol is Transport.UDP for route in settings.routes):
+            return None
+        from pyforward.datagram.server import DatagramForwarder  # noqa: PLC0415 (UDP only)
+
+        datagram = DatagramForwarder(
+            settings,
+            asyncio.get_running_loop(),
+            max_flows_total=self.max_accepts,
+            passed_sockets=passed,
+        )
+        await datagram.start()
+        return datagram
 
 
 def log_datagram_listeners(datagram: DatagramForwarder) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -26,13 +27,15 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from pyforward.datagram.flow import Flow
 from pyforward.datagram.flows import FlowCounts
-from pyforward.datagram.server import DatagramForwarder
 from pyforward.engine.server import Forwarder
 from pyforward.obs.reasons import CloseReason
 from pyforward.obs.traffic import CONNECT_BUCKETS, ConnectTimes, ListenerTraffic
 from pyforward.relay.connection import Connection
+
+if TYPE_CHECKING:  # the UDP side is loaded only with a UDP route (engine/runtime.py)
+    from pyforward.datagram.flow import Flow
+    from pyforward.datagram.server import DatagramForwarder
 
 # Refused at accept, never a connection: counted by pyforward_refused_total alone.
 REFUSAL_REASONS = (CloseReason.DENIED, CloseReason.SOURCE_LIMIT, CloseReason.FLOW_LIMIT)
@@ -135,8 +138,7 @@ def _forwarder_families(
         moved.add_metric([label, "down"], traffic.down)
         connect.add_metric([label], _buckets(traffic.connect), traffic.connect.total)
     yield from (connections, open_now, moved, refused, connect)
-    if datagram is not None:
-        yield from _datagram_families(datagram)
+    yield from _datagram_families(datagram)
 
     target_up = GaugeMetricFamily(
         "pyforward_target_up",
@@ -168,17 +170,20 @@ def _forwarder_families(
     yield relay
 
 
-def _datagram_families(datagram: DatagramForwarder) -> Iterator[Metric]:
-    """Datagrams relayed and dropped (a full socket buffer), per UDP listener."""
-    totals = {label: _copy_counts(counts) for label, counts in datagram.datagrams.items()}
-    for listener in datagram.listeners:
-        totals.setdefault(listener.label, FlowCounts())
-    for flow in datagram.flows:
-        total, live = totals.setdefault(flow.listen_label, FlowCounts()), flow.state.counts
-        total.datagrams_up += live.datagrams_up
-        total.datagrams_down += live.datagrams_down
-        total.dropped_up += live.dropped_up
-        total.dropped_down += live.dropped_down
+def _datagram_families(datagram: DatagramForwarder | None) -> Iterator[Metric]:
+    """Datagrams relayed and dropped (a full socket buffer), per UDP listener; without a
+    UDP route, the families with no sample."""
+    totals: dict[str, FlowCounts] = {}
+    if datagram is not None:
+        totals = {label: _copy_counts(counts) for label, counts in datagram.datagrams.items()}
+        for listener in datagram.listeners:
+            totals.setdefault(listener.label, FlowCounts())
+        for flow in datagram.flows:
+            total, live = totals.setdefault(flow.listen_label, FlowCounts()), flow.state.counts
+            total.datagrams_up += live.datagrams_up
+            total.datagrams_down += live.datagrams_down
+            total.dropped_up += live.dropped_up
+            total.dropped_down += live.dropped_down
     relayed = CounterMetricFamily(
         "pyforward_datagrams",
         "UDP datagrams relayed: up is client to target, down is target to client.",

@@ -72,10 +72,12 @@ def advice(archive: Path | None = None) -> str:
 
 # Run by the installation's interpreter with no environment and -I, as the service will
 # run it: what does it load, from where? (For an archive, the archive comes first on
-# sys.path, as when the interpreter runs it.)
+# sys.path, as when the interpreter runs it.) The CLI and the engine import the UDP relay
+# and the workers only when a configuration uses them: imported here, as a reload may.
 _PROBE = """
 import json, sys
 import pyforward.cli.app, pyforward.engine.runtime, ssl
+import pyforward.datagram.server, pyforward.workers.supervisor
 try:
     import uvloop
 except ImportError:
