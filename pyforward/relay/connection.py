@@ -249,7 +249,8 @@ class Connection:
             self._stage = None
             target = self.target
             assert target is not None, "the stages ended without a target"
-            self._pump = Pump(self, target)
+            pump = self._pump = Pump(self, target)
+            pump.start()
 
     def consumed(self, data: bytes) -> None:
         assert self.target is None, "only a client-side stage reads from the client"

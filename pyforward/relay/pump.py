@@ -89,6 +89,13 @@ class Pump:
             self._last_active = self._loop.time()
             self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
 
+    def start(self) -> None:
+        """Relay what the client already sent, without waiting for the poller to say so:
+        a client that speaks first (HTTP, TLS) has sent by the time its target accepted, so
+        this saves the wakeup that would report it; a client that has not costs one read
+        that finds nothing (the watch then reports its bytes as usual)."""
+        self._readable(0)
+
     def _readable(self, index: int) -> None:
         direction = self.directions[index]
         if self._idle_timer is not None:
