@@ -124,8 +124,10 @@ class Pump:
             except OSError as exc:
                 self._abort(exc, _DESTINATION[index])
                 return
-            if moved < 16384:
-                return  # a short read: the source is very likely empty now
+            if moved < 16384 and not self._poller.peer_closed:
+                # A short read: the source is very likely empty now. (When its peer has
+                # closed, the next read is the EOF: taken now, not at another wakeup.)
+                return
 
     def _writable(self, index: int) -> None:
         direction = self.directions[index]
