@@ -45,7 +45,8 @@ def escape(text: str) -> str:
 _NEEDS_QUOTES = re.compile(r'[ ="\\]').search
 
 
-def _value(value: object) -> str:
+def value(value: object) -> str:
+    """One value as logfmt writes it: bare, or quoted and escaped when it must be."""
     # Exact types first: a close line is ints and strings, written for every connection.
     kind = type(value)
     if kind is int:
@@ -63,7 +64,7 @@ def _value(value: object) -> str:
 
 def logfmt(fields: Mapping[str, object]) -> str:
     """Render fields as one logfmt line, in the order given."""
-    return " ".join([f"{key}={_value(value)}" for key, value in fields.items()])
+    return " ".join([f"{key}={value(item)}" for key, item in fields.items()])
 
 
 def _unescape(match: re.Match[str]) -> str:

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from pyforward.config.addresses import format_peer
 from pyforward.config.policy import Policy, ProxyProtocol
-from pyforward.obs.closelog import CloseSummary, logs_close
+from pyforward.obs.closelog import CloseSummary, close_line, logs_close
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
@@ -377,26 +377,26 @@ class Connection:
             self.owner.close_summary.count(self.listen_label, reason)
             return
         if log.isEnabledFor(logging.INFO):
-            directions = self._pump.directions if self._pump is not None else []
-            up = self._consumed + (directions[0].total if directions else 0)
-            down = directions[1].total if directions else 0
-            kinds = {d.kind for d in directions}
-            fields: dict[str, object] = {
-                "event": "close",
-                "id": self.id,
-                "client": self.client_label,
-                "listen": self.listen_label,
-                "target": self.target_label,
-                "up": up,
-                "down": down,
-                "dur": round(time.monotonic() - self.started, 6),
-                "relay": "copy" if "copy" in kinds else ("splice" if kinds else "-"),
-                "reason": reason,
-            }
-            if reset_by is not None:
-                fields["reset_by"] = reset_by
-            if self.error:
-                fields["error"] = self.error
-            if self.error_detail:
-                fields["msg"] = self.error_detail
-            log.info(logfmt(fields))
+            directions = self._pump.directions if self._pump is not None else None
+            if directions is None:
+                up, down, relay = self._consumed, 0, "-"
+            else:
+                first, second = directions
+                up, down = self._consumed + first.total, second.total
+                relay = "copy" if "copy" in (first.kind, second.kind) else "splice"
+            log.info(
+                close_line(
+                    connection_id=self.id,
+                    client=self.client_label,
+                    listen=self.listen_label,
+                    target=self.target_label,
+                    up=up,
+                    down=down,
+                    seconds=time.monotonic() - self.started,
+                    relay=relay,
+                    reason=reason,
+                    reset_by=reset_by,
+                    error=self.error,
+                    msg=self.error_detail,
+                )
+            )
