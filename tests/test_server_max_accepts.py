@@ -86,10 +86,14 @@ async def test_a_connection_the_target_refuses_also_ends_the_run(echo_port: int)
     probe.close()
     await probe.wait_closed()
     task, port = await _start(closed_port, max_accepts=1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    with pytest.raises(ConnectionResetError):  # the target refused: the client is reset
-        await reader.read()
-    writer.close()
+    # The target refused: the client is reset, which this loop may see before its own
+    # connect has reported success (the forwarder learns of the refusal at once).
+    with pytest.raises(ConnectionResetError):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reader.read()
+        finally:
+            writer.close()
     forwarder = await asyncio.wait_for(task, 10)
     assert forwarder.stats.closed[CloseReason.REFUSED] == 1
 

@@ -44,7 +44,7 @@ from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
 from pyforward.relay.sni import NamedRoute, NameRoutes
-from pyforward.relay.sockets import reset_on_close
+from pyforward.relay.sockets import inherits_nodelay, listen_without_delay, reset_on_close
 
 log = logging.getLogger("pyforward")
 
@@ -78,9 +78,14 @@ class Listener:
     # The route's failover lines, one per interval for all its connections (set by the
     # forwarder, shared by the route's listeners).
     failover_log: Every = field(init=False)
+    # Whether the sockets it accepts come without a Nagle delay, as Linux gives them from a
+    # listener without one (None: not known until the first client; UNIX: nothing to set).
+    client_nodelay: bool | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.family = int(self.sock.family)
+        listen_without_delay(self.sock)
+        self.client_nodelay = True if self.family == socket.AF_UNIX else None
         self.screened = bool(self.access)
         name = self.sock.getsockname()
         wildcard = not isinstance(name, tuple) or name[0] in WILDCARDS
@@ -426,6 +431,9 @@ class Forwarder:
             if last:
                 # Before the connection starts, which may end it at once.
                 self._close_listeners_for_good(listener.label)
+            nodelay = listener.client_nodelay
+            if nodelay is None:
+                nodelay = listener.client_nodelay = inherits_nodelay(client)
             connection = Connection(
                 self,
                 client,
@@ -440,6 +448,7 @@ class Forwarder:
                 source=source,
                 proxied=proxied,
                 names=names,
+                client_nodelay=nodelay,
             )
             connection.source_counted = counted
             if proxied:

@@ -115,6 +115,7 @@ class Connection:
     __slots__ = (
         "__weakref__",  # for whoever must know when a connection is freed
         "_client_label",
+        "_client_nodelay",
         "_consumed",
         "_early",
         "_final_counts",
@@ -166,6 +167,7 @@ class Connection:
         stages: Sequence[Stage] | None = None,
         proxied: bool = False,
         names: NameRoutes | None = None,
+        client_nodelay: bool = False,
     ) -> None:
         self.owner = owner
         self.loop = owner.loop
@@ -180,6 +182,7 @@ class Connection:
         # the server name chooses; set by the server then).
         self.route_id = route_id
         self._client_label = client_label
+        self._client_nodelay = client_nodelay  # no Nagle delay already (its listener's)
         self.source = source  # the client's address, for per-source limits
         self.client_address: tuple[str, int] | None = None  # from a PROXY header
         self.destination_address: tuple[str, int] | None = None
@@ -222,7 +225,7 @@ class Connection:
         self._client_label = label
 
     def start(self) -> None:
-        prepare(self.client, keepalive=self.policy.keepalive)
+        prepare(self.client, keepalive=self.policy.keepalive, nodelay=self._client_nodelay)
         if log.isEnabledFor(logging.DEBUG):
             fields = {"event": "open", "id": self.id, "client": self.client_label}
             log.debug(logfmt({**fields, "listen": self.listen_label}))
