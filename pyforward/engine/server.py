@@ -403,7 +403,9 @@ class Forwarder:
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             stats.accepted += 1
             client_label: str | None = None  # formatted from `peer` when first needed
-            if family == socket.AF_UNIX:
+            if family == socket.AF_INET:
+                source = peer[0]  # only an IPv6 socket's clients can be IPv4-mapped
+            elif family == socket.AF_UNIX:
                 source, client_label = peer_source(client)
             else:
                 source = client_host(peer[0])

@@ -174,7 +174,8 @@ class EpollPoller:
     def _run_callbacks(self) -> None:
         readers, writers = self._readers, self._writers
         for fd, events in self._epoll.poll(0, self._BATCH):
-            unattended = fd not in readers and fd not in writers
+            # Asked before the callbacks run, which may add or remove watches.
+            unattended = events & _TROUBLE and fd not in readers and fd not in writers
             if events & _READ_EVENTS:
                 entry = readers.get(fd)
                 if entry is not None:
@@ -188,7 +189,7 @@ class EpollPoller:
                 entry = writers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
-            if events & _TROUBLE and unattended:
+            if unattended:
                 entry = self._error_watchers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
