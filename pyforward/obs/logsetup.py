@@ -113,6 +113,26 @@ class LineFormatter(logging.Formatter):
         return f"{self._whole}.{micros // 1000:03d}{self._offset}"
 
 
+class LineHandler(logging.StreamHandler[TextIO]):
+    """A `StreamHandler` that writes each line and flushes under the lock `handle` already
+    holds (StreamHandler's flush takes it again): a close line is logged per connection."""
+
+    def __init__(self, stream: TextIO, formatter: LineFormatter) -> None:
+        super().__init__(stream)
+        self.setFormatter(formatter)
+        self._line = formatter.format
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self._line(record) + "\n")
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(
     level: str, stream: TextIO | None = None, environ: Mapping[str, str] | None = None
 ) -> None:
@@ -121,8 +141,7 @@ def setup_logging(
     (asyncio, the Kubernetes client's urllib3) as lines of the same form."""
     stream = sys.stderr if stream is None else stream
     journal = writes_to_journal(stream, os.environ if environ is None else environ)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(LineFormatter(journal=journal))
+    handler = LineHandler(stream, LineFormatter(journal=journal))
     ours = logging.getLogger(LOGGER)
     ours.handlers[:] = [handler]
     ours.setLevel(level.upper())
