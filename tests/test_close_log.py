@@ -5,14 +5,18 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyforward.config.settings import build_settings
 from pyforward.engine import server
 from pyforward.errors import ConfigError
-from pyforward.obs.closelog import CloseSummary, LogConnections, logs_close
-from pyforward.obs.reasons import CloseReason
+from pyforward.obs.closelog import CloseSummary, LogConnections, close_line, logs_close
+from pyforward.obs.logfmt import logfmt, parse_logfmt
+from pyforward.obs.reasons import CloseReason, Side
 from tests.harness import (
     Backend,
     ForwarderProcess,
@@ -29,6 +33,39 @@ def test_which_reasons_get_a_line_in_each_mode() -> None:
     assert [logs_close(LogConnections.ALL, r) for r in reasons] == [True] * 5
     assert [logs_close(LogConnections.ERRORS, r) for r in reasons] == [False] + [True] * 4
     assert [logs_close(LogConnections.NONE, r) for r in reasons] == [False] * 5
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "connection_id": st.integers(1, 1 << 31),
+            "client": st.text(),
+            "listen": st.text(),
+            "target": st.text(),
+            "up": st.integers(0, 1 << 40),
+            "down": st.integers(0, 1 << 40),
+            "seconds": st.floats(0, 1e6),
+            "relay": st.sampled_from(["splice", "copy", "-"]),
+            "reason": st.sampled_from(list(CloseReason)),
+            "reset_by": st.sampled_from([None, *Side]),
+            "error": st.text(),
+            "msg": st.text(),
+        }
+    )
+)
+def test_a_close_line_is_the_logfmt_line_of_its_fields(given: dict[str, Any]) -> None:
+    fields: dict[str, object] = {
+        "event": "close",
+        "id": given["connection_id"],
+        **{key: given[key] for key in ("client", "listen", "target", "up", "down")},
+        "dur": round(given["seconds"], 6),
+        "relay": given["relay"],
+        "reason": given["reason"],
+    }
+    fields.update((key, given[key]) for key in ("reset_by", "error", "msg") if given[key])
+    line = close_line(**given)
+    assert line == logfmt(fields)
+    assert parse_logfmt(line)["client"] == given["client"]
 
 
 def test_the_summary_counts_per_listener_in_reason_order_and_starts_afresh() -> None:

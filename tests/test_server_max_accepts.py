@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -86,10 +87,14 @@ async def test_a_connection_the_target_refuses_also_ends_the_run(echo_port: int)
     probe.close()
     await probe.wait_closed()
     task, port = await _start(closed_port, max_accepts=1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    with pytest.raises(ConnectionResetError):  # the target refused: the client is reset
-        await reader.read()
-    writer.close()
+    # The target refused: the client is reset, which this loop may see before its own
+    # connect has reported success (the forwarder learns of the refusal at once).
+    with pytest.raises(ConnectionResetError):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reader.read()
+        finally:
+            writer.close()
     forwarder = await asyncio.wait_for(task, 10)
     assert forwarder.stats.closed[CloseReason.REFUSED] == 1
 
@@ -108,3 +113,30 @@ async def test_without_max_accepts_connections_keep_coming(echo_port: int) -> No
         stop.set()
         forwarder = await asyncio.wait_for(task, 10)
     assert forwarder.stats.accepted == 3
+
+
+@pytest.mark.asyncio
+async def test_clients_waiting_together_are_accepted_in_one_wakeup(echo_port: int) -> None:
+    settings = build_settings({"listen": "127.0.0.1:0", "target": [f"127.0.0.1:{echo_port}"]}, {})
+    ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(settings, shutdown_trigger=stop.wait, on_ready=ready.set_result)
+    )
+    forwarder = await asyncio.wait_for(ready, 10)
+    (listener,) = forwarder.listeners
+    # Blocking connects, which the kernel completes while this loop does not run: all five
+    # are in the backlog when the forwarder is next woken.
+    clients = [socket.create_connection(listener.sock.getsockname()) for _ in range(5)]
+    try:
+        assert listener.waiting(0)
+        forwarder._accept(listener)  # what one wakeup of the listener does
+        assert forwarder.stats.accepted == 5
+        assert not listener.waiting(0)
+        forwarder._accept(listener)  # a wakeup with no one left: nothing, and no error
+        assert forwarder.stats.accepted == 5
+    finally:
+        for client in clients:
+            client.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)

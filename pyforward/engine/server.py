@@ -10,6 +10,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import select
 import socket
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +45,7 @@ from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
 from pyforward.relay.sni import NamedRoute, NameRoutes
-from pyforward.relay.sockets import reset_on_close
+from pyforward.relay.sockets import inherits_nodelay, listen_without_delay, reset_on_close
 
 log = logging.getLogger("pyforward")
 
@@ -78,9 +79,19 @@ class Listener:
     # The route's failover lines, one per interval for all its connections (set by the
     # forwarder, shared by the route's listeners).
     failover_log: Every = field(init=False)
+    # Whether the sockets it accepts come without a Nagle delay, as Linux gives them from a
+    # listener without one (None: not known until the first client; UNIX: nothing to set).
+    client_nodelay: bool | None = field(init=False)
+    # Whether another client waits, asked without accepting (see `Forwarder._accept`).
+    waiting: Callable[[int], list[tuple[int, int]]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.family = int(self.sock.family)
+        listen_without_delay(self.sock)
+        self.client_nodelay = True if self.family == socket.AF_UNIX else None
+        probe = select.poll()
+        probe.register(self.sock.fileno(), select.POLLIN)
+        self.waiting = probe.poll
         self.screened = bool(self.access)
         name = self.sock.getsockname()
         wildcard = not isinstance(name, tuple) or name[0] in WILDCARDS
@@ -380,11 +391,16 @@ class Forwarder:
         accept: Callable[[], tuple[int, tuple[Any, ...]]] = listener.sock._accept  # type: ignore[attr-defined]
         family = listener.family
         counts_sources = self._counts_sources
-        for _ in range(_ACCEPT_BATCH):
+        for index in range(_ACCEPT_BATCH):
             if not gate.admits(stats.active):
                 # At the cap, connections wait in the kernel's backlog (as with socat's
                 # max-children) until a slot frees.
                 self._follow_gate()
+                return
+            if index == 1 and not listener.waiting(0):
+                # Woken for one client, most often. Asking whether another waits is a poll
+                # that returns nothing; an accept that finds none raises BlockingIOError,
+                # which costs user space five times as much (the error and its message).
                 return
             try:
                 fd, peer = accept()
@@ -398,7 +414,9 @@ class Forwarder:
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             stats.accepted += 1
             client_label: str | None = None  # formatted from `peer` when first needed
-            if family == socket.AF_UNIX:
+            if family == socket.AF_INET:
+                source = peer[0]  # only an IPv6 socket's clients can be IPv4-mapped
+            elif family == socket.AF_UNIX:
                 source, client_label = peer_source(client)
             else:
                 source = client_host(peer[0])
@@ -426,6 +444,9 @@ class Forwarder:
             if last:
                 # Before the connection starts, which may end it at once.
                 self._close_listeners_for_good(listener.label)
+            nodelay = listener.client_nodelay
+            if nodelay is None:
+                nodelay = listener.client_nodelay = inherits_nodelay(client)
             connection = Connection(
                 self,
                 client,
@@ -440,6 +461,7 @@ class Forwarder:
                 source=source,
                 proxied=proxied,
                 names=names,
+                client_nodelay=nodelay,
             )
             connection.source_counted = counted
             if proxied:

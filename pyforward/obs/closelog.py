@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from enum import StrEnum
 
-from pyforward.obs.reasons import CloseReason
+from pyforward.obs.logfmt import value
+from pyforward.obs.reasons import CloseReason, Side
 from pyforward.obs.stats import reason_counts
 
 SUMMARY_INTERVAL = 10.0  # seconds between summary lines of the closes left unlogged
@@ -36,6 +37,39 @@ def logs_close(mode: LogConnections, reason: CloseReason) -> bool:
     if mode is LogConnections.ERRORS:
         return reason != CLEAN
     return False
+
+
+def close_line(
+    *,
+    connection_id: int,
+    client: str,
+    listen: str,
+    target: str,
+    up: int,
+    down: int,
+    seconds: float,
+    relay: str,
+    reason: CloseReason,
+    reset_by: Side | None,
+    error: str,
+    msg: str,
+) -> str:
+    """A connection's close line: what `logfmt` writes of these fields in this order
+    (`reset_by`, `error`, `msg` only when set), built in one go, since it is written for
+    every connection. `relay` (copy, splice or -), numbers, reasons and sides are never
+    quoted; the labels and the error may be."""
+    line = (
+        f"event=close id={connection_id} client={value(client)} listen={value(listen)}"
+        f" target={value(target)} up={up} down={down} dur={value(round(seconds, 6))}"
+        f" relay={relay} reason={reason}"
+    )
+    if reset_by is not None:
+        line += f" reset_by={reset_by}"
+    if error:
+        line += f" error={value(error)}"
+    if msg:
+        line += f" msg={value(msg)}"
+    return line
 
 
 class CloseSummary:

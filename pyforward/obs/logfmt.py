@@ -41,21 +41,30 @@ def escape(text: str) -> str:
     return "".join(_escape_char(char) for char in text)
 
 
-def _value(value: object) -> str:
+# What a bare value may not hold (besides what is not printable): one search, not a loop.
+_NEEDS_QUOTES = re.compile(r'[ ="\\]').search
+
+
+def value(value: object) -> str:
+    """One value as logfmt writes it: bare, or quoted and escaped when it must be."""
+    # Exact types first: a close line is ints and strings, written for every connection.
+    kind = type(value)
+    if kind is int:
+        return str(value)  # digits and a sign: never quoted
     if value is None:
         return ""
-    if isinstance(value, float):
+    if kind is float or isinstance(value, float):
         text = f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
     else:
         text = str(value)
-    if text == "" or any(c in text for c in ' ="\\') or not text.isprintable():
+    if text == "" or _NEEDS_QUOTES(text) is not None or not text.isprintable():
         return f'"{escape(text)}"'
     return text
 
 
 def logfmt(fields: Mapping[str, object]) -> str:
     """Render fields as one logfmt line, in the order given."""
-    return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+    return " ".join([f"{key}={value(item)}" for key, item in fields.items()])
 
 
 def _unescape(match: re.Match[str]) -> str:

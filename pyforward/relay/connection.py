@@ -28,7 +28,7 @@ from typing import Protocol
 
 from pyforward.config.addresses import format_peer
 from pyforward.config.policy import Policy, ProxyProtocol
-from pyforward.obs.closelog import CloseSummary, logs_close
+from pyforward.obs.closelog import CloseSummary, close_line, logs_close
 from pyforward.obs.logfmt import logfmt
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
@@ -115,6 +115,7 @@ class Connection:
     __slots__ = (
         "__weakref__",  # for whoever must know when a connection is freed
         "_client_label",
+        "_client_nodelay",
         "_consumed",
         "_early",
         "_final_counts",
@@ -166,6 +167,7 @@ class Connection:
         stages: Sequence[Stage] | None = None,
         proxied: bool = False,
         names: NameRoutes | None = None,
+        client_nodelay: bool = False,
     ) -> None:
         self.owner = owner
         self.loop = owner.loop
@@ -180,6 +182,7 @@ class Connection:
         # the server name chooses; set by the server then).
         self.route_id = route_id
         self._client_label = client_label
+        self._client_nodelay = client_nodelay  # no Nagle delay already (its listener's)
         self.source = source  # the client's address, for per-source limits
         self.client_address: tuple[str, int] | None = None  # from a PROXY header
         self.destination_address: tuple[str, int] | None = None
@@ -222,7 +225,7 @@ class Connection:
         self._client_label = label
 
     def start(self) -> None:
-        prepare(self.client, keepalive=self.policy.keepalive)
+        prepare(self.client, keepalive=self.policy.keepalive, nodelay=self._client_nodelay)
         if log.isEnabledFor(logging.DEBUG):
             fields = {"event": "open", "id": self.id, "client": self.client_label}
             log.debug(logfmt({**fields, "listen": self.listen_label}))
@@ -249,7 +252,8 @@ class Connection:
             self._stage = None
             target = self.target
             assert target is not None, "the stages ended without a target"
-            self._pump = Pump(self, target)
+            pump = self._pump = Pump(self, target)
+            pump.start()
 
     def consumed(self, data: bytes) -> None:
         assert self.target is None, "only a client-side stage reads from the client"
@@ -376,26 +380,26 @@ class Connection:
             self.owner.close_summary.count(self.listen_label, reason)
             return
         if log.isEnabledFor(logging.INFO):
-            directions = self._pump.directions if self._pump is not None else []
-            up = self._consumed + (directions[0].total if directions else 0)
-            down = directions[1].total if directions else 0
-            kinds = {d.kind for d in directions}
-            fields: dict[str, object] = {
-                "event": "close",
-                "id": self.id,
-                "client": self.client_label,
-                "listen": self.listen_label,
-                "target": self.target_label,
-                "up": up,
-                "down": down,
-                "dur": round(time.monotonic() - self.started, 6),
-                "relay": "copy" if "copy" in kinds else ("splice" if kinds else "-"),
-                "reason": reason,
-            }
-            if reset_by is not None:
-                fields["reset_by"] = reset_by
-            if self.error:
-                fields["error"] = self.error
-            if self.error_detail:
-                fields["msg"] = self.error_detail
-            log.info(logfmt(fields))
+            directions = self._pump.directions if self._pump is not None else None
+            if directions is None:
+                up, down, relay = self._consumed, 0, "-"
+            else:
+                first, second = directions
+                up, down = self._consumed + first.total, second.total
+                relay = "copy" if "copy" in (first.kind, second.kind) else "splice"
+            log.info(
+                close_line(
+                    connection_id=self.id,
+                    client=self.client_label,
+                    listen=self.listen_label,
+                    target=self.target_label,
+                    up=up,
+                    down=down,
+                    seconds=time.monotonic() - self.started,
+                    relay=relay,
+                    reason=reason,
+                    reset_by=reset_by,
+                    error=self.error,
+                    msg=self.error_detail,
+                )
+            )

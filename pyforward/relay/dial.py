@@ -29,6 +29,10 @@ log = logging.getLogger("pyforward.relay.connection")
 # A UNIX target without a file, or with a full backlog, refuses as a closed port does.
 _REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+# A connect asked again while the first is under way says so; once done, it gives 0 (or
+# EISCONN) or the reason it failed, as SO_ERROR would, in one call.
+_CONNECTING = {errno.EINPROGRESS, errno.EALREADY}
+_CONNECTED = {0, errno.EISCONN}
 # getaddrinfo's error codes by value, for a gaierror's name in the close line.
 _GAI_NAMES = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
 
@@ -138,12 +142,15 @@ class Dial(Stage):
             host.target_label = target.label
             remaining_targets = len(targets) - self._attempt
             budget = max(self._deadline - loop.time(), 0.0) / remaining_targets
-            failure = self._begin(target)
-            if failure is None:
+            outcome = self._begin(target)
+            if outcome is False:
                 self._attempt_deadline = loop.time() + budget
                 self._attempt_timer = loop.call_at(self._attempt_deadline, self._on_timeout)
                 return
-            self._failed(failure)
+            if outcome is True:
+                self._connected()
+                return
+            self._failed(outcome)
         if self._retries_left is None or self._retries_left > 0:
             if self._retries_left is not None:
                 self._retries_left -= 1
@@ -159,8 +166,9 @@ class Dial(Stage):
         self._deadline = self.host.loop.time() + self.connect_timeout
         self._connect_next()
 
-    def _begin(self, target: ResolvedTarget) -> ConnectFailure | None:
-        """Begin a non-blocking connect to `target`; the failure, if it failed at once."""
+    def _begin(self, target: ResolvedTarget) -> ConnectFailure | bool:
+        """Begin a non-blocking connect to `target`: False while it is under way (its socket
+        watched), True when it is done already, else why it failed at once."""
         try:
             sock = socket.socket(target.family, TARGET_SOCKET_TYPE)
         except OSError as exc:
@@ -176,10 +184,17 @@ class Dial(Stage):
             code = sock.connect_ex(target.sockaddr)
         except (OSError, OverflowError, ValueError, TypeError) as exc:
             return ConnectFailure.of_exception(exc)
-        if code not in (0, errno.EINPROGRESS):
-            return ConnectFailure.of_errno(code)
-        self.host.poller.add_writer(sock.fileno(), self._on_ready)
-        return None
+        if code == errno.EINPROGRESS:
+            # Asked again at once: a target on this host has most often accepted by now (its
+            # handshake ran within the first call), which spares the watch for writability,
+            # its wakeup and two calls to learn the outcome; a remote one says EALREADY.
+            code = sock.connect_ex(target.sockaddr)
+        if code in _CONNECTING:
+            self.host.poller.add_writer(sock.fileno(), self._on_ready)
+            return False
+        if code in _CONNECTED:
+            return True
+        return ConnectFailure.of_errno(code)
 
     @contained
     def _on_ready(self) -> None:
@@ -188,18 +203,20 @@ class Dial(Stage):
         assert sock is not None
         host.poller.done_writing(sock.fileno())
         self.stop()
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._failed(ConnectFailure.of_errno(code))
-            self._connect_next()
-            return
-        try:
-            sock.getpeername()
-        except OSError:
+        code = sock.connect_ex(host.targets[self._attempt].sockaddr)
+        if code in _CONNECTING:
             # A spurious wakeup: still connecting. Wait on, within the same budget.
             host.poller.add_writer(sock.fileno(), self._on_ready)
             self._attempt_timer = host.loop.call_at(self._attempt_deadline, self._on_timeout)
             return
+        if code not in _CONNECTED:
+            self._failed(ConnectFailure.of_errno(code))
+            self._connect_next()
+            return
+        self._connected()
+
+    def _connected(self) -> None:
+        host = self.host
         host.target_connected(host.targets[self._attempt])
         host.error = host.error_detail = ""  # a failover that succeeded is no error
         host.advance()

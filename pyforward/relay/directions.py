@@ -60,7 +60,14 @@ class SpliceDirection(Direction):
     kind = "splice"
 
     def __init__(self, src: socket.socket, dst: socket.socket, stats: Stats, pool: PipePool):
-        super().__init__(src, dst, stats)
+        # Direction's fields, set here rather than by a call to its __init__: two of these
+        # are made for every connection.
+        self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self.stats = stats
+        self.pending = self.total = 0
+        self.done = False
+        self.tap = None
         self._pool = pool
         self._pipe: Pipe | None = None
 

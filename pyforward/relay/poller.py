@@ -35,10 +35,18 @@ _TROUBLE = getattr(select, "EPOLLERR", 0) | getattr(select, "EPOLLHUP", 0)
 _READ_EVENTS = getattr(select, "EPOLLIN", 0) | _TROUBLE
 _WRITE_EVENTS = getattr(select, "EPOLLOUT", 0) | _TROUBLE
 _ONCE = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
+# A reader also hears of the peer's FIN (no wakeup more: the socket is readable then too),
+# so that bytes and the FIN behind them are relayed in one wakeup (`peer_closed`).
+_PEER_CLOSED = getattr(select, "EPOLLRDHUP", 0)
+_READ = getattr(select, "EPOLLIN", 0) | _PEER_CLOSED
 _DISARMED = -1  # in the epoll, reporting nothing, errors included (a one-shot that fired)
 
 
 class Poller(Protocol):
+    # During a reader's callback: nonzero when the peer has shut down its sending, so what
+    # the socket holds ends with EOF (0 elsewhere, and where the poller cannot tell).
+    peer_closed: int
+
     def add_reader(self, fd: int, callback: Callback, *args: Any) -> None: ...
     def remove_reader(self, fd: int) -> None: ...
     def read_once(self, fd: int, callback: Callback) -> None: ...
@@ -68,6 +76,7 @@ class EpollPoller:
         self._once: dict[int, Callback] = {}  # see read_once
         self._masks: dict[int, int] = {}
         self._settle_later: list[int] = []  # see done_writing
+        self.peer_closed = 0
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def add_reader(self, fd: int, callback: Callback, *args: Any) -> None:
@@ -131,7 +140,7 @@ class EpollPoller:
         self._masks.pop(fd, None)
 
     def _update(self, fd: int) -> None:
-        mask: int | None = (select.EPOLLIN if fd in self._readers else 0) | (
+        mask: int | None = (_READ if fd in self._readers else 0) | (
             select.EPOLLOUT if fd in self._writers else 0
         )
         if fd in self._once:
@@ -165,11 +174,14 @@ class EpollPoller:
     def _run_callbacks(self) -> None:
         readers, writers = self._readers, self._writers
         for fd, events in self._epoll.poll(0, self._BATCH):
-            unattended = fd not in readers and fd not in writers
+            # Asked before the callbacks run, which may add or remove watches.
+            unattended = events & _TROUBLE and fd not in readers and fd not in writers
             if events & _READ_EVENTS:
                 entry = readers.get(fd)
                 if entry is not None:
+                    self.peer_closed = events & _PEER_CLOSED
                     entry[0](*entry[1])
+                    self.peer_closed = 0
                 elif fd in self._once:
                     self._masks[fd] = _DISARMED  # the kernel disarmed it as it reported it
                     self._once.pop(fd)()
@@ -177,7 +189,7 @@ class EpollPoller:
                 entry = writers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
-            if events & _TROUBLE and unattended:
+            if unattended:
                 entry = self._error_watchers.get(fd)
                 if entry is not None:
                     entry[0](*entry[1])
@@ -189,6 +201,8 @@ class EpollPoller:
 
 class LoopPoller:
     """The event loop's own readiness callbacks, where there is no epoll."""
+
+    peer_closed = 0
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.add_reader = loop.add_reader

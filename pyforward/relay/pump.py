@@ -89,6 +89,13 @@ class Pump:
             self._last_active = self._loop.time()
             self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
 
+    def start(self) -> None:
+        """Relay what the client already sent, without waiting for the poller to say so:
+        a client that speaks first (HTTP, TLS) has sent by the time its target accepted, so
+        this saves the wakeup that would report it; a client that has not costs one read
+        that finds nothing (the watch then reports its bytes as usual)."""
+        self._readable(0)
+
     def _readable(self, index: int) -> None:
         direction = self.directions[index]
         if self._idle_timer is not None:
@@ -117,8 +124,10 @@ class Pump:
             except OSError as exc:
                 self._abort(exc, _DESTINATION[index])
                 return
-            if moved < 16384:
-                return  # a short read: the source is very likely empty now
+            if moved < 16384 and not self._poller.peer_closed:
+                # A short read: the source is very likely empty now. (When its peer has
+                # closed, the next read is the EOF: taken now, not at another wakeup.)
+                return
 
     def _writable(self, index: int) -> None:
         direction = self.directions[index]

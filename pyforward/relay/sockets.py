@@ -37,13 +37,32 @@ BORN_NONBLOCKING = TARGET_SOCKET_TYPE != socket.SOCK_STREAM
 _family = cast(Callable[[socket.socket], int], _socket.socket.family.__get__)
 
 
-def prepare(sock: socket.socket, *, keepalive: bool, nonblocking: bool = False) -> None:
-    """Non-blocking (`nonblocking`: it already is), no Nagle delay, and keepalive probes
-    when the route asks for them."""
+def prepare(
+    sock: socket.socket, *, keepalive: bool, nonblocking: bool = False, nodelay: bool = False
+) -> None:
+    """Non-blocking (`nonblocking`: it already is), no Nagle delay (`nodelay`: it has none
+    already), and keepalive probes when the route asks for them."""
     if not nonblocking:
         sock.setblocking(False)
     if _family(sock) == socket.AF_UNIX:
         return  # no Nagle delay, no keepalive: a local stream
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive:
         set_keepalive(sock)
+
+
+def listen_without_delay(listener: socket.socket) -> None:
+    """No Nagle delay on a TCP listening socket, so that the sockets it accepts start
+    without one (Linux copies the option to them; `inherits_nodelay` checks that it did)."""
+    if _family(listener) != socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def inherits_nodelay(accepted: socket.socket) -> bool:
+    """Whether `accepted`, from a listener `listen_without_delay` set, has no Nagle delay."""
+    try:
+        return bool(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    except OSError:
+        return False
