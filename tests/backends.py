@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 
 class Backend:
@@ -77,3 +78,7 @@ async def reached(port: int) -> str:
         return client.greeting
     finally:
         await client.close()
+
+
+# `await started(NAME, ...)`: backends started by name (the `started` fixture).
+Starter = Callable[..., Awaitable[list[Backend]]]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+import pytest_asyncio
 from hypothesis import settings
 
 # Registers the discovery keys of the settings schema, as the CLI does on import.
 import pyforward.discovery.options  # noqa: F401
 from pyforward.engine.fdlimit import raise_fd_limit
+from tests.backends import Backend, Starter
 from tests.pyz import Build, build
 
 
@@ -24,3 +28,21 @@ settings.load_profile("default")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Build:
     """pyforward.pyz built from this checkout by scripts/build-pyz, once per run."""
     return build(tmp_path_factory.mktemp("pyz"))
+
+
+@pytest_asyncio.fixture
+async def started() -> AsyncIterator[Starter]:
+    """Start backends by name (`await started("istio", ...)`); all are closed after the test,
+    whether it passed or not."""
+    made: list[Backend] = []
+
+    async def start(*names: str) -> list[Backend]:
+        backends = [Backend(name) for name in names]
+        made.extend(backends)
+        for backend in backends:
+            await backend.start()
+        return backends
+
+    yield start
+    for backend in made:
+        await backend.close()

@@ -32,6 +32,7 @@ from pyforward.engine.runtime import serve
 from pyforward.engine.server import Forwarder
 from pyforward.errors import ConfigError
 from pyforward.systemd import install
+from tests.backends import Starter
 from tests.kubeapi import KubeApi, node
 from tests.peers_edge import free_port
 from tests.test_discovery_cli import Pyforward, pyforward  # noqa: F401  (fixture)
@@ -46,7 +47,6 @@ from tests.test_discovery_services import (
     answer,
     istio,
     lines_of,
-    started,
     traefik,
 )
 from tests.test_metrics import samples, scrape
@@ -135,7 +135,7 @@ def ports_held(count: int) -> Iterator[list[int]]:
 
 @pytest.mark.asyncio
 async def test_two_clusters_behind_one_address(
-    dev: KubeApi, prod: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    dev: KubeApi, prod: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture, started: Starter
 ) -> None:
     gateway, ingress, moved = await started("dev-istio", "prod-traefik", "dev-istio-moved")
     dev.put_service(istio(gateway.port))
@@ -223,7 +223,9 @@ async def test_two_clusters_behind_one_address(
 
 
 @pytest.mark.asyncio
-async def test_a_cluster_that_cannot_start_is_named(prod: KubeApi, tmp_path: Path) -> None:
+async def test_a_cluster_that_cannot_start_is_named(
+    prod: KubeApi, tmp_path: Path, started: Starter
+) -> None:
     (ingress,) = await started("prod-traefik")
     prod.put_service(traefik(ingress.port))
     missing = KubeApi(tmp_path)  # never started: its kubeconfig is never written

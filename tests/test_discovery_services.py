@@ -33,7 +33,7 @@ from pyforward.errors import ConfigError
 from pyforward.systemd import install
 from pyforward.systemd import procnet as ports
 from pyforward.systemd.status import StatusReport, check_route
-from tests.backends import Backend
+from tests.backends import Starter
 from tests.hellos import real_hello
 from tests.kubeapi import KubeApi, node, service
 from tests.peers_edge import free_port
@@ -125,20 +125,13 @@ async def answer(port: int, server_name: str | None) -> str:
         writer.close()
 
 
-async def started(*names: str) -> list[Backend]:
-    backends = [Backend(name) for name in names]
-    for backend in backends:
-        await backend.start()
-    return backends
-
-
 def lines_of(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
     return [line for line in caplog.text.splitlines() if f"event={event} " in line]
 
 
 @pytest.mark.asyncio
 async def test_routes_sharing_an_address_follow_each_its_service(
-    kube: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kube: KubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture, started: Starter
 ) -> None:
     gateway, ingress, moved = await started("istio", "traefik", "istio-moved")
     kube.put_node(node("here", "127.0.0.1"))
@@ -162,8 +155,11 @@ async def test_routes_sharing_an_address_follow_each_its_service(
             kube.wait_for(lambda c=collection: bool(kube.watches(c)))
         firsts = lines_of(caplog, "target")
         assert len(firsts) == 2
-        assert f"service={ISTIO}" in firsts[0] and "sni=*.dev.local.me" in firsts[0]
-        assert f"service={TRAEFIK}" in firsts[1] and f"node_port={ingress.port}" in firsts[1]
+        # One line per Service, in the order its namespace's list came in.
+        (of_istio,) = [line for line in firsts if f"service={ISTIO}" in line]
+        (of_traefik,) = [line for line in firsts if f"service={TRAEFIK}" in line]
+        assert "sni=*.dev.local.me" in of_istio and f"node_port={gateway.port}" in of_istio
+        assert "sni=" not in of_traefik and f"node_port={ingress.port}" in of_traefik
 
         # Istio's NodePort moves: its route follows, Traefik's stays.
         kube.put_service(istio(moved.port))
@@ -200,7 +196,7 @@ async def test_routes_sharing_an_address_follow_each_its_service(
 
 @pytest.mark.asyncio
 async def test_reload_keeps_targets_and_refuses_a_changed_service(
-    kube: KubeApi, tmp_path: Path
+    kube: KubeApi, tmp_path: Path, started: Starter
 ) -> None:
     gateway, ingress = await started("istio", "traefik")
     kube.put_node(node("here", "127.0.0.1"))
@@ -247,7 +243,7 @@ def _saved(port: int, istio_port: int, traefik_port: int, *, per_route: bool) ->
 
 @pytest.mark.asyncio
 async def test_state_file_with_two_services_serves_while_the_api_is_down(
-    kube: KubeApi, tmp_path: Path
+    kube: KubeApi, tmp_path: Path, started: Starter
 ) -> None:
     gateway, ingress = await started("istio", "traefik")
     port = free_port()
@@ -267,7 +263,7 @@ async def test_state_file_with_two_services_serves_while_the_api_is_down(
 
 @pytest.mark.asyncio
 async def test_an_old_state_file_has_the_top_level_service_for_each_route(
-    kube: KubeApi, tmp_path: Path
+    kube: KubeApi, tmp_path: Path, started: Starter
 ) -> None:
     (gateway,) = await started("istio")
     port = free_port()
