@@ -21,22 +21,17 @@ from pathlib import Path
 import pytest
 
 from pyforward.cli import service as service_cli
-from pyforward.config.model import Settings
-from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.clusters import Clusters, discovery_source
 from pyforward.discovery.errors import KubeconfigError
 from pyforward.discovery.followed import Cluster
-from pyforward.discovery.runtime import DiscoveryStatus
-from pyforward.engine.runtime import serve
-from pyforward.engine.server import Forwarder
 from pyforward.errors import ConfigError
 from pyforward.systemd import install
 from tests.backends import Starter
 from tests.kubeapi import KubeApi, node
 from tests.peers_edge import free_port
 from tests.test_discovery_cli import Pyforward, pyforward  # noqa: F401  (fixture)
-from tests.test_discovery_forwarding import FAST, HERE, Running
+from tests.test_discovery_forwarding import FAST, HERE, Running, serving
 from tests.test_discovery_services import (
     DEV,
     ISTIO,
@@ -47,6 +42,7 @@ from tests.test_discovery_services import (
     answer,
     istio,
     lines_of,
+    settings_of,
     traefik,
 )
 from tests.test_metrics import samples, scrape
@@ -89,37 +85,13 @@ def config(dev: KubeApi, prod: KubeApi, tmp_path: Path, port: int, *, dev_extra:
     )
 
 
-def settings_of(text: str) -> Settings:
-    return build_settings({}, {}, parse_config_text(text, "test.toml"), "test.toml")
-
-
 @asynccontextmanager
 async def forwarding(text: str) -> AsyncIterator[tuple[Running, Clusters]]:
     settings = settings_of(text)
-    stop = asyncio.Event()
-    ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
-    statuses: list[DiscoveryStatus] = []
-    status_changed = asyncio.Event()
-
-    def on_status(status: DiscoveryStatus) -> None:
-        statuses.append(status)
-        status_changed.set()
-
     source = discovery_source(settings, host=HERE, timing=FAST)
     assert isinstance(source, Clusters)
-    source.status_listeners.append(on_status)
-    task = asyncio.create_task(
-        serve(settings, targets=source, shutdown_trigger=stop.wait, on_ready=ready.set_result)
-    )
-    done, _ = await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()  # raises the start-up error
-    assert ready in done, "forwarder did not start"
-    try:
-        yield Running(ready.result(), statuses, status_changed), source
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    async with serving(settings, source) as running:
+        yield running, source
 
 
 @contextmanager

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from pyforward.config.model import Settings
 from pyforward.config.settings import build_settings
+from pyforward.discovery.clusters import Clusters
 from pyforward.discovery.hostinfo import is_local_address
 from pyforward.discovery.model import HostIdentity
 from pyforward.discovery.runtime import Discovery, DiscoveryStatus
@@ -76,6 +78,9 @@ class Running:
         return self.statuses[-1]
 
 
+DiscoverySource = Discovery | Clusters
+
+
 @asynccontextmanager
 async def forwarding(
     kube: KubeApi,
@@ -97,6 +102,14 @@ async def forwarding(
         | flags,
         {},
     )
+    async with serving(settings, Discovery(settings, host=host, timing=timing)) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(settings: Settings, source: DiscoverySource) -> AsyncIterator[Running]:
+    """`serve(settings)` with `source` as its targets, until the block ends; the Running
+    collects the source's status reports."""
     stop = asyncio.Event()
     ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
     statuses: list[DiscoveryStatus] = []
@@ -106,10 +119,9 @@ async def forwarding(
         statuses.append(status)
         status_changed.set()
 
-    discovery = Discovery(settings, host=host, timing=timing)
-    discovery.status_listeners.append(on_status)
+    source.status_listeners.append(on_status)
     task = asyncio.create_task(
-        serve(settings, targets=discovery, shutdown_trigger=stop.wait, on_ready=ready.set_result)
+        serve(settings, targets=source, shutdown_trigger=stop.wait, on_ready=ready.set_result)
     )
     done, _ = await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

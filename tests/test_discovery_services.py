@@ -26,9 +26,7 @@ from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.errors import DiscoveryError
 from pyforward.discovery.options import ServiceRef
-from pyforward.discovery.runtime import Discovery, DiscoveryStatus
-from pyforward.engine.runtime import serve
-from pyforward.engine.server import Forwarder
+from pyforward.discovery.runtime import Discovery
 from pyforward.errors import ConfigError
 from pyforward.systemd import install
 from pyforward.systemd import procnet as ports
@@ -38,7 +36,7 @@ from tests.hellos import real_hello
 from tests.kubeapi import KubeApi, node, service
 from tests.peers_edge import free_port
 from tests.test_discovery_cli import Pyforward, pyforward  # noqa: F401  (fixture)
-from tests.test_discovery_forwarding import FAST, HERE, Running
+from tests.test_discovery_forwarding import FAST, HERE, Running, serving
 from tests.test_service import IN_OPT, run_cli
 
 ISTIO = ServiceRef("istio-system", "istio-ingressgateway")
@@ -87,29 +85,9 @@ def settings_of(text: str) -> Settings:
 @asynccontextmanager
 async def forwarding(text: str) -> AsyncIterator[tuple[Running, Discovery]]:
     settings = settings_of(text)
-    stop = asyncio.Event()
-    ready: asyncio.Future[Forwarder] = asyncio.get_running_loop().create_future()
-    statuses: list[DiscoveryStatus] = []
-    status_changed = asyncio.Event()
-
-    def on_status(status: DiscoveryStatus) -> None:
-        statuses.append(status)
-        status_changed.set()
-
-    discovery = Discovery(settings, host=HERE, timing=FAST)
-    discovery.status_listeners.append(on_status)
-    task = asyncio.create_task(
-        serve(settings, targets=discovery, shutdown_trigger=stop.wait, on_ready=ready.set_result)
-    )
-    done, _ = await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()  # raises the start-up error
-    assert ready in done, "forwarder did not start"
-    try:
-        yield Running(ready.result(), statuses, status_changed), discovery
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    source = Discovery(settings, host=HERE, timing=FAST)
+    async with serving(settings, source) as running:
+        yield running, source
 
 
 async def answer(port: int, server_name: str | None) -> str:
