@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
@@ -17,6 +18,17 @@ from tests.pyz import Build, build
 def _raise_fd_limit() -> None:
     # Tests hold a thousand connections at once; both ends live in this process.
     raise_fd_limit()
+
+
+@pytest.fixture(autouse=True)
+def _logging_state() -> Iterator[None]:
+    """An in-process `run` or `check` sets up pyforward's logging on the test's captured
+    stream, which pytest closes after the test: the loggers are put back, so that a later
+    test's records never reach a closed stream."""
+    ours, root = logging.getLogger("pyforward"), logging.getLogger()
+    saved = ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level
+    yield
+    ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level = saved
 
 
 # The machine running the suite may be busy: judge parsers by their answers, not their speed.

@@ -20,7 +20,7 @@ from pyforward.datagram.flows import RECEIVE_BUFFER, FlowCounts
 from pyforward.datagram.listener import DatagramListener, open_datagram_socket
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all
-from pyforward.engine.server import resolve_target
+from pyforward.engine.route_listeners import resolve_target
 from pyforward.engine.targets import RouteId, route_ids
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt

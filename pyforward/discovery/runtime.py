@@ -53,7 +53,7 @@ from pyforward.discovery.watcher import (
     Update,
     WatchTiming,
 )
-from pyforward.engine.server import literal_target
+from pyforward.engine.route_listeners import literal_target
 from pyforward.engine.targets import TargetSink, route_ids
 from pyforward.errors import ConfigError, StartupError
 from pyforward.obs.logfmt import logfmt

@@ -1,4 +1,5 @@
-"""The forwarder: listeners, the accept loop (its gate in `gate.py`), ordered shutdown.
+"""The forwarder: the accept loop (its gate in `gate.py`), a new configuration applied, ordered
+shutdown; each route's listeners are `route_listeners.py`'s.
 
 Signals, reload and systemd are the runtime's (`runtime.py`); where each route forwards is
 its target source's (`targets.py`)."""
@@ -8,32 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
-import select
 import socket
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyforward.config.access import AccessList
-from pyforward.config.addresses import Endpoint, UnixAddress, client_host, format_peer
+from pyforward.config.addresses import client_host
 from pyforward.config.model import RelayMode, Route, Settings, Transport
-from pyforward.config.policy import Policy
 from pyforward.engine.by_name import build_names, followers, name_groups
 from pyforward.engine.gate import AcceptGate
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import (
-    WILDCARDS,
-    bind_addresses,
     close_all,
-    open_listener,
     system_backlog,
+)
+from pyforward.engine.route_listeners import (
+    Listener,
+    close_listeners,
+    literal_target,
+    open_route,
+    resolve_target,
 )
 from pyforward.engine.sources import LocalSourceCounts, SourceCounts
 from pyforward.engine.targets import RouteId, route_ids
-from pyforward.engine.unix_listener import UnixFile, UnixOwnership, open_unix_listener, peer_source
+from pyforward.engine.unix_listener import peer_source
 from pyforward.errors import StartupError
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
@@ -44,8 +45,8 @@ from pyforward.obs.traffic import ListenerTraffic
 from pyforward.relay.connection import Connection, ResolvedTarget
 from pyforward.relay.pipes import PipePool, splice_available
 from pyforward.relay.poller import make_poller
-from pyforward.relay.sni import NamedRoute, NameRoutes
-from pyforward.relay.sockets import inherits_nodelay, listen_without_delay, reset_on_close
+from pyforward.relay.sni import NamedRoute
+from pyforward.relay.sockets import inherits_nodelay, reset_on_close
 
 log = logging.getLogger("pyforward")
 
@@ -55,97 +56,6 @@ _FD_BACKOFF = 0.25  # seconds without accepting after running out of descriptors
 _REFUSAL_LOG_INTERVAL = 5.0  # seconds between log lines about refused clients
 _FAILOVER_LOG_INTERVAL = 5.0  # seconds between failover lines of one route
 _ANYONE = AccessList()  # no allow/deny: one for every connection admitted late
-
-
-@dataclass
-class Listener:
-    sock: socket.socket
-    label: str
-    route_id: RouteId
-    route: Route
-    targets: list[ResolvedTarget]
-    policy: Policy
-    access: AccessList
-    # The routes sharing this address, chosen by TLS server name (engine/by_name.py).
-    names: NameRoutes | None = None
-    unix_file: UnixFile | None = None  # the socket file it made, removed when it closes
-    # Read on every accept, so worked out once: the socket's family (an int, not the enum
-    # `sock.family` builds each time), and whether the route has an allow/deny list.
-    family: int = field(init=False)
-    screened: bool = field(init=False)
-    # The address every client of this socket connects to, when it is one (not a wildcard
-    # bind, where it depends on the interface): a PROXY header's destination, no syscall.
-    local: tuple[object, ...] | None = field(init=False)
-    # The route's failover lines, one per interval for all its connections (set by the
-    # forwarder, shared by the route's listeners).
-    failover_log: Every = field(init=False)
-    # Whether the sockets it accepts come without a Nagle delay, as Linux gives them from a
-    # listener without one (None: not known until the first client; UNIX: nothing to set).
-    client_nodelay: bool | None = field(init=False)
-    # Whether another client waits, asked without accepting (see `Forwarder._accept`).
-    waiting: Callable[[int], list[tuple[int, int]]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.family = int(self.sock.family)
-        listen_without_delay(self.sock)
-        self.client_nodelay = True if self.family == socket.AF_UNIX else None
-        probe = select.poll()
-        probe.register(self.sock.fileno(), select.POLLIN)
-        self.waiting = probe.poll
-        self.screened = bool(self.access)
-        name = self.sock.getsockname()
-        wildcard = not isinstance(name, tuple) or name[0] in WILDCARDS
-        self.local = None if wildcard else name
-
-    def apply(self, route: Route, targets: list[ResolvedTarget]) -> None:
-        """Serve `route` (the same route id, reloaded) from now on."""
-        self.route, self.targets = route, targets
-        self.policy, self.access = route.policy, route.access
-        self.screened = bool(route.access)
-
-    def every_target(self) -> list[ResolvedTarget]:
-        """The targets of every route this listener serves."""
-        return self.targets if self.names is None else self.names.every_target()
-
-
-def close_listeners(listeners: Sequence[Listener]) -> None:
-    """Close listening sockets, and remove the socket files they made."""
-    close_all([listener.sock for listener in listeners])
-    for listener in listeners:
-        if listener.unix_file is not None:
-            listener.unix_file.remove()
-
-
-def unix_target(address: UnixAddress) -> ResolvedTarget:
-    return ResolvedTarget(socket.AF_UNIX, address.sockaddr, str(address))
-
-
-def literal_target(address: Endpoint) -> ResolvedTarget | None:
-    """The target of an IP-literal address, without a name lookup; None for a host name."""
-    if isinstance(address, UnixAddress):
-        return unix_target(address)
-    assert address.host is not None
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
-        return None
-    if ip.version == 6:
-        return ResolvedTarget(socket.AF_INET6, (str(ip), address.port, 0, 0), str(address))
-    return ResolvedTarget(socket.AF_INET, (str(ip), address.port), str(address))
-
-
-async def resolve_target(loop: asyncio.AbstractEventLoop, address: Endpoint) -> ResolvedTarget:
-    if isinstance(address, UnixAddress):
-        return unix_target(address)
-    assert address.host is not None
-    try:
-        infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise StartupError(
-            f"target {address}: host {address.host!r} does not resolve ({exc.strerror})"
-        ) from None
-    family, _, _, _, sockaddr = infos[0]
-    return ResolvedTarget(family, tuple(sockaddr), str(address))
 
 
 class Forwarder:
@@ -218,7 +128,9 @@ class Forwarder:
                 targets = resolved[ids[index]] = await self._resolve(route)
                 if index in sharing:
                     continue  # served by the listener of its address's first route
-                self.listeners += self._open_route(ids[index], route, targets, index)
+                self.listeners += open_route(
+                    ids[index], route, targets, self._take_passed(index), self._backlog()
+                )
         except BaseException:
             close_listeners(self.listeners)
             close_all([sock for socks in self.passed_sockets.values() for sock in socks])
@@ -232,49 +144,13 @@ class Forwarder:
     async def _resolve(self, route: Route) -> list[ResolvedTarget]:
         return [await resolve_target(self.loop, target) for target in route.targets]
 
-    def _open_route(
-        self, rid: RouteId, route: Route, targets: list[ResolvedTarget], index: int
-    ) -> list[Listener]:
-        """The route's listeners: the sockets passed for its index (systemd's, or a worker's
-        from the main process), else bound here."""
-        passed = self.passed_sockets.pop(index, None)
-        if passed:
-            return [
-                Listener(
-                    s, format_peer(s.getsockname()), rid, route, targets, route.policy, route.access
-                )
-                for s in passed
-            ]
-        backlog = self.settings.backlog or system_backlog()
-        if isinstance(route.listen, UnixAddress):
-            ownership = UnixOwnership(route.unix_mode, route.unix_user, route.unix_group)
-            sock, made = open_unix_listener(route.listen, ownership, backlog)
-            return [
-                Listener(
-                    sock,
-                    str(route.listen),
-                    rid,
-                    route,
-                    targets,
-                    route.policy,
-                    route.access,
-                    unix_file=made,
-                )
-            ]
-        opened: list[Listener] = []
-        try:
-            for family, sockaddr in bind_addresses(route.listen):
-                sock = open_listener(
-                    route.listen, family, sockaddr, backlog, reuseport=route.reuseport
-                )
-                label = format_peer(sock.getsockname())
-                opened.append(
-                    Listener(sock, label, rid, route, targets, route.policy, route.access)
-                )
-        except BaseException:
-            close_listeners(opened)
-            raise
-        return opened
+    def _take_passed(self, index: int) -> list[socket.socket] | None:
+        """The sockets passed for route `index` (systemd's, or a worker's from the main
+        process), taken once: a reload binds a route that comes back."""
+        return self.passed_sockets.pop(index, None)
+
+    def _backlog(self) -> int:
+        return self.settings.backlog or system_backlog()
 
     async def reload(
         self, settings: Settings, fill: Callable[[Settings], Settings] | None = None
@@ -306,7 +182,9 @@ class Forwarder:
         try:
             for index, (rid, route) in enumerate(new_routes.items()):
                 if rid not in current and rid not in sharing and route.protocol is Transport.TCP:
-                    opened += self._open_route(rid, route, resolved[rid], index)
+                    opened += open_route(
+                        rid, route, resolved[rid], self._take_passed(index), self._backlog()
+                    )
         except BaseException:
             close_listeners(opened)
             raise

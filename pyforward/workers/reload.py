@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Iterable
 
 from pyforward.config.model import Settings
-from pyforward.engine.server import resolve_target
+from pyforward.engine.route_listeners import resolve_target
 from pyforward.engine.targets import RouteId, TargetSource, route_ids
 from pyforward.workers import messages as m
 from pyforward.workers.listeners import Listeners, bind_added, sockets_for
