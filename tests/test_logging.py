@@ -3,6 +3,7 @@ syslog priority instead of a time stamp."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import logging
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from pyforward.obs.logfmt import logfmt, parse_logfmt
 from pyforward.obs.logsetup import (
     LineFormatter,
+    direct_handler,
     level_of,
     priority_prefix,
     setup_logging,
@@ -214,16 +216,6 @@ def test_journal_stream_is_the_device_and_inode_of_stderr() -> None:
     assert not writes_to_journal(io.StringIO(), {"JOURNAL_STREAM": "1:1"})
 
 
-@pytest.fixture
-def logging_state() -> Iterator[None]:
-    """setup_logging changes process-wide loggers: put them back after the test."""
-    ours, root = logging.getLogger("pyforward"), logging.getLogger()
-    saved = ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level
-    yield
-    ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level = saved
-
-
-@pytest.mark.usefixtures("logging_state")
 def test_setup_logging_writes_one_line_per_record_to_the_stream() -> None:
     stream = io.StringIO()
     setup_logging("warning", stream, environ={"JOURNAL_STREAM": "1:1"})
@@ -235,7 +227,6 @@ def test_setup_logging_writes_one_line_per_record_to_the_stream() -> None:
     assert parse_logfmt(line)["msg"] == "a\nb"
 
 
-@pytest.mark.usefixtures("logging_state")
 def test_a_librarys_warnings_are_lines_of_the_same_form() -> None:
     stream = io.StringIO()
     setup_logging("debug", stream, environ={})
@@ -249,6 +240,77 @@ def test_a_librarys_warnings_are_lines_of_the_same_form() -> None:
     assert (found["level"], found["logger"]) == ("error", "asyncio")
     assert found["msg"] == "Exception in callback f()\nhandle"
     assert found["traceback"].endswith("OSError: reset")
+
+
+class Writes(io.StringIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _events(text: str) -> list[str]:
+    return [parse_logfmt(line)["event"] for line in text.splitlines()]
+
+
+def test_in_the_event_loop_a_turns_lines_are_written_together_in_order() -> None:
+    stream = Writes()
+    setup_logging("info", stream, environ={})
+    log = logging.getLogger("pyforward")
+    handler = direct_handler(log)
+    assert handler is not None
+
+    async def turns() -> None:
+        log.info(logfmt({"event": "one"}))
+        handler.write_line(logging.INFO, logfmt({"event": "two"}))
+        log.info(logfmt({"event": "three"}))
+        assert stream.writes == []  # not before the turn is over
+        await asyncio.sleep(0)
+        assert [_events(text) for text in stream.writes] == [["one", "two", "three"]]
+        # A warning is written at once, after what the turn logged before it.
+        log.info(logfmt({"event": "four"}))
+        log.warning(logfmt({"event": "five"}))
+        assert [_events(text) for text in stream.writes[1:]] == [["four", "five"]]
+        log.info(logfmt({"event": "six"}))
+
+    asyncio.run(turns())
+    handler.flush()  # as `logging.shutdown` does at exit: what is still pending is written
+    assert _events(stream.getvalue()) == ["one", "two", "three", "four", "five", "six"]
+
+
+def test_a_line_given_directly_reads_as_a_logged_one() -> None:
+    stream = Writes()
+    setup_logging("info", stream, environ={})
+    log = logging.getLogger("pyforward")
+    handler = direct_handler(log)
+    assert handler is not None
+    message = logfmt({"event": "close", "client": 'a "b"\nc', "up": 3})
+    log.info(message)  # outside the loop: at once
+    handler.write_line(logging.INFO, message)
+    first, second = (parse_logfmt(line) for line in stream.getvalue().splitlines())
+    assert first.pop("ts") and second.pop("ts")
+    assert first == second == {"level": "info", "event": "close", "client": 'a "b"\nc', "up": "3"}
+    assert len(stream.writes) == 2
+    # A child logger's records reach the same handler; not past a handler or a filter of
+    # its own (a test's capture, say): then every line goes through logging.
+    child = logging.getLogger("pyforward.relay.connection")
+    assert direct_handler(child) is handler
+
+    def keep(record: logging.LogRecord) -> bool:
+        return True
+
+    child.addFilter(keep)
+    try:
+        assert direct_handler(child) is None
+    finally:
+        child.removeFilter(keep)
+    log.addHandler(logging.NullHandler())
+    assert direct_handler(log) is None
 
 
 # --- a real `pyforward run`

@@ -19,6 +19,11 @@ from pyforward.obs.stats import reason_counts
 
 SUMMARY_INTERVAL = 10.0  # seconds between summary lines of the closes left unlogged
 
+# The listen and target labels as written (quoted if need be): a route has few, and a close
+# line names two of them; forgotten in one go should ever more of them be written.
+_LABELS: dict[str, str] = {}
+_LABELS_KEPT = 4096
+
 
 class LogConnections(StrEnum):
     ALL = "all"
@@ -58,10 +63,19 @@ def close_line(
     (`reset_by`, `error`, `msg` only when set), built in one go, since it is written for
     every connection. `relay` (copy, splice or -), numbers, reasons and sides are never
     quoted; the labels and the error may be."""
+    listen_text = _LABELS.get(listen)
+    if listen_text is None:
+        listen_text = _label(listen)
+    target_text = _LABELS.get(target)
+    if target_text is None:
+        target_text = _label(target)
+    # The duration as `value` writes a float (never quoted): to the microsecond, no
+    # trailing zeros.
+    rounded = round(seconds, 6)
+    dur = f"{rounded:.6f}".rstrip("0").rstrip(".") if rounded else "0"
     line = (
-        f"event=close id={connection_id} client={value(client)} listen={value(listen)}"
-        f" target={value(target)} up={up} down={down} dur={value(round(seconds, 6))}"
-        f" relay={relay} reason={reason}"
+        f"event=close id={connection_id} client={value(client)} listen={listen_text}"
+        f" target={target_text} up={up} down={down} dur={dur} relay={relay} reason={reason}"
     )
     if reset_by is not None:
         line += f" reset_by={reset_by}"
@@ -70,6 +84,13 @@ def close_line(
     if msg:
         line += f" msg={value(msg)}"
     return line
+
+
+def _label(label: str) -> str:
+    if len(_LABELS) >= _LABELS_KEPT:
+        _LABELS.clear()
+    text = _LABELS[label] = value(label)
+    return text
 
 
 class CloseSummary:

@@ -12,11 +12,13 @@ filter. Call sites log an already built logfmt message and know nothing of eithe
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -84,20 +86,24 @@ class LineFormatter(logging.Formatter):
         self._whole = self._offset = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        name, priority = level_of(record.levelno)
         message = record.getMessage()
         if record.name != LOGGER and not record.name.startswith(LOGGER + "."):
             # A library's own text (asyncio's "Exception in callback ..."): a field of its own.
             message = logfmt({"logger": record.name, "msg": message})
-        elif not message.isprintable():  # a message not built by logfmt: keep it one line
-            message = escape(message)
-        if self.journal:
-            line = f"<{priority}>level={name} {message}"
-        else:
-            line = f"ts={self.timestamp(record.created)} level={name} {message}"
+        line = self.line(record.levelno, message, record.created)
         if record.exc_info:
             line += " " + logfmt({"traceback": self.formatException(record.exc_info)})
         return line
+
+    def line(self, levelno: int, message: str, created: float, *, checked: bool = False) -> str:
+        """The line of a message of pyforward's own at `levelno`, logged at `created`;
+        `checked`: the message is known to be printable (logfmt escaped every value)."""
+        if not checked and not message.isprintable():  # not built by logfmt: keep it one line
+            message = escape(message)
+        name, priority = level_of(levelno)
+        if self.journal:
+            return f"<{priority}>level={name} {message}"
+        return f"ts={self.timestamp(created)} level={name} {message}"
 
     def timestamp(self, created: float) -> str:
         """ISO 8601 local time to the millisecond, with its offset from UTC."""
@@ -114,23 +120,90 @@ class LineFormatter(logging.Formatter):
 
 
 class LineHandler(logging.StreamHandler[TextIO]):
-    """A `StreamHandler` that writes each line and flushes under the lock `handle` already
-    holds (StreamHandler's flush takes it again): a close line is logged per connection."""
+    """A `StreamHandler` for a line per connection: the lines logged in one turn of the event
+    loop are written together, in order, in one write once the turn is over; a warning or
+    an error (with what came before it) at once; outside the loop, and at exit (`flush`,
+    which `logging` calls then), each at once. `write_line` takes pyforward's own lines
+    (the close line) without the `LogRecord` that `logging` would build for each."""
 
     def __init__(self, stream: TextIO, formatter: LineFormatter) -> None:
         super().__init__(stream)
         self.setFormatter(formatter)
-        self._line = formatter.format
+        self._format = formatter.format
+        self._compose = formatter.line
+        self._pending: list[str] = []
+        self._scheduled = False  # a write of the pending lines is due at the end of the turn
+        self._end_of_turn_once = self._end_of_turn  # bound once, not for every turn
 
     def emit(self, record: logging.LogRecord) -> None:
+        # `Handler.handle` holds the lock.
         try:
-            stream = self.stream
-            stream.write(self._line(record) + "\n")
-            stream.flush()
+            self._put(self._format(record) + "\n", record.levelno)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_line(self, levelno: int, message: str) -> None:
+        """Log `message` at `levelno`, as `emit` would. The message is logfmt that pyforward
+        built (every value written by `logfmt.value`): printable, one line."""
+        line = self._compose(levelno, message, time.time(), checked=True)
+        with self.lock:  # type: ignore[union-attr]  # always made by Handler.__init__
+            self._put(line + "\n", levelno)
+
+    def _put(self, line: str, levelno: int) -> None:
+        self._pending.append(line)
+        if self._scheduled:
+            if levelno >= logging.WARNING:
+                self._write_pending()  # the turn's write finds nothing left
+            return
+        # None outside the loop's thread, or with no loop running.
+        loop = asyncio._get_running_loop()  # asyncio's own, made for this
+        if loop is None or levelno >= logging.WARNING:
+            self._write_pending()
+            return
+        self._scheduled = True
+        loop.call_soon(self._end_of_turn_once)
+
+    def _end_of_turn(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._scheduled = False
+            try:
+                self._write_pending()
+            except (OSError, ValueError):  # a stream gone bad (closed) must not stop the loop
+                self._pending.clear()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.stream.write(text)
+            self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+            super().flush()
+
+
+def direct_handler(logger: logging.Logger) -> LineHandler | None:
+    """The line handler a record of `logger` would reach, when it is the only handler it
+    would reach and no filter stands in the way (as `setup_logging` leaves pyforward's
+    loggers): then a line may be given to it directly (`LineHandler.write_line`)."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        handlers = current.handlers
+        if handlers:
+            handler = handlers[0]
+            if len(handlers) == 1 and type(handler) is LineHandler and not handler.filters:
+                return handler
+            return None
+        if not current.propagate:
+            return None
+        current = current.parent
+    return None
 
 
 def setup_logging(

@@ -30,6 +30,7 @@ from pyforward.config.addresses import format_peer
 from pyforward.config.policy import Policy, ProxyProtocol
 from pyforward.obs.closelog import CloseSummary, close_line, logs_close
 from pyforward.obs.logfmt import logfmt
+from pyforward.obs.logsetup import direct_handler
 from pyforward.obs.ratelimit import Every
 from pyforward.obs.reasons import CloseReason, Side
 from pyforward.obs.stats import Stats
@@ -387,19 +388,24 @@ class Connection:
                 first, second = directions
                 up, down = self._consumed + first.total, second.total
                 relay = "copy" if "copy" in (first.kind, second.kind) else "splice"
-            log.info(
-                close_line(
-                    connection_id=self.id,
-                    client=self.client_label,
-                    listen=self.listen_label,
-                    target=self.target_label,
-                    up=up,
-                    down=down,
-                    seconds=time.monotonic() - self.started,
-                    relay=relay,
-                    reason=reason,
-                    reset_by=reset_by,
-                    error=self.error,
-                    msg=self.error_detail,
-                )
+            line = close_line(
+                connection_id=self.id,
+                client=self.client_label,
+                listen=self.listen_label,
+                target=self.target_label,
+                up=up,
+                down=down,
+                seconds=time.monotonic() - self.started,
+                relay=relay,
+                reason=reason,
+                reset_by=reset_by,
+                error=self.error,
+                msg=self.error_detail,
             )
+            # Straight to the handler `setup_logging` made, when it is the only one: the
+            # `LogRecord` that `logging` builds for a line cost more than the line itself.
+            handler = direct_handler(log)
+            if handler is None:
+                log.info(line)
+            else:
+                handler.write_line(logging.INFO, line)
