@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -183,3 +185,48 @@ def test_the_metrics_subject_is_scraped_while_it_runs_and_a_failed_scrape_is_an_
         server.server_close()
     with pytest.raises(BenchError, match="Connection refused"), scraping(free_port(), 0.05):
         pass
+
+
+def test_the_floor_relay_carries_a_request_and_its_answer_with_half_close() -> None:
+    """bench/floor.py's measuring stick is a relay: what it measures is a real exchange."""
+    backend = socket.create_server(("127.0.0.1", 0))
+    answered = threading.Event()
+
+    def answer() -> None:
+        conn, _ = backend.accept()
+        with conn:
+            got = b""
+            while chunk := conn.recv(4096):
+                got += chunk
+            conn.sendall(b"got:" + got)
+        answered.set()
+
+    threading.Thread(target=answer, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    relay = subprocess.Popen(
+        [sys.executable, "bench/floor.py", "serve", str(port), str(backend.getsockname()[1])]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the floor relay never listened"
+                assert relay.poll() is None, "the floor relay exited"
+                time.sleep(0.05)
+        with client:
+            client.sendall(b"ping")
+            client.shutdown(socket.SHUT_WR)  # the backend answers after the client's EOF
+            reply = b""
+            while chunk := client.recv(4096):
+                reply += chunk
+        assert reply == b"got:ping"
+        assert answered.wait(5)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(10) == 0
+        backend.close()
