@@ -104,12 +104,18 @@ class Runtime:
             (listener.label, [target.label for target in listener.targets])
             for listener in forwarder.listeners
         ]
+        if self.datagram is not None:
+            routes += [
+                (listener.label, [target.label for target in listener.targets])
+                for listener in self.datagram.listeners
+            ]
+        flows = len(self.datagram.flows) if self.datagram is not None else 0
         notes = {}
         if self.source_note:
             notes[self.source.name] = self.source_note
         if self.last_reload_error:
             notes["reload"] = f"failed: {self.last_reload_error}"
-        return format_status(routes, forwarder.stats.active, notes)
+        return format_status(routes, forwarder.stats.active + flows, notes)
 
     # --- the target source's sink
 
