@@ -344,3 +344,32 @@ def test_systemd_status_adds_up_the_flows_of_both_workers(tmp_path: Path) -> Non
                 sock.close()
             fwd.stop()
             listener.sock.close()
+
+
+def test_the_first_udp_route_can_come_with_a_reload(tmp_path: Path) -> None:
+    from tests.harness import Backend, echo  # noqa: PLC0415
+
+    config = tmp_path / "pyforward.toml"
+    udp_listen = free_udp_port()
+    with Backend(echo) as backend, UdpEcho() as target:
+        config.write_text(
+            f'workers = 2\n[[route]]\nlisten = "127.0.0.1:0"\ntarget = "{backend.address}"\n'
+        )
+        fwd = ForwarderProcess(["run", "--config", str(config)])
+        try:
+            fwd.wait_line(r"level=info event=ready workers=2")
+            config.write_text(
+                config.read_text()
+                + f'[[route]]\nlisten = "127.0.0.1:{udp_listen}"\nprotocol = "udp"\n'
+                f'target = "127.0.0.1:{target.port}"\n'
+            )
+            fwd.proc.send_signal(signal.SIGHUP)
+            fwd.wait_line(r"level=info event=reloaded")
+            for n in range(16):
+                with client() as sock:
+                    sock.sendto(b"%d" % n, ("127.0.0.1", udp_listen))
+                    assert sock.recv(10) == b"%d" % n
+        finally:
+            assert fwd.stop() == 0
+    # Both workers started the UDP side on the sockets the reload sent them.
+    assert {close["worker"] for close in fwd.close_lines} == {"0", "1"}
