@@ -72,11 +72,8 @@ class Subject:
 
     @property
     def forwards_udp(self) -> bool:
-        # HAProxy relays TCP (and QUIC it terminates) only, nginx's stream subject here TCP;
-        # pyforward's UDP routes are served by one process (workers = 1).
-        return self.kind in ("none", "socat", "pyforward") and not any(
-            option.startswith("workers=") for option in self.options
-        )
+        # HAProxy relays TCP (and QUIC it terminates) only, nginx's stream subject here TCP.
+        return self.kind in ("none", "socat", "pyforward")
 
     @property
     def metrics(self) -> bool:
@@ -223,6 +220,9 @@ def udp_command(subject: Subject, port: int, target: int, metrics_port: int = 0)
         ]
     if subject.kind == "pyforward":
         loop = subject.options[1]
+        counts = [o.removeprefix("workers=") for o in subject.options if o.startswith("workers=")]
+        # With workers: info lines, to see them all serving (`ready_line`), but no close lines.
+        workers = ["--workers", *counts, "--log-connections", "none"] if counts else ["--quiet"]
         return [
             sys.executable,
             "-m",
@@ -236,7 +236,7 @@ def udp_command(subject: Subject, port: int, target: int, metrics_port: int = 0)
             "udp",
             "--loop",
             loop,
-            "--quiet",
+            *workers,
             *(["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []),
         ]
     raise ValueError(f"{subject.key} forwards no UDP")

@@ -539,12 +539,3 @@ def test_routes_sharing_an_address_by_server_name_work_on_every_worker() -> None
         targets = {close["target"] for close in closes}
         assert targets == {named.address, default.address}
         assert named.accepted == default.accepted == 40
-
-
-def test_workers_with_a_udp_route_are_one_line() -> None:
-    done = run_cli(
-        "run", "--workers", "2", "-l", "127.0.0.1:0", "-t", "127.0.0.1:1", "--protocol", "udp"
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--workers" in lines[0] and "UDP" in lines[0], lines

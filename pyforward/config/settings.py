@@ -156,21 +156,12 @@ def build_settings(
         raise ConfigError(f"{backlog_from[1]}: must be 1-{MAX_BACKLOG}, got {backlog}")
     max_connections: int | None = pick("max_connections") or None
     workers: int | None = pick("workers")
-    single = [
-        kind
-        for kind, present in (
-            ("a UDP route", any(route.protocol is Transport.UDP for route in routes)),
-            ("a unix: listener", any(isinstance(route.listen, UnixAddress) for route in routes)),
-        )
-        if present
-    ]
-    if workers != 1 and single:
+    if workers != 1 and any(isinstance(route.listen, UnixAddress) for route in routes):
         place = source_of("workers")
         raise ConfigError(
-            f"{place[1] if place else 'workers'}: workers = {workers or 'auto'} with "
-            f"{single[0]}: those are served by one process (a UDP flow lives in the process "
-            "that owns its socket; a unix: socket file has one owner); give them a pyforward "
-            "of their own with workers = 1"
+            f"{place[1] if place else 'workers'}: workers = {workers or 'auto'} with a unix: "
+            "listener: a socket file has one owner, so it is served by one process; give it "
+            "a pyforward of its own with workers = 1"
         )
     relay: RelayMode = pick("relay")
     if any(route.policy.dump is not DumpMode.OFF for route in routes):

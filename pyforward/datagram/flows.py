@@ -7,6 +7,8 @@ Rules, in the order a new client's first datagram meets them:
 
 1. Per source: with `per_source` set, one client IP holds at most that many flows (its
    other ports are refused, `source-limit`), as `max_connections_per_source` does for TCP.
+   With workers the count is kept in the table they share (`shared`, under the key
+   `scope SOURCE`), so the limit holds for the route's flows in every worker together.
 2. The cap: a route holds at most `max_flows`. At the cap, the least recently active flow
    that is not *assured* is evicted to make room (Linux conntrack's early drop): a flow is
    assured once the client sent twice and the target answered, so a QUIC connection
@@ -25,7 +27,7 @@ import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from pyforward.obs.reasons import CloseReason
 
@@ -64,6 +66,17 @@ class FlowState(Generic[K]):
     started: float
     last: float
     counts: FlowCounts = field(default_factory=FlowCounts)
+    shared: bool = False  # counted in the shared table (given back when it ends)
+
+
+class SharedSources(Protocol):
+    """Flows per source counted across processes (workers/sourcetable.py)."""
+
+    def take(self, source: str, cap: int) -> bool: ...
+
+    def give_back(self, source: str) -> None: ...
+
+    def count(self, source: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -78,10 +91,19 @@ class Admission(Generic[K]):
 class FlowTable(Generic[K]):
     """The flows of one route, least recently active first."""
 
-    def __init__(self, max_flows: int, idle_timeout: float, per_source: int | None = None) -> None:
+    def __init__(
+        self,
+        max_flows: int,
+        idle_timeout: float,
+        per_source: int | None = None,
+        shared: SharedSources | None = None,
+        scope: str = "",
+    ) -> None:
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self.per_source = per_source
+        self.shared = shared
+        self.scope = scope
         self._flows: OrderedDict[K, FlowState[K]] = OrderedDict()
         self._sources: Counter[str] = Counter()
         # `touch` in two steps for the per-datagram path, which sets `flow.last` itself:
@@ -99,7 +121,7 @@ class FlowTable(Generic[K]):
 
     def admission(self, source: str) -> Admission[K]:
         """May a new client at `source` start a flow (rules 1 and 2)? Changes nothing."""
-        if self.per_source is not None and self._sources[source] >= self.per_source:
+        if self.per_source is not None and self._held(source) >= self.per_source:
             return Admission(CloseReason.SOURCE_LIMIT)
         if len(self._flows) < self.max_flows:
             return Admission()
@@ -108,10 +130,20 @@ class FlowTable(Generic[K]):
                 return Admission(evict=flow)
         return Admission(CloseReason.FLOW_LIMIT)
 
-    def add(self, key: K, source: str, now: float) -> FlowState[K]:
-        """Start a flow (after `admission` allowed it, and its eviction is done)."""
+    def _held(self, source: str) -> int:
+        if self.shared is None:
+            return self._sources[source]
+        return self.shared.count(f"{self.scope} {source}")
+
+    def add(self, key: K, source: str, now: float) -> FlowState[K] | None:
+        """Start a flow (after `admission` allowed it, and its eviction is done); None when
+        another process took the source's last flow in between (refused: `source-limit`)."""
         assert key not in self._flows and len(self._flows) < self.max_flows
         flow = FlowState(key, source, now, now)
+        if self.shared is not None and self.per_source is not None:
+            if not self.shared.take(f"{self.scope} {source}", self.per_source):
+                return None
+            flow.shared = True
         self._flows[key] = flow
         self._sources[source] += 1
         return flow
@@ -124,6 +156,8 @@ class FlowTable(Generic[K]):
     def remove(self, flow: FlowState[K]) -> None:
         if self._flows.pop(flow.key, None) is None:
             return
+        if flow.shared and self.shared is not None:
+            self.shared.give_back(f"{self.scope} {flow.source}")
         self._sources[flow.source] -= 1
         if not self._sources[flow.source]:
             del self._sources[flow.source]

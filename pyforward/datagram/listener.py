@@ -40,7 +40,11 @@ class DatagramListener:
         self.route = route
         self.targets: list[ResolvedTarget] = []
         self.table: FlowTable[ClientAddress] = FlowTable(
-            route.udp_max_flows, route.udp_idle_timeout, owner.settings.max_connections_per_source
+            route.udp_max_flows,
+            route.udp_idle_timeout,
+            owner.settings.max_connections_per_source,
+            owner.source_counts,
+            self.label,
         )
         self.flows: dict[ClientAddress, Flow] = {}
         self.started = 0  # flows started since start
@@ -102,6 +106,9 @@ class DatagramListener:
             owner.refuse(self.label, CloseReason.ERROR, source)
             return None
         state = self.table.add(client, source, owner.loop.time())
+        if state is None:  # another worker took the source's last flow meanwhile
+            owner.refuse(self.label, CloseReason.SOURCE_LIMIT, source)
+            return None
         try:
             flow = Flow(self, state, targets[0])
         except OSError as exc:
@@ -131,12 +138,16 @@ class DatagramListener:
 
 
 def open_datagram_socket(
-    address: Address, family: int, sockaddr: tuple[object, ...]
+    address: Address, family: int, sockaddr: tuple[object, ...], *, reuse_port: bool = False
 ) -> socket.socket:
     """A bound, non-blocking UDP socket. No SO_REUSEADDR: on UDP it would let a second
-    process bind the same port and take part of the datagrams."""
+    process bind the same port and take part of the datagrams. `reuse_port`: one of the
+    group a forwarder with workers binds (workers/listeners.py), which checks first that
+    nothing else holds the port."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)

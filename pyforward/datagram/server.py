@@ -4,6 +4,11 @@ A sibling of engine/server.py's TCP `Forwarder`, started beside it by the runtim
 non-blocking sockets with `loop.add_reader` (no asyncio transport: a transport would queue
 what a full socket cannot take, without bound); flow rules in `flows.py`, one flow's I/O in
 `flow.py`. Admission follows TCP's: allow/deny, then the per-source limit, then the cap.
+
+In a worker (`bind` False) every socket comes from the main process, which binds one per
+worker and address of each UDP route (workers/listeners.py); a route it sends none for is
+not served in this worker. The per-source limit is then counted in the table the workers
+share (`source_counts`), so it holds for the forwarder as a whole.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pyforward.datagram.listener import DatagramListener, open_datagram_socket
 from pyforward.engine.health import TargetHealth
 from pyforward.engine.listeners import bind_addresses, close_all
 from pyforward.engine.route_listeners import resolve_target
+from pyforward.engine.sources import SourceCounts
 from pyforward.engine.targets import RouteId, route_ids
 from pyforward.obs.closelog import SUMMARY_INTERVAL, CloseSummary
 from pyforward.obs.logfmt import logfmt
@@ -44,8 +50,13 @@ class DatagramForwarder:
         *,
         max_flows_total: int | None = None,
         passed_sockets: Mapping[int, list[socket.socket]] | None = None,
+        bind: bool = True,
+        source_counts: SourceCounts | None = None,
     ) -> None:
         self.settings = settings
+        self.bind = bind
+        self.source_counts = source_counts  # None: each listener counts its own sources
+        self.served: set[RouteId] = set()  # the routes opened, sockets here or not
         # UDP sockets handed over by systemd (ListenDatagram=), by route index.
         self.passed_sockets = dict(passed_sockets or {})
         self.loop = loop
@@ -96,7 +107,8 @@ class DatagramForwarder:
 
     def _open(self, rid: RouteId, route: Route) -> list[DatagramListener]:
         opened = [DatagramListener(self, sock, rid, route) for sock in self._passed(rid)]
-        if not opened:
+        self.served.add(rid)
+        if not opened and self.bind:
             listen = route.listen
             assert isinstance(listen, Address), "a UDP route listens on an IP address"
             for family, sockaddr in bind_addresses(listen):
@@ -129,25 +141,31 @@ class DatagramForwarder:
                 listener.targets = list(targets)
         self.health.retain(t for listener in self.listeners for t in listener.targets)
 
-    async def reload(self, settings: Settings) -> None:
-        """Apply a new configuration's UDP routes: new ones open, removed ones close (their
-        flows with them), kept ones take the new targets and limits for new flows."""
+    async def reload(
+        self, settings: Settings, passed: Mapping[int, list[socket.socket]] | None = None
+    ) -> None:
+        """Apply a new configuration's UDP routes: new ones open (on the sockets `passed`
+        by route index, in a worker), removed ones close (their flows with them), kept ones
+        take the new targets and limits for new flows."""
         new = dict(self.routes_of(settings))
         resolved = {
             rid: [await resolve_target(self.loop, t) for t in route.targets]
             for rid, route in new.items()
         }
-        current = {listener.route_id for listener in self.listeners}
+        if passed is not None:
+            self.passed_sockets = dict(passed)
+        current = set(self.served)
+        self.served &= set(new)
         kept = [listener for listener in self.listeners if listener.route_id in new]
         for listener in self.listeners:
             if listener.route_id not in new:
                 listener.close(CloseReason.SHUTDOWN)
         self.listeners = kept
+        self.settings = settings  # before opening: `_passed` finds a route by its new index
         for rid, route in new.items():
             if rid not in current:
                 for listener in self._open(rid, route):
                     self.loop.add_reader(listener.sock.fileno(), listener.readable)
-        self.settings = settings
         for listener in self.listeners:
             route = new[listener.route_id]
             listener.route, listener.targets = route, resolved[listener.route_id]

@@ -87,6 +87,11 @@ class Runtime:
         # Listening sockets bound elsewhere, by route index (a worker's, from the main
         # process); None: systemd's, if it passed any.
         self.listeners = listeners
+        # A worker's UDP routes are served on the main process's sockets alone (each its own
+        # of the route's group): it never binds one itself.
+        self.binds_udp = listeners is None
+        # A worker's: the sockets of a reload's new routes, set as it hands the settings over.
+        self.reload_sockets: dict[int, list[socket.socket]] | None = None
         self.source_counts = source_counts  # None: the forwarder counts in this process
 
     # --- what systemd's status line says
@@ -99,12 +104,18 @@ class Runtime:
             (listener.label, [target.label for target in listener.targets])
             for listener in forwarder.listeners
         ]
+        if self.datagram is not None:
+            routes += [
+                (listener.label, [target.label for target in listener.targets])
+                for listener in self.datagram.listeners
+            ]
+        flows = len(self.datagram.flows) if self.datagram is not None else 0
         notes = {}
         if self.source_note:
             notes[self.source.name] = self.source_note
         if self.last_reload_error:
             notes["reload"] = f"failed: {self.last_reload_error}"
-        return format_status(routes, forwarder.stats.active, notes)
+        return format_status(routes, forwarder.stats.active + flows, notes)
 
     # --- the target source's sink
 
@@ -188,11 +199,15 @@ class Runtime:
         assert self.forwarder is not None and self.reload_settings is not None
         log.info(logfmt({"event": "reloading"}))
         try:
-            await self.forwarder.reload(self.reload_settings(), fill=self.source.fill)
+            loaded = self.reload_settings()
+            passed, self.reload_sockets = self.reload_sockets, None
+            if passed is not None:
+                self.forwarder.passed_sockets = dict(passed)
+            await self.forwarder.reload(loaded, fill=self.source.fill)
             if self.datagram is not None:
-                await self.datagram.reload(self.forwarder.settings)
+                await self.datagram.reload(self.forwarder.settings, passed)
             else:  # the first UDP route, if the new configuration has one
-                self.datagram = await self._start_datagram(self.forwarder.settings, {})
+                self.datagram = await self._start_datagram(self.forwarder.settings, passed or {})
         except PyforwardError as exc:
             log.error(
                 logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
@@ -334,6 +349,8 @@ class Runtime:
             asyncio.get_running_loop(),
             max_flows_total=self.max_accepts,
             passed_sockets=passed,
+            bind=self.binds_udp,
+            source_counts=self.source_counts,
         )
         await datagram.start()
         return datagram

@@ -19,6 +19,10 @@ class SourceCounts(Protocol):
     def give_back(self, source: str) -> None:
         """One connection of `source`, counted by `take`, has closed."""
 
+    def count(self, source: str) -> int:
+        """The connections of `source` counted now."""
+        ...
+
 
 class LocalSourceCounts:
     """The counts of one process."""
@@ -36,3 +40,6 @@ class LocalSourceCounts:
         self._open[source] -= 1
         if self._open[source] <= 0:
             del self._open[source]
+
+    def count(self, source: str) -> int:
+        return self._open[source]

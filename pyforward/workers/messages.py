@@ -74,7 +74,7 @@ class Reloaded:
 
 @dataclass(frozen=True)
 class Load:
-    active: int  # connections open in the worker now
+    active: int  # connections (and UDP flows) open in the worker now
 
 
 FINAL = -1  # the serial of the snapshot a worker sends as it exits

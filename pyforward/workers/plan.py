@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 
-from pyforward.config.model import Settings
+from pyforward.config.model import Settings, Transport
+from pyforward.engine.targets import RouteId, route_ids
 
 
 def usable_cpus() -> int:
@@ -33,8 +35,36 @@ def connection_share(max_connections: int | None, workers: int, index: int) -> i
     return base + (1 if index < extra else 0)
 
 
-def worker_settings(settings: Settings, workers: int, index: int) -> Settings:
-    """What worker `index` runs: its connection share; no metrics endpoint (the main
-    process serves the forwarder's); one process (it is a worker)."""
+def flow_share(max_flows: int, workers: int, index: int) -> int:
+    """Worker `index`'s part of a UDP route's `udp_max_flows`: divided as `max_connections`
+    is, but at least one flow each. Unlike a TCP connection, a client's flow cannot go to
+    another worker when its own is full (the kernel's hash of its address chose the worker),
+    so at its share a worker evicts or refuses as the whole route does at the cap in one
+    process; with a cap below the worker count, the route may hold one flow per worker."""
+    share = connection_share(max_flows, workers, index)
+    return max(share or 0, 1)
+
+
+def worker_settings(
+    settings: Settings,
+    workers: int,
+    index: int,
+    udp_workers: Mapping[RouteId, int] | None = None,
+) -> Settings:
+    """What worker `index` runs: its connection share, and of each UDP route served by
+    `udp_workers[route]` workers (default: all) its flow share; no metrics endpoint (the
+    main process serves the forwarder's); one process (it is a worker)."""
     share = connection_share(settings.max_connections, workers, index)
-    return replace(settings, max_connections=share, metrics=None, workers=1)
+    served = udp_workers or {}
+    routes = tuple(
+        replace(
+            route,
+            udp_max_flows=flow_share(
+                route.udp_max_flows, served.get(rid, workers) or workers, index
+            ),
+        )
+        if route.protocol is Transport.UDP
+        else route
+        for rid, route in zip(route_ids(settings.routes), settings.routes, strict=True)
+    )
+    return replace(settings, max_connections=share, metrics=None, workers=1, routes=routes)

@@ -11,7 +11,7 @@ from pyforward.config.model import Settings
 from pyforward.engine.route_listeners import resolve_target
 from pyforward.engine.targets import RouteId, TargetSource, route_ids
 from pyforward.workers import messages as m
-from pyforward.workers.listeners import Listeners, bind_added, sockets_for
+from pyforward.workers.listeners import Listeners, bind_added, sockets_for, udp_workers
 from pyforward.workers.plan import worker_settings
 from pyforward.workers.process import WorkerProcess
 
@@ -19,7 +19,7 @@ REPLY_TIMEOUT = 30.0  # seconds a worker gets to apply a reload
 
 
 async def checked(
-    loaded: Settings, source: TargetSource, listeners: Listeners
+    loaded: Settings, source: TargetSource, listeners: Listeners, count: int
 ) -> tuple[Settings, Listeners]:
     """`loaded` with the source's targets, and the sockets of its new routes; the
     PyforwardError of whatever fails (nothing is left open then)."""
@@ -29,7 +29,7 @@ async def checked(
         for target in route.targets:
             await resolve_target(loop, target)  # a name that does not resolve fails here
     added = {rid for rid in route_ids(settings.routes) if rid not in listeners}
-    return settings, bind_added(settings, added)
+    return settings, bind_added(settings, added, count)
 
 
 async def send(
@@ -44,8 +44,8 @@ async def send(
     loop = asyncio.get_running_loop()
     waits = []
     for worker in workers:
-        counts, socks = sockets_for(listeners, settings, opened)
-        share = worker_settings(settings, count, worker.index)
+        counts, socks = sockets_for(listeners, settings, worker.index, opened)
+        share = worker_settings(settings, count, worker.index, udp_workers(listeners))
         worker.reloaded = loop.create_future()
         worker.channel.send(m.Reload(share, counts), socks)
         waits.append(worker.reloaded)

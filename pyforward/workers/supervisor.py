@@ -2,13 +2,14 @@
 
 It owns what is one per forwarder, as `engine/runtime.py` does for one process: the
 signals; what systemd is told (READY once every worker accepts, STATUS adding up their
-connections, WATCHDOG only while every worker serves); the listening sockets (bound here
-once, or taken from systemd, and sent to each worker: every worker accepts from the same
-sockets); the target source (one discovery watch, its changes sent to every worker);
-reload (loaded and checked here, so a configuration that fails changes no worker); the
-metrics endpoint (the workers' counts added up, `metrics.py`); and the workers themselves:
-one that dies is logged and restarted after a back-off, and every one dies with this
-process (`pdeathsig.py`). In order:
+connections and flows, WATCHDOG only while every worker serves); the listening sockets
+(bound here once, or taken from systemd, and sent to each worker: every worker accepts
+from the same TCP sockets, and reads its own socket of each UDP route, `listeners.py`);
+the target source (one discovery watch, its changes sent to every worker); reload (loaded
+and checked here, so a configuration that fails changes no worker); the metrics endpoint
+(the workers' counts added up, `metrics.py`); and the workers themselves: one that dies is
+logged and restarted after a back-off, and every one dies with this process
+(`pdeathsig.py`). In order:
 
 1. Signals; the target source starts; every listener is bound (or taken over).
 2. The workers start, each with its sockets; once every one accepts: READY=1.
@@ -30,7 +31,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyforward import __version__
-from pyforward.config.addresses import format_peer
 from pyforward.config.model import Settings
 from pyforward.engine.listeners import close_all
 from pyforward.engine.targets import RouteId, StaticTargets, TargetSource, route_ids
@@ -42,7 +42,13 @@ from pyforward.systemd.notify import Reporter
 from pyforward.systemd.status_text import format_status
 from pyforward.workers import messages as m
 from pyforward.workers import reload, sourcetable
-from pyforward.workers.listeners import Listeners, bind_routes, sockets_for
+from pyforward.workers.listeners import (
+    Listeners,
+    bind_routes,
+    close_routes,
+    sockets_for,
+    udp_workers,
+)
 from pyforward.workers.plan import worker_settings
 from pyforward.workers.process import Backoff, WorkerProcess, spawn
 
@@ -96,8 +102,9 @@ class Supervisor:
         for rid, route in zip(ids, self.settings.routes, strict=True):
             targets = [t.label for t in self.pushed[rid]] if rid in self.pushed else None
             shown = targets if targets is not None else [str(t) for t in route.targets]
-            for sock in self.listeners.get(rid, []):
-                routes.append((format_peer(sock.getsockname()), shown))
+            sockets = self.listeners.get(rid)
+            for label in sockets.labels if sockets is not None else []:
+                routes.append((label, shown))
         notes = {}
         serving = sum(w.ready for w in self.workers.values())
         if serving != self.count:
@@ -171,14 +178,13 @@ class Supervisor:
             self.reporter.close()
             for signum in handlers:
                 loop.remove_signal_handler(signum)
-            for socks in self.listeners.values():
-                close_all(socks)
+            close_routes(self.listeners)
 
     async def _serve(
         self, loop: asyncio.AbstractEventLoop, passed: dict[int, list[socket.socket]]
     ) -> None:
         self.settings = await self.source.start(self.settings)
-        self.listeners = bind_routes(self.settings, passed)
+        self.listeners = bind_routes(self.settings, passed, self.count)
         # max_connections_per_source, coordinated: one table for every worker.
         self.source_table = sourcetable.create(
             sourcetable.table_size(self.settings.max_connections)
@@ -220,8 +226,7 @@ class Supervisor:
             self._stopping = True
             self.reporter.stopping(self.active())
             log.info(logfmt({"event": "stopping", "active": self.active()}))
-            for socks in self.listeners.values():
-                close_all(socks)
+            close_routes(self.listeners)
             if self.source_table >= 0:
                 os.close(self.source_table)
             for worker in self.workers.values():
@@ -251,8 +256,10 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         if self._stopping:
             return
-        counts, socks = sockets_for(self.listeners, self.settings)
-        settings = worker_settings(self.settings, self.count, index)
+        # A restarted worker gets the same sockets back: its own of each UDP route, so the
+        # kernel's hash of the other workers' clients does not change.
+        counts, socks = sockets_for(self.listeners, self.settings, index)
+        settings = worker_settings(self.settings, self.count, index, udp_workers(self.listeners))
         start = m.Start(settings, index, counts, self.settings.metrics is not None, True)
         extra = [self.source_table]
         try:
@@ -353,7 +360,9 @@ class Supervisor:
         assert self.reload_settings is not None
         log.info(logfmt({"event": "reloading"}))
         try:
-            new, opened = await reload.checked(self.reload_settings(), self.source, self.listeners)
+            new, opened = await reload.checked(
+                self.reload_settings(), self.source, self.listeners, self.count
+            )
         except PyforwardError as exc:
             log.error(
                 logfmt({"event": "reload-failed", "error": str(exc), "msg": "kept the old config"})
@@ -368,14 +377,15 @@ class Supervisor:
             self.workers.values(), new, self.count, self.listeners, set(opened)
         )
         for rid in removed:
-            close_all(self.listeners.pop(rid))
+            close_all(self.listeners.pop(rid).every)
         if errors:
             # Checked here first, so only the world changing in between gets this far.
             log.error(
                 logfmt({"event": "reload-failed", "error": errors[0], "workers": len(errors)})
             )
             return errors[0]
-        log.info(logfmt({"event": "reloaded", "listeners": sum(map(len, self.listeners.values()))}))
+        listening = sum(len(route.labels) for route in self.listeners.values())
+        log.info(logfmt({"event": "reloaded", "listeners": listening}))
         return None
 
 

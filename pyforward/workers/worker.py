@@ -90,9 +90,8 @@ class Worker:
     def _reloaded_settings(self) -> Settings:
         assert self._next is not None
         settings, socks = self._next
-        if self.runtime.forwarder is not None:
-            # The new routes' listeners, bound by the main process, by their route index.
-            self.runtime.forwarder.passed_sockets = socks
+        # The new routes' listeners, bound by the main process, by their route index.
+        self.runtime.reload_sockets = socks
         return settings
 
     async def serve(self) -> None:
@@ -148,13 +147,15 @@ class Worker:
     def _families(self) -> list[object]:
         from pyforward.obs.metrics import make_registry  # noqa: PLC0415 (metrics only)
 
-        registry = make_registry(lambda: self.runtime.forwarder)
+        runtime = self.runtime
+        registry = make_registry(lambda: runtime.forwarder, datagram=lambda: runtime.datagram)
         return list(registry.collect())
 
     def _report_load(self) -> None:
         forwarder = self.runtime.forwarder
         if forwarder is not None:
-            self.channel.send(m.Load(forwarder.stats.active))
+            flows = len(self.runtime.datagram.flows) if self.runtime.datagram is not None else 0
+            self.channel.send(m.Load(forwarder.stats.active + flows))
         loop = asyncio.get_running_loop()
         loop.call_later(LOAD_INTERVAL, self._report_load)
 
