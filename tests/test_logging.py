@@ -258,29 +258,35 @@ def _events(text: str) -> list[str]:
     return [parse_logfmt(line)["event"] for line in text.splitlines()]
 
 
-def test_in_the_event_loop_a_turns_lines_are_written_together_in_order() -> None:
+def test_in_the_event_loop_a_turns_close_lines_are_written_together_in_order() -> None:
     stream = Writes()
     setup_logging("info", stream, environ={})
     log = logging.getLogger("pyforward")
     handler = direct_handler(log)
     assert handler is not None
 
+    def close(event: str, level: int = logging.INFO) -> None:
+        handler.write_line(level, logfmt({"event": event}))
+
     async def turns() -> None:
-        log.info(logfmt({"event": "one"}))
-        handler.write_line(logging.INFO, logfmt({"event": "two"}))
-        log.info(logfmt({"event": "three"}))
+        close("one")
+        close("two")
         assert stream.writes == []  # not before the turn is over
         await asyncio.sleep(0)
-        assert [_events(text) for text in stream.writes] == [["one", "two", "three"]]
-        # A warning is written at once, after what the turn logged before it.
+        assert [_events(text) for text in stream.writes] == [["one", "two"]]
+        # A record through logging is written at once, after what is pending.
+        close("three")
         log.info(logfmt({"event": "four"}))
-        log.warning(logfmt({"event": "five"}))
-        assert [_events(text) for text in stream.writes[1:]] == [["four", "five"]]
-        log.info(logfmt({"event": "six"}))
+        assert [_events(text) for text in stream.writes[1:]] == [["three", "four"]]
+        # So is a warning given directly.
+        close("five")
+        close("six", logging.WARNING)
+        assert [_events(text) for text in stream.writes[2:]] == [["five", "six"]]
+        close("seven")
 
     asyncio.run(turns())
     handler.flush()  # as `logging.shutdown` does at exit: what is still pending is written
-    assert _events(stream.getvalue()) == ["one", "two", "three", "four", "five", "six"]
+    assert _events(stream.getvalue()) == ["one", "two", "three", "four", "five", "six", "seven"]
 
 
 def test_a_line_given_directly_reads_as_a_logged_one() -> None:

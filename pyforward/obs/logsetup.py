@@ -120,11 +120,12 @@ class LineFormatter(logging.Formatter):
 
 
 class LineHandler(logging.StreamHandler[TextIO]):
-    """A `StreamHandler` for a line per connection: the lines logged in one turn of the event
-    loop are written together, in order, in one write once the turn is over; a warning or
-    an error (with what came before it) at once; outside the loop, and at exit (`flush`,
-    which `logging` calls then), each at once. `write_line` takes pyforward's own lines
-    (the close line) without the `LogRecord` that `logging` would build for each."""
+    """A `StreamHandler` for a line per connection. `write_line` takes pyforward's own lines
+    of every connection (the close line) without the `LogRecord` that `logging` would build
+    for each, and writes the lines of one turn of the event loop together, in order, with
+    one write once the turn is over. Every record through `logging` (start, listen, reload,
+    a warning, an error) is written at once, after the lines still pending; so is every line
+    outside the loop, and at exit (`flush`, which `logging` calls then) whatever is left."""
 
     def __init__(self, stream: TextIO, formatter: LineFormatter) -> None:
         super().__init__(stream)
@@ -138,7 +139,8 @@ class LineHandler(logging.StreamHandler[TextIO]):
     def emit(self, record: logging.LogRecord) -> None:
         # `Handler.handle` holds the lock.
         try:
-            self._put(self._format(record) + "\n", record.levelno)
+            self._pending.append(self._format(record) + "\n")
+            self._write_pending()
         except RecursionError:
             raise
         except Exception:
