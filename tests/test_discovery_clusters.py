@@ -30,7 +30,12 @@ from pyforward.systemd import install
 from tests.backends import Starter
 from tests.kubeapi import KubeApi, node
 from tests.peers_edge import free_port
-from tests.test_discovery_cli import Pyforward, pyforward  # noqa: F401  (fixture)
+from tests.test_discovery_cli import (  # noqa: F401  (fixture)
+    Pyforward,
+    error_line,
+    pyforward,
+    run_subprocess,
+)
 from tests.test_discovery_forwarding import FAST, HERE, Running, serving
 from tests.test_discovery_services import (
     DEV,
@@ -202,10 +207,60 @@ async def test_a_cluster_that_cannot_start_is_named(
     prod.put_service(traefik(ingress.port))
     missing = KubeApi(tmp_path)  # never started: its kubeconfig is never written
     missing.kubeconfig = tmp_path / "missing.kubeconfig"
-    with pytest.raises(KubeconfigError, match=rf"^cluster {missing.kubeconfig}: "):
-        async with forwarding(config(missing, prod, tmp_path, free_port())):
+    port = free_port()
+    with pytest.raises(KubeconfigError) as refused:
+        async with forwarding(config(missing, prod, tmp_path, port)):
             pass
+    # Named once, by where it was given: the route's own key, not a flag.
+    assert str(refused.value) == (
+        f"test.toml: route 1 (listen 127.0.0.1:{port}): kubeconfig {missing.kubeconfig}: "
+        "does not exist"
+    )
     await ingress.close()
+
+
+def test_a_missing_route_kubeconfig_is_one_line_naming_the_file_route_and_key(
+    prod: KubeApi,
+    tmp_path: Path,
+    pyforward: Pyforward,  # noqa: F811
+) -> None:
+    missing = KubeApi(tmp_path)  # never started: its kubeconfig is never written
+    missing.kubeconfig = tmp_path / "missing.kubeconfig"
+    port = free_port()
+    path = tmp_path / "pyforward.toml"
+    said = (
+        f"{path}: route 1 (listen 127.0.0.1:{port}): kubeconfig {missing.kubeconfig}: "
+        "does not exist"
+    )
+    with ports_held(1) as (traefik_port,):
+        prod.put_service(traefik(traefik_port))
+        path.write_text(config(missing, prod, tmp_path, port))
+        ran = run_subprocess(["run", "--config", str(path)], tmp_path)
+        assert ran.returncode == 2
+        assert error_line(ran) == f"pyforward: error: {said}"
+        for command in ("check", "discover"):
+            checked = pyforward([command, "--config", str(path)], tmp_path)
+            assert checked.returncode == 2, checked
+            lines = [line for line in checked.stdout.splitlines() if line.startswith("error:")]
+            lines += checked.stderr.strip().splitlines()
+            if command == "check":  # the other cluster answers; one finding says what is not
+                assert f"error: discovery: {said}" in lines
+                assert lines.count(f"error: discovery: {said}") == 1
+                assert not [line for line in lines if str(prod.kubeconfig) in line]
+            else:
+                assert lines == [f"pyforward: error: {said}"]
+    # One cluster only, the route's (no top-level kubeconfig): check and discover look for
+    # the route's own kubeconfig, not for one in the default places.
+    path.write_text(
+        f'discover = true\nstate_dir = "{tmp_path / "state"}"\n[[route]]\n'
+        f'listen = "127.0.0.1:{port}"\nservice = "{ISTIO}"\nkubeconfig = "{missing.kubeconfig}"\n'
+    )
+    checked = pyforward(["check", "--config", str(path)], tmp_path)
+    assert checked.returncode == 2
+    assert f"error: discovery: {said}\n" in checked.stdout
+    discovered = pyforward(["discover", "--config", str(path)], tmp_path)
+    assert discovered.returncode == 2
+    assert error_line(discovered) == f"pyforward: error: {said}"
 
 
 def test_per_route_kubeconfig_and_node_ip_are_checked_as_the_top_level_keys(
@@ -253,9 +308,10 @@ def test_discover_and_check_ask_every_cluster(
         result = pyforward(["discover", "--config", str(path), "--json"], tmp_path)
         assert result.returncode == 0, result.stderr
         clusters = json.loads(result.stdout)["clusters"]
+        # Each kubeconfig with where it was given: the route's own key, the file's.
         assert [c["kubeconfig"] for c in clusters] == [
-            f"{dev.kubeconfig} (--kubeconfig)",
-            f"{prod.kubeconfig} (--kubeconfig)",
+            f"{dev.kubeconfig} ({path}: route 1 (listen 127.0.0.1:{port}): kubeconfig)",
+            f"{prod.kubeconfig} ({path}: kubeconfig)",
         ]
         assert [(c["routes"][0]["service"], c["routes"][0]["node_port"]) for c in clusters] == [
             (str(ISTIO), istio_port),

@@ -280,7 +280,8 @@ def check_discovery(settings: Settings, timeout: float) -> list[Finding]:
 
     parts = cluster_settings(settings)
     if len(parts) <= 1:
-        return _check_cluster(settings, timeout, "discovery")
+        # The one cluster's own settings: its routes may name a kubeconfig and node_ip.
+        return _check_cluster(parts[0][1] if parts else settings, timeout, "discovery")
     findings = []
     for cluster, part in parts:
         findings += _check_cluster(part, timeout, f"discovery ({cluster.label})")
@@ -293,8 +294,8 @@ def _check_cluster(settings: Settings, timeout: float, subject: str) -> list[Fin
 
     try:
         found = report.inspect(settings)
-    except ConfigError as exc:  # no usable kubeconfig
-        return [Finding(Level.ERROR, subject, str(exc))]
+    except ConfigError as exc:  # no usable kubeconfig: the error names it, and where
+        return [Finding(Level.ERROR, "discovery", str(exc))]
     except ApiRefused as exc:
         return [Finding(Level.ERROR, subject, str(exc))]
     except DiscoveryError as exc:

@@ -99,7 +99,10 @@ class Clusters:
 
     async def start(self, settings: Settings) -> Settings:
         """Every cluster connects and finds its first targets at once; the first that
-        fails ends the start, naming its cluster."""
+        fails ends the start, naming its cluster. A kubeconfig that cannot be found is
+        refused first, before any cluster is asked."""
+        for member in self.members:
+            member.locate()
         tasks = [asyncio.ensure_future(member.begin()) for member in self.members]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

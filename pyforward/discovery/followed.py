@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from pyforward.config.addresses import Address
 from pyforward.config.model import Route, Settings
+from pyforward.discovery.errors import KubeconfigError
 from pyforward.discovery.options import ServiceRef, route_service
 from pyforward.errors import PyforwardError
 
@@ -21,6 +22,8 @@ class Cluster:
 
     kubeconfig: str | None
     node_ip: str | None
+    # Where the kubeconfig was given, for its errors (`Route.origin`); not what it is.
+    kubeconfig_given_in: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -37,7 +40,7 @@ class Cluster:
 
 
 def route_cluster(route: Route) -> Cluster:
-    return Cluster(route.kubeconfig, route.node_ip)
+    return Cluster(route.kubeconfig, route.node_ip, route.origin("kubeconfig"))
 
 
 def by_cluster(routes: Sequence[Route]) -> dict[Cluster, list[int]]:
@@ -56,14 +59,22 @@ def cluster_settings(settings: Settings) -> list[tuple[Cluster, Settings]]:
     assert settings.discovery is not None
     split = []
     for cluster, indexes in by_cluster(settings.routes).items():
-        config = replace(settings.discovery, kubeconfig=cluster.kubeconfig, node_ip=cluster.node_ip)
+        config = replace(
+            settings.discovery,
+            kubeconfig=cluster.kubeconfig,
+            node_ip=cluster.node_ip,
+            kubeconfig_given_in=cluster.kubeconfig_given_in,
+        )
         routes = tuple(settings.routes[i] for i in indexes)
         split.append((cluster, replace(settings, routes=routes, discovery=config)))
     return split
 
 
 def naming_cluster(problem: PyforwardError, cluster: Cluster) -> PyforwardError:
-    """`problem` with the cluster it came from named first (same class, same exit code)."""
+    """`problem` with the cluster it came from named first (same class, same exit code);
+    a kubeconfig's own error names it, and where it was given, already."""
+    if isinstance(problem, KubeconfigError):
+        return problem
     try:
         return type(problem)(f"cluster {cluster.label}: {problem}")
     except TypeError:  # an error class built from more than its message

@@ -70,7 +70,7 @@ def inspect(
     config = settings.discovery
     assert config is not None
     env = os.environ if env is None else env
-    source = find_kubeconfig(config.kubeconfig, env)
+    source = find_kubeconfig(config.kubeconfig, env, config.kubeconfig_given_in)
     routes = tuple(
         ReportRoute(str(route.listen), route.sni, route_service(route), str(route.service_port))
         for route in settings.routes
@@ -246,7 +246,8 @@ def inspect_clusters(
     with several, a failure names its cluster."""
     parts = cluster_settings(settings)
     if len(parts) <= 1:
-        return [inspect(settings, env, host)]
+        # The one cluster's own settings: its routes may name a kubeconfig and node_ip.
+        return [inspect(parts[0][1] if parts else settings, env, host)]
     reports = []
     for cluster, part in parts:
         try:

@@ -146,14 +146,23 @@ class Discovery:
     def _cluster_field(self) -> dict[str, object]:
         return {"cluster": self.label} if self.label else {}
 
+    def locate(self) -> KubeconfigSource:
+        """The kubeconfig to use (found once); its KubeconfigError names it and where it
+        was given."""
+        if self.source is None:
+            self.source = find_kubeconfig(
+                self.cluster.kubeconfig, self._env, self.cluster.kubeconfig_given_in
+            )
+        return self.source
+
     async def begin(self) -> None:
         """Connect, start the watches and wait for the first targets (or take the saved)."""
         self._loop = loop = asyncio.get_running_loop()
-        self.source = find_kubeconfig(self.cluster.kubeconfig, self._env)
+        self.locate()
         log.info(
             logfmt({"event": "kubeconfig", **self._cluster_field(), "source": str(self.source)})
         )
-        self._api = api = await loop.run_in_executor(None, ClusterApi, self.source)
+        self._api = api = await loop.run_in_executor(None, ClusterApi, self.locate())
         ports = ",".join(str(self.routes[i].service_port) for i in self._indexes)
         log.info(
             logfmt(
