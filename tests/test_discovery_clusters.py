@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pyforward.cli import service as service_cli
 from pyforward.discovery import state
@@ -50,7 +51,7 @@ from tests.test_discovery_services import (
     settings_of,
     traefik,
 )
-from tests.test_metrics import samples, scrape
+from tests.test_metrics import scrape
 from tests.test_service import IN_OPT, run_cli
 
 
@@ -99,6 +100,16 @@ async def forwarding(text: str) -> AsyncIterator[tuple[Running, Clusters]]:
         yield running, source
 
 
+def degraded_by_cluster(scraped: str) -> dict[str, float]:
+    """pyforward_discovery_degraded of a scrape, by its `cluster` label."""
+    return {
+        sample.labels["cluster"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "pyforward_discovery_degraded"
+    }
+
+
 @contextmanager
 def ports_held(count: int) -> Iterator[list[int]]:
     """`count` loopback ports held by real listeners (NodePorts that accept)."""
@@ -124,12 +135,13 @@ async def test_two_clusters_behind_one_address(
         found = re.search(r"event=metrics address=127\.0\.0\.1:(\d+)", caplog.text)
         assert found is not None
 
-        async def degraded_metric() -> float:
+        async def degraded_metric() -> dict[str, float]:
             # In a thread: the endpoint answers from this test's own event loop.
-            scraped = await asyncio.to_thread(scrape, int(found.group(1)))
-            return samples(scraped)["pyforward_discovery_degraded"]
+            return degraded_by_cluster(await asyncio.to_thread(scrape, int(found.group(1))))
 
-        assert await degraded_metric() == 0
+        # A series per cluster: the top-level one is `default`, the other its kubeconfig.
+        both_ok = {"default": 0, str(dev.kubeconfig): 0}
+        assert await degraded_metric() == both_ok
         assert await answer(port, DEV) == "dev-istio"
         assert await answer(port, OTHER) == "prod-traefik"
         assert await answer(port, None) == "prod-traefik"
@@ -169,13 +181,14 @@ async def test_two_clusters_behind_one_address(
         assert degraded.message.startswith(f"{dev.kubeconfig}: ")
         assert "forwarding to the last known targets" in degraded.message
         assert f"{prod.kubeconfig}: following {TRAEFIK}" in degraded.message
-        assert source.degraded and await degraded_metric() == 1
+        assert source.degraded
+        assert await degraded_metric() == {"default": 0, str(dev.kubeconfig): 1}
         assert [m.degraded for m in source.members] == [True, False]
         assert await answer(port, DEV) == "dev-istio-moved"
         assert await answer(port, OTHER) == "prod-traefik"
         dev.start()  # back on the same port
         await running.status_where(lambda s: not s.degraded)
-        assert await degraded_metric() == 0
+        assert await degraded_metric() == both_ok
 
     # One state file per cluster: the top-level one keeps its name; the dev one has a key.
     saved = state.load(state.state_path(tmp_path / "state", ISTIO))

@@ -83,6 +83,11 @@ class Clusters:
         """True while any cluster is degraded."""
         return any(member.degraded for member in self.members)
 
+    @property
+    def degraded_by_cluster(self) -> dict[str, bool]:
+        """Each cluster's `degraded`, by its name (what the metrics show), in route order."""
+        return {member.cluster_name: member.degraded for member in self.members}
+
     def _member_changed(self, _status: DiscoveryStatus) -> None:
         ordered = sorted(self.members, key=lambda member: not member.degraded)
         text = "; ".join(f"{member.label}: {member.status.message}" for member in ordered)

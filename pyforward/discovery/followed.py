@@ -39,6 +39,18 @@ class Cluster:
         return f"{text} (node_ip {self.node_ip})" if self.node_ip else text
 
 
+DEFAULT_CLUSTER = "default"  # the name of the top-level cluster in metrics and status
+
+
+def cluster_name(cluster: Cluster, top: Cluster) -> str:
+    """How metrics (the `cluster` label) and status name a cluster: `default` for the
+    top-level one (`top`: the kubeconfig and node_ip routes follow unless they name their
+    own), else the route's kubeconfig as written; `(node_ip ADDR)` after it when the
+    route's node address is its own. Distinct clusters get distinct names."""
+    name = DEFAULT_CLUSTER if cluster.kubeconfig == top.kubeconfig else str(cluster.kubeconfig)
+    return f"{name} (node_ip {cluster.node_ip})" if cluster.node_ip != top.node_ip else name
+
+
 def route_cluster(route: Route) -> Cluster:
     return Cluster(route.kubeconfig, route.node_ip, route.origin("kubeconfig"))
 
@@ -68,6 +80,18 @@ def cluster_settings(settings: Settings) -> list[tuple[Cluster, Settings]]:
         routes = tuple(settings.routes[i] for i in indexes)
         split.append((cluster, replace(settings, routes=routes, discovery=config)))
     return split
+
+
+def cluster_names(settings: Settings) -> dict[int, str]:
+    """Each discovered route's cluster by name (`cluster_name`), by route index, when the
+    routes follow more than one cluster; {} when they follow one (nothing to tell apart)."""
+    if settings.discovery is None:
+        return {}
+    groups = by_cluster(settings.routes)
+    if len(groups) <= 1:
+        return {}
+    top = Cluster(settings.discovery.kubeconfig, settings.discovery.node_ip)
+    return {i: cluster_name(cluster, top) for cluster, indexes in groups.items() for i in indexes}
 
 
 def naming_cluster(problem: PyforwardError, cluster: Cluster) -> PyforwardError:

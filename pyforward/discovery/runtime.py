@@ -37,6 +37,7 @@ from pyforward.discovery.followed import (
     Cluster,
     by_cluster,
     by_service,
+    cluster_name,
     following_text,
     route_identity,
     targets_text,
@@ -95,6 +96,10 @@ class Discovery:
                 raise ValueError("routes in several clusters: see discovery.clusters")
             cluster = next(iter(clusters), Cluster(self.config.kubeconfig, self.config.node_ip))
         self.cluster = cluster
+        # Its name in metrics (the `cluster` label) and status: `default` for the top-level.
+        self.cluster_name = cluster_name(
+            cluster, Cluster(self.config.kubeconfig, self.config.node_ip)
+        )
         self.node_ip = cluster.node_ip
         # Names the cluster in log lines and errors when the process follows several.
         self.label = label
@@ -134,6 +139,11 @@ class Discovery:
         """True while forwarding to a target the cluster has not confirmed, or while part of
         what the cluster sent cannot be used (nodes left out)."""
         return self.status.degraded
+
+    @property
+    def degraded_by_cluster(self) -> dict[str, bool]:
+        """`degraded`, under the cluster's name (what the metrics show)."""
+        return {self.cluster_name: self.degraded}
 
     # --- boot
 
