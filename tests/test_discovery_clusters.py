@@ -22,10 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyforward.cli import service as service_cli
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.clusters import Clusters, discovery_source
 from pyforward.discovery.errors import KubeconfigError
-from pyforward.discovery.followed import Cluster
+from pyforward.discovery.followed import Cluster, cluster_names
 from pyforward.errors import ConfigError
 from pyforward.systemd import install
 from tests.backends import Starter
@@ -251,17 +252,17 @@ def test_a_missing_route_kubeconfig_is_one_line_naming_the_file_route_and_key(
         ran = run_subprocess(["run", "--config", str(path)], tmp_path)
         assert ran.returncode == 2
         assert error_line(ran) == f"pyforward: error: {said}"
-        for command in ("check", "discover"):
-            checked = pyforward([command, "--config", str(path)], tmp_path)
-            assert checked.returncode == 2, checked
-            lines = [line for line in checked.stdout.splitlines() if line.startswith("error:")]
-            lines += checked.stderr.strip().splitlines()
-            if command == "check":  # the other cluster answers; one finding says what is not
-                assert f"error: discovery: {said}" in lines
-                assert lines.count(f"error: discovery: {said}") == 1
-                assert not [line for line in lines if str(prod.kubeconfig) in line]
-            else:
-                assert lines == [f"pyforward: error: {said}"]
+        # check: the other cluster is asked and answers; one finding says what is wrong.
+        checked = pyforward(["check", "--config", str(path)], tmp_path)
+        assert checked.returncode == 2, checked
+        assert [line for line in checked.stdout.splitlines() if line.startswith("error:")] == [
+            f"error: discovery: {said}",
+            "error: 1 error(s), 0 warning(s): run would refuse this",
+        ]
+        assert f"ok: discovery ({prod.kubeconfig}): the API at" in checked.stdout
+        discovered = pyforward(["discover", "--config", str(path)], tmp_path)
+        assert discovered.returncode == 2
+        assert error_line(discovered) == f"pyforward: error: {said}"
     # One cluster only, the route's (no top-level kubeconfig): check and discover look for
     # the route's own kubeconfig, not for one in the default places.
     path.write_text(
@@ -287,6 +288,26 @@ def test_per_route_kubeconfig_and_node_ip_are_checked_as_the_top_level_keys(
     assert [r.node_ip for r in routes] == [None, None]
     with_ip = settings_of(text.replace("sni =", 'node_ip = "127.0.0.1"\nsni ='))
     assert [r.node_ip for r in with_ip.routes] == ["127.0.0.1", None]
+    # Where each route's kubeconfig was given: its own key, or the file's top-level one; a
+    # flag or variable gives every route's, and is named so.
+    assert [r.origin("kubeconfig") for r in routes] == [
+        "test.toml: route 1 (listen 127.0.0.1:8443): kubeconfig",
+        "test.toml: kubeconfig",
+    ]
+    data = parse_config_text(text, "test.toml")
+    for flags, env, place in (
+        ({"kubeconfig": "/k"}, {"PYFORWARD_KUBECONFIG": "/e"}, "--kubeconfig"),
+        ({}, {"PYFORWARD_KUBECONFIG": "/e"}, "PYFORWARD_KUBECONFIG"),
+    ):
+        given = build_settings(flags, env, data, "test.toml").routes
+        assert [r.origin("kubeconfig") for r in given] == [place, place]
+    # Names in status and metrics: the top-level cluster is `default`, another its kubeconfig
+    # as written, with its node_ip when that is the route's own; one cluster: no names.
+    assert cluster_names(settings_of(text)) == {0: str(dev.kubeconfig), 1: "default"}
+    assert cluster_names(with_ip) == {0: f"{dev.kubeconfig} (node_ip 127.0.0.1)", 1: "default"}
+    own_ip = text.replace(f'kubeconfig = "{dev.kubeconfig}"', 'node_ip = "127.0.0.1"')
+    assert cluster_names(settings_of(own_ip)) == {0: "default (node_ip 127.0.0.1)", 1: "default"}
+    assert cluster_names(settings_of(text.rsplit("[[route]]", 1)[0])) == {}
     for bad, said in (
         ('node_ip = "10.0.0"', "test.toml: route 1: node_ip: expected an IP address, got '10.0.0'"),
         (

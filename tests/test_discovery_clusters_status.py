@@ -60,8 +60,9 @@ def held_listener() -> Iterator[int]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield server.getsockname()[1]
-    server.close()
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone would not)
     thread.join(5)
+    server.close()
 
 
 def running_unit(monkeypatch: pytest.MonkeyPatch, fragment: Path) -> None:
