@@ -276,12 +276,14 @@ def check_discovery(settings: Settings, timeout: float) -> list[Finding]:
     """Whether each cluster's Kubernetes API answers and gives a target; then those
     targets."""
     # Imported here: a static configuration loads nothing of discovery.
-    from pyforward.discovery.followed import cluster_settings  # noqa: PLC0415
+    from pyforward.discovery.followed import (  # noqa: PLC0415
+        cluster_settings,
+        one_cluster_settings,
+    )
 
     parts = cluster_settings(settings)
     if len(parts) <= 1:
-        # The one cluster's own settings: its routes may name a kubeconfig and node_ip.
-        return _check_cluster(parts[0][1] if parts else settings, timeout, "discovery")
+        return _check_cluster(one_cluster_settings(settings), timeout, "discovery")
     findings = []
     for cluster, part in parts:
         findings += _check_cluster(part, timeout, f"discovery ({cluster.label})")

@@ -82,6 +82,15 @@ def cluster_settings(settings: Settings) -> list[tuple[Cluster, Settings]]:
     return split
 
 
+def one_cluster_settings(settings: Settings) -> Settings:
+    """`settings` (whose discovered routes follow one cluster) with that cluster's kubeconfig
+    and node_ip as the discovery settings: its routes may name their own. Every route is
+    kept (`discover` warns of a LoadBalancer on any port listened on)."""
+    parts = cluster_settings(settings)
+    assert len(parts) <= 1, "routes in several clusters: see cluster_settings"
+    return replace(settings, discovery=parts[0][1].discovery) if parts else settings
+
+
 def cluster_names(settings: Settings) -> dict[int, str]:
     """Each discovered route's cluster by name (`cluster_name`), by route index, when the
     routes follow more than one cluster; {} when they follow one (nothing to tell apart)."""

@@ -12,7 +12,7 @@ from pyforward.config.addresses import Address
 from pyforward.config.model import Settings
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiRefused, DiscoveryError
-from pyforward.discovery.followed import cluster_settings, naming_cluster
+from pyforward.discovery.followed import cluster_settings, naming_cluster, one_cluster_settings
 from pyforward.discovery.hostinfo import this_host
 from pyforward.discovery.kubeconfig import find_kubeconfig
 from pyforward.discovery.model import (
@@ -246,8 +246,7 @@ def inspect_clusters(
     with several, a failure names its cluster."""
     parts = cluster_settings(settings)
     if len(parts) <= 1:
-        # The one cluster's own settings: its routes may name a kubeconfig and node_ip.
-        return [inspect(parts[0][1] if parts else settings, env, host)]
+        return [inspect(one_cluster_settings(settings), env, host)]
     reports = []
     for cluster, part in parts:
         try:
