@@ -19,18 +19,25 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pyforward.cli import service as service_cli
+from pyforward.config.settings import build_settings, parse_config_text
 from pyforward.discovery import state
 from pyforward.discovery.clusters import Clusters, discovery_source
 from pyforward.discovery.errors import KubeconfigError
-from pyforward.discovery.followed import Cluster
+from pyforward.discovery.followed import Cluster, cluster_names
 from pyforward.errors import ConfigError
 from pyforward.systemd import install
 from tests.backends import Starter
 from tests.kubeapi import KubeApi, node
 from tests.peers_edge import free_port
-from tests.test_discovery_cli import Pyforward, pyforward  # noqa: F401  (fixture)
+from tests.test_discovery_cli import (  # noqa: F401  (fixture)
+    Pyforward,
+    error_line,
+    pyforward,
+    run_subprocess,
+)
 from tests.test_discovery_forwarding import FAST, HERE, Running, serving
 from tests.test_discovery_services import (
     DEV,
@@ -45,7 +52,7 @@ from tests.test_discovery_services import (
     settings_of,
     traefik,
 )
-from tests.test_metrics import samples, scrape
+from tests.test_metrics import scrape
 from tests.test_service import IN_OPT, run_cli
 
 
@@ -94,6 +101,16 @@ async def forwarding(text: str) -> AsyncIterator[tuple[Running, Clusters]]:
         yield running, source
 
 
+def degraded_by_cluster(scraped: str) -> dict[str, float]:
+    """pyforward_discovery_degraded of a scrape, by its `cluster` label."""
+    return {
+        sample.labels["cluster"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "pyforward_discovery_degraded"
+    }
+
+
 @contextmanager
 def ports_held(count: int) -> Iterator[list[int]]:
     """`count` loopback ports held by real listeners (NodePorts that accept)."""
@@ -119,12 +136,13 @@ async def test_two_clusters_behind_one_address(
         found = re.search(r"event=metrics address=127\.0\.0\.1:(\d+)", caplog.text)
         assert found is not None
 
-        async def degraded_metric() -> float:
+        async def degraded_metric() -> dict[str, float]:
             # In a thread: the endpoint answers from this test's own event loop.
-            scraped = await asyncio.to_thread(scrape, int(found.group(1)))
-            return samples(scraped)["pyforward_discovery_degraded"]
+            return degraded_by_cluster(await asyncio.to_thread(scrape, int(found.group(1))))
 
-        assert await degraded_metric() == 0
+        # A series per cluster: the top-level one is `default`, the other its kubeconfig.
+        both_ok = {"default": 0, str(dev.kubeconfig): 0}
+        assert await degraded_metric() == both_ok
         assert await answer(port, DEV) == "dev-istio"
         assert await answer(port, OTHER) == "prod-traefik"
         assert await answer(port, None) == "prod-traefik"
@@ -164,13 +182,14 @@ async def test_two_clusters_behind_one_address(
         assert degraded.message.startswith(f"{dev.kubeconfig}: ")
         assert "forwarding to the last known targets" in degraded.message
         assert f"{prod.kubeconfig}: following {TRAEFIK}" in degraded.message
-        assert source.degraded and await degraded_metric() == 1
+        assert source.degraded
+        assert await degraded_metric() == {"default": 0, str(dev.kubeconfig): 1}
         assert [m.degraded for m in source.members] == [True, False]
         assert await answer(port, DEV) == "dev-istio-moved"
         assert await answer(port, OTHER) == "prod-traefik"
         dev.start()  # back on the same port
         await running.status_where(lambda s: not s.degraded)
-        assert await degraded_metric() == 0
+        assert await degraded_metric() == both_ok
 
     # One state file per cluster: the top-level one keeps its name; the dev one has a key.
     saved = state.load(state.state_path(tmp_path / "state", ISTIO))
@@ -202,10 +221,60 @@ async def test_a_cluster_that_cannot_start_is_named(
     prod.put_service(traefik(ingress.port))
     missing = KubeApi(tmp_path)  # never started: its kubeconfig is never written
     missing.kubeconfig = tmp_path / "missing.kubeconfig"
-    with pytest.raises(KubeconfigError, match=rf"^cluster {missing.kubeconfig}: "):
-        async with forwarding(config(missing, prod, tmp_path, free_port())):
+    port = free_port()
+    with pytest.raises(KubeconfigError) as refused:
+        async with forwarding(config(missing, prod, tmp_path, port)):
             pass
+    # Named once, by where it was given: the route's own key, not a flag.
+    assert str(refused.value) == (
+        f"test.toml: route 1 (listen 127.0.0.1:{port}): kubeconfig {missing.kubeconfig}: "
+        "does not exist"
+    )
     await ingress.close()
+
+
+def test_a_missing_route_kubeconfig_is_one_line_naming_the_file_route_and_key(
+    prod: KubeApi,
+    tmp_path: Path,
+    pyforward: Pyforward,  # noqa: F811
+) -> None:
+    missing = KubeApi(tmp_path)  # never started: its kubeconfig is never written
+    missing.kubeconfig = tmp_path / "missing.kubeconfig"
+    port = free_port()
+    path = tmp_path / "pyforward.toml"
+    said = (
+        f"{path}: route 1 (listen 127.0.0.1:{port}): kubeconfig {missing.kubeconfig}: "
+        "does not exist"
+    )
+    with ports_held(1) as (traefik_port,):
+        prod.put_service(traefik(traefik_port))
+        path.write_text(config(missing, prod, tmp_path, port))
+        ran = run_subprocess(["run", "--config", str(path)], tmp_path)
+        assert ran.returncode == 2
+        assert error_line(ran) == f"pyforward: error: {said}"
+        # check: the other cluster is asked and answers; one finding says what is wrong.
+        checked = pyforward(["check", "--config", str(path)], tmp_path)
+        assert checked.returncode == 2, checked
+        assert [line for line in checked.stdout.splitlines() if line.startswith("error:")] == [
+            f"error: discovery: {said}",
+            "error: 1 error(s), 0 warning(s): run would refuse this",
+        ]
+        assert f"ok: discovery ({prod.kubeconfig}): the API at" in checked.stdout
+        discovered = pyforward(["discover", "--config", str(path)], tmp_path)
+        assert discovered.returncode == 2
+        assert error_line(discovered) == f"pyforward: error: {said}"
+    # One cluster only, the route's (no top-level kubeconfig): check and discover look for
+    # the route's own kubeconfig, not for one in the default places.
+    path.write_text(
+        f'discover = true\nstate_dir = "{tmp_path / "state"}"\n[[route]]\n'
+        f'listen = "127.0.0.1:{port}"\nservice = "{ISTIO}"\nkubeconfig = "{missing.kubeconfig}"\n'
+    )
+    checked = pyforward(["check", "--config", str(path)], tmp_path)
+    assert checked.returncode == 2
+    assert f"error: discovery: {said}\n" in checked.stdout
+    discovered = pyforward(["discover", "--config", str(path)], tmp_path)
+    assert discovered.returncode == 2
+    assert error_line(discovered) == f"pyforward: error: {said}"
 
 
 def test_per_route_kubeconfig_and_node_ip_are_checked_as_the_top_level_keys(
@@ -219,6 +288,26 @@ def test_per_route_kubeconfig_and_node_ip_are_checked_as_the_top_level_keys(
     assert [r.node_ip for r in routes] == [None, None]
     with_ip = settings_of(text.replace("sni =", 'node_ip = "127.0.0.1"\nsni ='))
     assert [r.node_ip for r in with_ip.routes] == ["127.0.0.1", None]
+    # Where each route's kubeconfig was given: its own key, or the file's top-level one; a
+    # flag or variable gives every route's, and is named so.
+    assert [r.origin("kubeconfig") for r in routes] == [
+        "test.toml: route 1 (listen 127.0.0.1:8443): kubeconfig",
+        "test.toml: kubeconfig",
+    ]
+    data = parse_config_text(text, "test.toml")
+    for flags, env, place in (
+        ({"kubeconfig": "/k"}, {"PYFORWARD_KUBECONFIG": "/e"}, "--kubeconfig"),
+        ({}, {"PYFORWARD_KUBECONFIG": "/e"}, "PYFORWARD_KUBECONFIG"),
+    ):
+        given = build_settings(flags, env, data, "test.toml").routes
+        assert [r.origin("kubeconfig") for r in given] == [place, place]
+    # Names in status and metrics: the top-level cluster is `default`, another its kubeconfig
+    # as written, with its node_ip when that is the route's own; one cluster: no names.
+    assert cluster_names(settings_of(text)) == {0: str(dev.kubeconfig), 1: "default"}
+    assert cluster_names(with_ip) == {0: f"{dev.kubeconfig} (node_ip 127.0.0.1)", 1: "default"}
+    own_ip = text.replace(f'kubeconfig = "{dev.kubeconfig}"', 'node_ip = "127.0.0.1"')
+    assert cluster_names(settings_of(own_ip)) == {0: "default (node_ip 127.0.0.1)", 1: "default"}
+    assert cluster_names(settings_of(text.rsplit("[[route]]", 1)[0])) == {}
     for bad, said in (
         ('node_ip = "10.0.0"', "test.toml: route 1: node_ip: expected an IP address, got '10.0.0'"),
         (
@@ -253,9 +342,10 @@ def test_discover_and_check_ask_every_cluster(
         result = pyforward(["discover", "--config", str(path), "--json"], tmp_path)
         assert result.returncode == 0, result.stderr
         clusters = json.loads(result.stdout)["clusters"]
+        # Each kubeconfig with where it was given: the route's own key, the file's.
         assert [c["kubeconfig"] for c in clusters] == [
-            f"{dev.kubeconfig} (--kubeconfig)",
-            f"{prod.kubeconfig} (--kubeconfig)",
+            f"{dev.kubeconfig} ({path}: route 1 (listen 127.0.0.1:{port}): kubeconfig)",
+            f"{prod.kubeconfig} ({path}: kubeconfig)",
         ]
         assert [(c["routes"][0]["service"], c["routes"][0]["node_port"]) for c in clusters] == [
             (str(ISTIO), istio_port),

@@ -17,7 +17,7 @@ from tests.kubeapi import KubeApi, node
 from tests.test_discovery_forwarding import eventually, forwarding, gateway
 from tests.test_metrics import samples, scrape
 
-DEGRADED = "pyforward_discovery_degraded"
+DEGRADED = 'pyforward_discovery_degraded{cluster="default"}'  # one cluster: the top-level
 CHANGED = "pyforward_discovery_last_change_timestamp_seconds"
 
 

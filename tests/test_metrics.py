@@ -411,9 +411,15 @@ def test_refused_clients_are_counted_by_reason() -> None:
 
 
 def test_discovery_families_come_from_the_discovery_state() -> None:
-    registry = make_registry(lambda: None, lambda: DiscoveryState(True, 1_700_000_000.0))
-    found = samples(generate_latest(registry).decode())
-    assert found["pyforward_discovery_degraded"] == 1
+    state = DiscoveryState({"default": False, "/etc/dev.kubeconfig": True}, 1_700_000_000.0)
+    found = samples(generate_latest(make_registry(lambda: None, lambda: state)).decode())
+    # One series per cluster the routes follow, named by its `cluster` label.
+    assert [key for key in found if key.startswith("pyforward_discovery_degraded")] == [
+        'pyforward_discovery_degraded{cluster="default"}',
+        'pyforward_discovery_degraded{cluster="/etc/dev.kubeconfig"}',
+    ]
+    assert found['pyforward_discovery_degraded{cluster="/etc/dev.kubeconfig"}'] == 1
+    assert found['pyforward_discovery_degraded{cluster="default"}'] == 0
     assert found["pyforward_discovery_last_change_timestamp_seconds"] == 1.7e9
     static = samples(generate_latest(make_registry(lambda: None)).decode())
     assert "pyforward_discovery_degraded" not in static
@@ -428,3 +434,48 @@ def test_check_tries_the_metrics_address() -> None:
         "error: metrics 192.0.2.1:9464: cannot listen on 192.0.2.1:9464: "
         "192.0.2.1 is not an address of this host"
     ) in result.stdout.splitlines()
+
+
+OPERATING = ROOT / "docs" / "operating.md"
+_TABLE_ROW = re.compile(r"^\| `(pyforward_\w+)` \| (\w+) \|([^|]*)\|")
+
+
+def documented_families() -> dict[str, tuple[str, set[str]]]:
+    """The metrics table of docs/operating.md: family -> (type, labels)."""
+    found = {}
+    for line in OPERATING.read_text(encoding="utf-8").splitlines():
+        match = _TABLE_ROW.match(line)
+        if match:
+            labels = set(re.findall(r"`(\w+)`", match.group(3)))
+            found[match.group(1)] = (match.group(2), labels)
+    return found
+
+
+def test_the_docs_table_lists_every_family_with_its_labels() -> None:
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    state = DiscoveryState({"default": True}, 1.7e9)
+    with (
+        Backend(echo) as backend,
+        forwarder(
+            "--listen", "127.0.0.1:0", "--target", backend.address, "--metrics", "127.0.0.1:0"
+        ) as fwd,
+    ):
+        port = metrics_port(fwd)
+        exchange(fwd.port, b"x" * 100)
+        fwd.closes(1)
+        texts = [scrape(port), generate_latest(make_registry(lambda: None, lambda: state)).decode()]
+    served: dict[str, tuple[str, set[str]]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if not family.name.startswith("pyforward_"):
+                continue
+            name = f"{family.name}_total" if family.type == "counter" else family.name
+            labels = {key for sample in family.samples for key in sample.labels if key != "le"}
+            served[name] = (family.type, labels)
+    documented = documented_families()
+    assert sorted(documented) == sorted(served)
+    for name, (kind, labels) in served.items():
+        assert documented[name][0] == kind, name
+        if labels:  # a family with no sample here (UDP, no UDP route) shows no labels
+            assert documented[name][1] == labels, name

@@ -276,11 +276,14 @@ def check_discovery(settings: Settings, timeout: float) -> list[Finding]:
     """Whether each cluster's Kubernetes API answers and gives a target; then those
     targets."""
     # Imported here: a static configuration loads nothing of discovery.
-    from pyforward.discovery.followed import cluster_settings  # noqa: PLC0415
+    from pyforward.discovery.followed import (  # noqa: PLC0415
+        cluster_settings,
+        one_cluster_settings,
+    )
 
     parts = cluster_settings(settings)
     if len(parts) <= 1:
-        return _check_cluster(settings, timeout, "discovery")
+        return _check_cluster(one_cluster_settings(settings), timeout, "discovery")
     findings = []
     for cluster, part in parts:
         findings += _check_cluster(part, timeout, f"discovery ({cluster.label})")
@@ -293,8 +296,8 @@ def _check_cluster(settings: Settings, timeout: float, subject: str) -> list[Fin
 
     try:
         found = report.inspect(settings)
-    except ConfigError as exc:  # no usable kubeconfig
-        return [Finding(Level.ERROR, subject, str(exc))]
+    except ConfigError as exc:  # no usable kubeconfig: the error names it, and where
+        return [Finding(Level.ERROR, "discovery", str(exc))]
     except ApiRefused as exc:
         return [Finding(Level.ERROR, subject, str(exc))]
     except DiscoveryError as exc:

@@ -81,6 +81,14 @@ class Route:
     unix_mode: int | None = None
     unix_user: str | None = None
     unix_group: str | None = None
+    # Where each value the user gave it was given, by key: `--kubeconfig`, `FILE: key`,
+    # `FILE: route 2 (listen 0.0.0.0:443): key`. For errors found only when a value is
+    # used (a kubeconfig that does not exist); no part of what the route is.
+    given_in: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    def origin(self, key: str) -> str | None:
+        """Where the value of `key` was given; None: it is the default."""
+        return dict(self.given_in).get(key)
 
     @property
     def connect_timeout(self) -> float:

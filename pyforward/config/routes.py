@@ -30,14 +30,21 @@ def build_routes(
     overrides_and_defaults: Mapping[str, Any],
     *,
     discover: bool = False,
+    given_in: Mapping[str, str] | None = None,
 ) -> list[Route]:
+    """The routes of the first layer that names any, else of the file. `given_in`: where
+    each of `overrides_and_defaults` was given (its flag, variable or `FILE: key`), for the
+    routes to keep (`Route.given_in`)."""
+    given_in = given_in or {}
     # Per-route keys given as a flag or in the environment override every route.
     overriding = {key for key in overrides_and_defaults if any(key in layer for _, layer in layers)}
     for source, layer in layers:
         specs = _route_specs(layer, source, discover=discover)
         if specs:
             return [
-                build_route(spec[:2], spec[2], overrides_and_defaults, set(), source)
+                build_route(
+                    spec[:2], spec[2], overrides_and_defaults, set(), source, given_in=given_in
+                )
                 for spec in specs
             ]
     specs = _route_specs(file_data, file_source, route_strings=False, discover=discover)
@@ -47,7 +54,10 @@ def build_routes(
         else overrides_and_defaults[key]
         for key in overrides_and_defaults
     }
-    routes = [build_route(spec[:2], {}, file_defaults, overriding, file_source) for spec in specs]
+    routes = [
+        build_route(spec[:2], {}, file_defaults, overriding, file_source, given_in=given_in)
+        for spec in specs
+    ]
     for index, table in enumerate(file_data.get("route") or [], 1):
         where = f"{file_source}: route {index}"
         if "listen" not in table or ("target" not in table and not discover):
@@ -59,7 +69,11 @@ def build_routes(
             else []
         )
         extra = {k: v for k, v in table.items() if k not in ("listen", "target")}
-        routes.append(build_route((listen, targets), extra, file_defaults, overriding, where))
+        routes.append(
+            build_route(
+                (listen, targets), extra, file_defaults, overriding, where, given_in=given_in
+            )
+        )
     return routes
 
 
@@ -114,12 +128,17 @@ def build_route(
     defaults: Mapping[str, Any],
     overriding: set[str],
     where: str,
+    *,
+    given_in: Mapping[str, str] | None = None,
 ) -> Route:
     listen_text, target_texts = spec
     values = dict(defaults)
+    origins = dict(given_in or {})
+    own = []  # keys of a file's [[route]] table, kept where they were given
     for key, raw in table.items():
         if key not in overriding:
             values[key] = convert_file_value(key, raw, f"{where}: {key}")
+            own.append(key)
     if values["accept_proxy_protocol"] and not values["proxy_protocol_from"]:
         # Named by the route only where the route is a file's: a flag or variable of either
         # key applies to every route.
@@ -130,6 +149,8 @@ def build_route(
             "a header from anyone else is never honoured"
         )
     listen = parse_listen_endpoint(listen_text)
+    if where not in ("flags", "env", "--preset"):
+        origins.update({key: f"{where} (listen {listen}): {key}" for key in own})
     check_unix_route(listen, values, where)
     if values["protocol"] is Transport.UDP:
         if isinstance(listen, UnixAddress):
@@ -144,6 +165,7 @@ def build_route(
         policy=Policy(**_route_values(RouteField.POLICY, values)),
         access=AccessList.parse(values["allow"], values["deny"]),
         **_route_values(RouteField.ROUTE, values),
+        given_in=tuple(origins.items()),
     )
 
 

@@ -118,16 +118,22 @@ def build_settings(
         return convert_file_value(key, file_data[key], name)
 
     route_defaults = {key: pick(key) for key in OPTIONS if OPTIONS[key].per_route}
+    # Where each was given, for the routes to name it in errors found later.
+    given_in = {key: found[1] for key in route_defaults if (found := source_of(key)) is not None}
     feature = _feature_on(pick)
     _refuse_keys_of_features_off(feature, source_of, file_data, file_source)
     discover = feature is not None
-    routes = build_routes(layers, file_data, file_source, route_defaults, discover=discover)
+    routes = build_routes(
+        layers, file_data, file_source, route_defaults, discover=discover, given_in=given_in
+    )
     extension = None
     if feature is not None:
 
         def make_route(listen_text: str, service_port: str) -> Route:
             table = {"service_port": service_port}
-            return build_route((listen_text, []), table, route_defaults, set(), "--preset")
+            return build_route(
+                (listen_text, []), table, route_defaults, set(), "--preset", given_in=given_in
+            )
 
         routes, extension = feature.complete(routes, pick, make_route, env)
     if not routes:

@@ -83,6 +83,11 @@ class Clusters:
         """True while any cluster is degraded."""
         return any(member.degraded for member in self.members)
 
+    @property
+    def degraded_by_cluster(self) -> dict[str, bool]:
+        """Each cluster's `degraded`, by its name (what the metrics show), in route order."""
+        return {member.cluster_name: member.degraded for member in self.members}
+
     def _member_changed(self, _status: DiscoveryStatus) -> None:
         ordered = sorted(self.members, key=lambda member: not member.degraded)
         text = "; ".join(f"{member.label}: {member.status.message}" for member in ordered)
@@ -99,7 +104,10 @@ class Clusters:
 
     async def start(self, settings: Settings) -> Settings:
         """Every cluster connects and finds its first targets at once; the first that
-        fails ends the start, naming its cluster."""
+        fails ends the start, naming its cluster. A kubeconfig that cannot be found is
+        refused first, before any cluster is asked."""
+        for member in self.members:
+            member.locate()
         tasks = [asyncio.ensure_future(member.begin()) for member in self.members]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

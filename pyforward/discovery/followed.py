@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from pyforward.config.addresses import Address
 from pyforward.config.model import Route, Settings
+from pyforward.discovery.errors import KubeconfigError
 from pyforward.discovery.options import ServiceRef, route_service
 from pyforward.errors import PyforwardError
 
@@ -21,6 +22,8 @@ class Cluster:
 
     kubeconfig: str | None
     node_ip: str | None
+    # Where the kubeconfig was given, for its errors (`Route.origin`); not what it is.
+    kubeconfig_given_in: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -36,8 +39,20 @@ class Cluster:
         return f"{text} (node_ip {self.node_ip})" if self.node_ip else text
 
 
+DEFAULT_CLUSTER = "default"  # the name of the top-level cluster in metrics and status
+
+
+def cluster_name(cluster: Cluster, top: Cluster) -> str:
+    """How metrics (the `cluster` label) and status name a cluster: `default` for the
+    top-level one (`top`: the kubeconfig and node_ip routes follow unless they name their
+    own), else the route's kubeconfig as written; `(node_ip ADDR)` after it when the
+    route's node address is its own. Distinct clusters get distinct names."""
+    name = DEFAULT_CLUSTER if cluster.kubeconfig == top.kubeconfig else str(cluster.kubeconfig)
+    return f"{name} (node_ip {cluster.node_ip})" if cluster.node_ip != top.node_ip else name
+
+
 def route_cluster(route: Route) -> Cluster:
-    return Cluster(route.kubeconfig, route.node_ip)
+    return Cluster(route.kubeconfig, route.node_ip, route.origin("kubeconfig"))
 
 
 def by_cluster(routes: Sequence[Route]) -> dict[Cluster, list[int]]:
@@ -56,14 +71,43 @@ def cluster_settings(settings: Settings) -> list[tuple[Cluster, Settings]]:
     assert settings.discovery is not None
     split = []
     for cluster, indexes in by_cluster(settings.routes).items():
-        config = replace(settings.discovery, kubeconfig=cluster.kubeconfig, node_ip=cluster.node_ip)
+        config = replace(
+            settings.discovery,
+            kubeconfig=cluster.kubeconfig,
+            node_ip=cluster.node_ip,
+            kubeconfig_given_in=cluster.kubeconfig_given_in,
+        )
         routes = tuple(settings.routes[i] for i in indexes)
         split.append((cluster, replace(settings, routes=routes, discovery=config)))
     return split
 
 
+def one_cluster_settings(settings: Settings) -> Settings:
+    """`settings` (whose discovered routes follow one cluster) with that cluster's kubeconfig
+    and node_ip as the discovery settings: its routes may name their own. Every route is
+    kept (`discover` warns of a LoadBalancer on any port listened on)."""
+    parts = cluster_settings(settings)
+    assert len(parts) <= 1, "routes in several clusters: see cluster_settings"
+    return replace(settings, discovery=parts[0][1].discovery) if parts else settings
+
+
+def cluster_names(settings: Settings) -> dict[int, str]:
+    """Each discovered route's cluster by name (`cluster_name`), by route index, when the
+    routes follow more than one cluster; {} when they follow one (nothing to tell apart)."""
+    if settings.discovery is None:
+        return {}
+    groups = by_cluster(settings.routes)
+    if len(groups) <= 1:
+        return {}
+    top = Cluster(settings.discovery.kubeconfig, settings.discovery.node_ip)
+    return {i: cluster_name(cluster, top) for cluster, indexes in groups.items() for i in indexes}
+
+
 def naming_cluster(problem: PyforwardError, cluster: Cluster) -> PyforwardError:
-    """`problem` with the cluster it came from named first (same class, same exit code)."""
+    """`problem` with the cluster it came from named first (same class, same exit code);
+    a kubeconfig's own error names it, and where it was given, already."""
+    if isinstance(problem, KubeconfigError):
+        return problem
     try:
         return type(problem)(f"cluster {cluster.label}: {problem}")
     except TypeError:  # an error class built from more than its message

@@ -35,23 +35,27 @@ class KubeconfigSource:
         return f"{self.path} ({self.origin})"
 
 
-def credential_path(path: str, env: Mapping[str, str]) -> str:
+def credential_path(path: str, env: Mapping[str, str], given_in: str = "kubeconfig") -> str:
     """`path`, with a leading `$CREDENTIALS_DIRECTORY/` replaced by systemd's directory."""
     if not path.startswith(CREDENTIALS_PREFIX):
         return path
     directory = env.get("CREDENTIALS_DIRECTORY")
     if not directory:
         raise KubeconfigError(
-            f"kubeconfig {path}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
+            f"{given_in} {path}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
             "service with LoadCredential=)"
         )
     return str(Path(directory) / path.removeprefix(CREDENTIALS_PREFIX))
 
 
-def candidate_sources(flag: str | None, env: Mapping[str, str]) -> list[KubeconfigSource]:
-    """Where to look, in order. An explicit --kubeconfig is the only candidate."""
+def candidate_sources(
+    flag: str | None, env: Mapping[str, str], given_in: str | None = None
+) -> list[KubeconfigSource]:
+    """Where to look, in order. An explicit kubeconfig is the only candidate; `given_in`
+    says where it was given (`--kubeconfig`, `FILE: route 2 (listen ...): kubeconfig`)."""
     if flag:
-        return [KubeconfigSource("--kubeconfig", credential_path(flag, env))]
+        origin = given_in or "--kubeconfig"
+        return [KubeconfigSource(origin, credential_path(flag, env, origin))]
     sources = []
     if env.get("KUBECONFIG"):
         sources.append(KubeconfigSource("$KUBECONFIG", env["KUBECONFIG"]))
@@ -90,15 +94,19 @@ def _unusable(source: KubeconfigSource, env: Mapping[str, str]) -> str | None:
     return ", ".join(sorted(set(reasons))) or "empty"
 
 
-def find_kubeconfig(flag: str | None, env: Mapping[str, str]) -> KubeconfigSource:
-    """The first usable kubeconfig source, or KubeconfigError listing where it looked."""
+def find_kubeconfig(
+    flag: str | None, env: Mapping[str, str], given_in: str | None = None
+) -> KubeconfigSource:
+    """The first usable kubeconfig source, or KubeconfigError listing where it looked; a
+    kubeconfig given (`flag`, given in `given_in`) is the only one, named with its place."""
     tried = []
-    for source in candidate_sources(flag, env):
+    for source in candidate_sources(flag, env, given_in):
         reason = _unusable(source, env)
         if reason is None:
             return source
-        if source.origin == "--kubeconfig":
-            raise KubeconfigError(f"--kubeconfig {source.path}: {reason}")
+        if flag:
+            # `--kubeconfig /x: does not exist`, `FILE: route 2 (...): kubeconfig /x: ...`
+            raise KubeconfigError(f"{source.origin} {source.path}: {reason}")
         tried.append(f"{source.path or 'in-cluster'} ({reason})")
     if not env.get("KUBECONFIG"):
         tried.insert(0, "$KUBECONFIG (not set)")

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -79,6 +79,9 @@ class DiscoverySettings:
     node_ip: str | None
     state_dir: str
     boot_timeout: float
+    # Where `kubeconfig` was given (`--kubeconfig`, `FILE: route 2 (listen ...): kubeconfig`),
+    # for its errors: who wrote it is no part of what is discovered.
+    kubeconfig_given_in: str | None = field(default=None, compare=False)
 
 
 def parse_service_ref(value: object) -> ServiceRef:

@@ -12,7 +12,7 @@ from pyforward.config.addresses import Address
 from pyforward.config.model import Settings
 from pyforward.discovery.api import ClusterApi, Resource
 from pyforward.discovery.errors import ApiRefused, DiscoveryError
-from pyforward.discovery.followed import cluster_settings, naming_cluster
+from pyforward.discovery.followed import cluster_settings, naming_cluster, one_cluster_settings
 from pyforward.discovery.hostinfo import this_host
 from pyforward.discovery.kubeconfig import find_kubeconfig
 from pyforward.discovery.model import (
@@ -70,7 +70,7 @@ def inspect(
     config = settings.discovery
     assert config is not None
     env = os.environ if env is None else env
-    source = find_kubeconfig(config.kubeconfig, env)
+    source = find_kubeconfig(config.kubeconfig, env, config.kubeconfig_given_in)
     routes = tuple(
         ReportRoute(str(route.listen), route.sni, route_service(route), str(route.service_port))
         for route in settings.routes
@@ -246,7 +246,7 @@ def inspect_clusters(
     with several, a failure names its cluster."""
     parts = cluster_settings(settings)
     if len(parts) <= 1:
-        return [inspect(settings, env, host)]
+        return [inspect(one_cluster_settings(settings), env, host)]
     reports = []
     for cluster, part in parts:
         try:

@@ -37,6 +37,7 @@ from pyforward.discovery.followed import (
     Cluster,
     by_cluster,
     by_service,
+    cluster_name,
     following_text,
     route_identity,
     targets_text,
@@ -95,6 +96,10 @@ class Discovery:
                 raise ValueError("routes in several clusters: see discovery.clusters")
             cluster = next(iter(clusters), Cluster(self.config.kubeconfig, self.config.node_ip))
         self.cluster = cluster
+        # Its name in metrics (the `cluster` label) and status: `default` for the top-level.
+        self.cluster_name = cluster_name(
+            cluster, Cluster(self.config.kubeconfig, self.config.node_ip)
+        )
         self.node_ip = cluster.node_ip
         # Names the cluster in log lines and errors when the process follows several.
         self.label = label
@@ -135,6 +140,11 @@ class Discovery:
         what the cluster sent cannot be used (nodes left out)."""
         return self.status.degraded
 
+    @property
+    def degraded_by_cluster(self) -> dict[str, bool]:
+        """`degraded`, under the cluster's name (what the metrics show)."""
+        return {self.cluster_name: self.degraded}
+
     # --- boot
 
     async def start(self, settings: Settings) -> Settings:
@@ -146,14 +156,23 @@ class Discovery:
     def _cluster_field(self) -> dict[str, object]:
         return {"cluster": self.label} if self.label else {}
 
+    def locate(self) -> KubeconfigSource:
+        """The kubeconfig to use (found once); its KubeconfigError names it and where it
+        was given."""
+        if self.source is None:
+            self.source = find_kubeconfig(
+                self.cluster.kubeconfig, self._env, self.cluster.kubeconfig_given_in
+            )
+        return self.source
+
     async def begin(self) -> None:
         """Connect, start the watches and wait for the first targets (or take the saved)."""
         self._loop = loop = asyncio.get_running_loop()
-        self.source = find_kubeconfig(self.cluster.kubeconfig, self._env)
+        self.locate()
         log.info(
             logfmt({"event": "kubeconfig", **self._cluster_field(), "source": str(self.source)})
         )
-        self._api = api = await loop.run_in_executor(None, ClusterApi, self.source)
+        self._api = api = await loop.run_in_executor(None, ClusterApi, self.locate())
         ports = ",".join(str(self.routes[i].service_port) for i in self._indexes)
         log.info(
             logfmt(

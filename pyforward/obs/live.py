@@ -38,7 +38,9 @@ class ListenerState:
 class LiveState:
     listeners: dict[str, ListenerState] = field(default_factory=dict)
     started: float | None = None  # the process's start, Unix time
-    discovery_degraded: bool | None = None  # None: no discovery
+    discovery_degraded: bool | None = None  # any cluster degraded; None: no discovery
+    # Each cluster discovery follows (the `cluster` label): degraded or not.
+    discovery_clusters: dict[str, bool] = field(default_factory=dict)
 
 
 def parse_scrape(text: str) -> LiveState:
@@ -59,7 +61,8 @@ def parse_scrape(text: str) -> LiveState:
             if name == "process_start_time_seconds":
                 state.started = value
             elif name == "pyforward_discovery_degraded":
-                state.discovery_degraded = bool(value)
+                state.discovery_clusters[labels.get("cluster", "default")] = bool(value)
+                state.discovery_degraded = any(state.discovery_clusters.values())
             elif listen is None:
                 continue
             elif name == "pyforward_active_connections":

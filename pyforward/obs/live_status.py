@@ -47,7 +47,15 @@ def add_live_checks(
     if state.started is not None:
         running = f", running for {duration(time.time() - state.started)}"
     report.add(subject, Level.OK, f"a pyforward answers{running}")
-    if state.discovery_degraded:
+    if len(state.discovery_clusters) > 1:
+        # Routes in several clusters: each one's state, by the name the metrics give it.
+        for cluster, degraded in state.discovery_clusters.items():
+            if degraded:
+                detail = "degraded: forwarding to unconfirmed targets"
+                report.add(f"discovery (cluster {cluster})", Level.WARN, detail)
+            else:
+                report.add(f"discovery (cluster {cluster})", Level.OK, "following the cluster")
+    elif state.discovery_degraded:
         report.add("discovery", Level.WARN, "degraded: forwarding to unconfirmed targets")
     for listen, counts in state.listeners.items():
         if not counts.targets:

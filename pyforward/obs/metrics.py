@@ -14,7 +14,7 @@ by the configuration.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,8 +44,18 @@ CONNECTION_REASONS = tuple(reason for reason in CloseReason if reason not in REF
 
 @dataclass(frozen=True)
 class DiscoveryState:
-    degraded: bool
+    # By cluster: `default` for the top-level one, else a route's kubeconfig (docs/operating.md).
+    degraded: Mapping[str, bool]
     last_change: float  # Unix time the targets last changed (or were first known)
+
+
+def discovery_state(source: object, last_change: float) -> DiscoveryState | None:
+    """What the metrics show of a target source: None unless it is discovery (a
+    `Discovery`, or a `Clusters` of several)."""
+    if getattr(source, "name", None) != "discovery":
+        return None
+    degraded: Mapping[str, bool] = getattr(source, "degraded_by_cluster", {})
+    return DiscoveryState(dict(degraded), last_change)
 
 
 class ForwarderCollector(Collector):
@@ -67,11 +77,14 @@ class ForwarderCollector(Collector):
             yield from _forwarder_families(forwarder, self._datagram())
         state = self._discovery()
         if state is not None:
-            yield GaugeMetricFamily(
+            degraded = GaugeMetricFamily(
                 "pyforward_discovery_degraded",
                 "1 while forwarding to targets the cluster has not confirmed, else 0.",
-                value=int(state.degraded),
+                labels=["cluster"],
             )
+            for cluster, is_degraded in state.degraded.items():
+                degraded.add_metric([cluster], int(is_degraded))
+            yield degraded
             yield GaugeMetricFamily(
                 "pyforward_discovery_last_change_timestamp_seconds",
                 "When the discovered targets last changed, in Unix time.",

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from pyforward.config.addresses import Address
 from pyforward.obs.exporter import MetricsServer
-from pyforward.obs.metrics import DiscoveryState, make_registry
+from pyforward.obs.metrics import DiscoveryState, discovery_state, make_registry
 
 if TYPE_CHECKING:
     from pyforward.engine.runtime import Runtime
@@ -16,10 +16,7 @@ async def start_metrics(address: Address, runtime: Runtime) -> MetricsServer:
     """Serve `runtime`'s metrics on `address`; its StartupError is a listen error like any."""
 
     def discovery() -> DiscoveryState | None:
-        source = runtime.source
-        if source.name != "discovery":
-            return None
-        return DiscoveryState(bool(getattr(source, "degraded", False)), runtime.targets_changed_at)
+        return discovery_state(runtime.source, runtime.targets_changed_at)
 
     server = MetricsServer(
         address, make_registry(lambda: runtime.forwarder, discovery, lambda: runtime.datagram)

@@ -163,8 +163,11 @@ def status(name: str, paths: InstallPaths = SYSTEM) -> StatusReport:
     ours = ({main_pid} if running and main_pid else set()) | ({1} if socket_active else set())
     listening = ports.listening_sockets()
     held = ports.owners({sock.inode for sock in listening})
-    for route in settings.routes:
-        check_route(report, route, listening, held, ours, probe_through=running)
+    clusters = _cluster_names(settings)
+    for index, route in enumerate(settings.routes):
+        check_route(
+            report, route, listening, held, ours, probe_through=running, cluster=clusters.get(index)
+        )
     if running and settings.metrics is not None:
         # Imported here: prometheus_client is loaded only where metrics are on.
         from pyforward.obs.live_status import add_live_checks  # noqa: PLC0415
@@ -195,9 +198,11 @@ def check_route(
     ours: set[int],
     *,
     probe_through: bool,
+    cluster: str | None = None,
 ) -> None:
     """Check one route: exactly its address listening and held by `ours`, accepting; its
-    targets accepting; and, with `probe_through`, a connection through it staying up."""
+    targets accepting; and, with `probe_through`, a connection through it staying up.
+    `cluster`: the cluster a discovered route follows, named when there are several."""
     if isinstance(route.listen, UnixAddress) or any(
         isinstance(target, UnixAddress) for target in route.targets
     ):
@@ -236,13 +241,24 @@ def check_route(
     if not route.targets:
         # Discovered: the service follows the cluster; `pyforward discover` shows what it says.
         followed = f" (Service {route.service})" if route.service is not None else ""
-        report.add(f"targets of {route.listen}", Level.OK, f"discovered from the cluster{followed}")
+        where = f"cluster {cluster}" if cluster is not None else "the cluster"
+        report.add(f"targets of {route.listen}", Level.OK, f"discovered from {where}{followed}")
     if probe_through and (not route.targets or len(failures) < len(route.targets)):
         host = ports.probe_host(route.listen)
         problem = through_listener(host, route.listen.port)
         level = Level.OK if problem is None else Level.DOWN
         detail = problem or "a connection through the listener reached the target"
         report.add(f"through {route.listen}", level, detail)
+
+
+def _cluster_names(settings: Settings) -> dict[int, str]:
+    """The cluster of each discovered route by index, when they follow several; else {}."""
+    if settings.discovery is None:
+        return {}
+    # Imported here: a static configuration loads nothing of discovery.
+    from pyforward.discovery.followed import cluster_names  # noqa: PLC0415
+
+    return cluster_names(settings)
 
 
 def check_unix_route(report: StatusReport, route: Route) -> None:

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from pyforward.config.addresses import Address
 from pyforward.obs.exporter import MetricsServer
-from pyforward.obs.metrics import DiscoveryState, ForwarderCollector
+from pyforward.obs.metrics import DiscoveryState, ForwarderCollector, discovery_state
 from pyforward.workers.messages import SnapshotAsk
 from pyforward.workers.metrics import merge
 
@@ -41,11 +41,9 @@ async def start_worker_metrics(address: Address, supervisor: Supervisor) -> Metr
     """Serve the whole forwarder's metrics on `address`."""
 
     def discovery() -> DiscoveryState | None:
-        source = supervisor.source
-        if source.name != "discovery":
-            return None
-        degraded = bool(getattr(source, "degraded", False))
-        return DiscoveryState(degraded, supervisor.targets_changed_at)
+        # Discovery runs in this process alone: its families are this process's, not a
+        # sum of the workers' (who serve none).
+        return discovery_state(supervisor.source, supervisor.targets_changed_at)
 
     serials = itertools.count(1)
 
