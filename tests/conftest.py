@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -11,6 +12,7 @@ from hypothesis import settings
 import pyforward.discovery.options  # noqa: F401
 from pyforward.engine.fdlimit import raise_fd_limit
 from tests.backends import Backend, Starter
+from tests.kubeapi import KubeApi
 from tests.pyz import Build, build
 
 
@@ -18,6 +20,15 @@ from tests.pyz import Build, build
 def _raise_fd_limit() -> None:
     # Tests hold a thousand connections at once; both ends live in this process.
     raise_fd_limit()
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[KubeApi]:
+    """The test Kubernetes API server (tests/kubeapi.py), started, with no object yet."""
+    api = KubeApi(tmp_path)
+    api.start()
+    yield api
+    api.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +176,6 @@ def test_rbac_grants_list_and_watch_and_nothing_else(items: list[dict[str, Any]]
 
 
 # --- the DaemonSet's discovery path, for real
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
 
 
 def test_the_daemonset_config_runs_in_cluster_and_forwards(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +99,6 @@ def test_the_kustomization_renders_with_the_component(
     assert named(docs) == named(items + extra)
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
 
 
 def test_a_route_in_another_namespace_needs_exactly_the_component(

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +33,6 @@ NODES = "/api/v1/nodes"
 FAST = WatchTiming(watch_timeout=30, backoff_initial=0.05, backoff_max=0.3)
 # This host, for node preference: named like node "here", no local addresses.
 HERE = HostIdentity(frozenset({"here"}), lambda address: False)
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
 
 
 def gateway(https_node_port: int) -> dict[str, Any]:

@@ -16,9 +16,7 @@ from pyforward.discovery.model import MAX_TARGETS
 from pyforward.discovery.watcher import WatchTiming
 from tests.backends import Backend, reached
 from tests.kubeapi import KubeApi, node, service
-from tests.test_discovery_forwarding import FAST, eventually, forwarding, gateway, kube
-
-__all__ = ["kube"]  # the fixture
+from tests.test_discovery_forwarding import FAST, eventually, forwarding, gateway
 
 NODES = 5000
 FLOOD_ROUNDS = 40  # each round changes 500 nodes at once: 20,000 events in all

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from tests.test_metrics import samples, scrape
 
 DEGRADED = 'pyforward_discovery_degraded{cluster="default"}'  # one cluster: the top-level
 CHANGED = "pyforward_discovery_last_change_timestamp_seconds"
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
 
 
 @pytest.mark.asyncio

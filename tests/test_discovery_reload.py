@@ -8,7 +8,6 @@ import asyncio
 import signal
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ import pytest
 from tests.backends import Backend, Client, reached
 from tests.kubeapi import KubeApi, node, service
 from tests.test_discovery_cli import ROOT, clean_env
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
 
 
 def config_text(kube: KubeApi, tmp_path: Path, route_extra: str = "") -> str:

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,14 +45,6 @@ ISTIO_SERVICES = "/api/v1/namespaces/istio-system/services"
 TRAEFIK_SERVICES = "/api/v1/namespaces/kube-system/services"
 DEV = "app.dev.local.me"  # matches the istio route's *.dev.local.me
 OTHER = "other.example"  # no route names it: the address's default, Traefik
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
 
 
 def istio(https: int) -> dict[str, Any]:

@@ -142,14 +142,6 @@ def test_a_non_root_container_binds_port_80_with_the_file_capability(image: str)
         process.stop()
 
 
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeApi]:
-    api = KubeApi(tmp_path)
-    api.start()
-    yield api
-    api.stop()
-
-
 def test_the_image_runs_the_daemonsets_config_in_cluster(
     image: str, kube: KubeApi, tmp_path: Path
 ) -> None:
