@@ -16,7 +16,9 @@ the modules any asyncio forwarder loads (asyncio, then uvloop, which imports ssl
 `pyforward run`, the floor relay, and HAProxy `nbthread 1` with no connection. PSS shares a
 library's pages among the processes that map it, so the figures of one run compare.
 
-`python bench/floor.py serve LISTEN_PORT TARGET_PORT` runs the floor relay alone.
+`python bench/floor.py serve LISTEN_PORT TARGET_PORT [--nested]` runs the floor relay alone
+(`--nested`, subject `floor-nested`: on an epoll watched by another epoll, the loop waiting
+on the outer one, as pyforward's relay is watched by its event loop).
 
 The floor relay is a measuring stick, not a forwarder: it assumes a write never blocks
 (true of the 18-byte request and 145-byte answer measured here) and drops what it cannot send.
@@ -46,8 +48,10 @@ HOST = "127.0.0.1"
 NAME = "localhost"  # the name of bench/sni.py's certificate
 
 
-def serve(listen_port: int, target_port: int) -> None:
-    """Relay every connection to `target_port` until SIGTERM."""
+def serve(listen_port: int, target_port: int, *, nested: bool = False) -> None:
+    """Relay every connection to `target_port` until SIGTERM. `nested`: the sockets' epoll
+    is watched by another, which the loop waits on (as pyforward's relay epoll is watched
+    by the event loop's)."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,6 +61,8 @@ def serve(listen_port: int, target_port: int) -> None:
     poll = select.epoll()
     lfd = listener.fileno()
     poll.register(lfd, select.EPOLLIN)
+    outer = select.epoll()
+    outer.register(poll.fileno(), select.EPOLLIN)
     peer: dict[int, socket.socket] = {}  # fd -> the other side's socket
     own: dict[int, socket.socket] = {}  # fd -> its socket
     eofs: dict[int, int] = {}  # fd -> EOFs seen on its connection (shared by both fds' key)
@@ -76,7 +82,9 @@ def serve(listen_port: int, target_port: int) -> None:
         b.close()
 
     while True:
-        for fd, _ in poll.poll():
+        if nested:
+            outer.poll()
+        for fd, _ in poll.poll(0 if nested else -1):
             if fd == lfd:
                 while True:
                     try:
@@ -169,7 +177,8 @@ def subject_argv(name: str, port: int, target: int, workdir: Path) -> list[str]:
             sys.executable, "-m", "pyforward", "run", "--listen", f"{HOST}:{port}",
             "--target", f"{HOST}:{target}", "--quiet", "--relay", relay, "--loop", "uvloop",
         ]  # fmt: skip
-    return [sys.executable, __file__, "serve", str(port), str(target)]
+    nested = ["--nested"] if name == "floor-nested" else []
+    return [sys.executable, __file__, "serve", str(port), str(target), *nested]
 
 
 def measure(
@@ -266,7 +275,7 @@ def main() -> None:
     parser.add_argument("--https", action="store_true", help="TLS to nginx, through each")
     args, rest = parser.parse_known_args()
     if rest[:1] == ["serve"]:
-        serve(int(rest[1]), int(rest[2]))
+        serve(int(rest[1]), int(rest[2]), nested="--nested" in rest)
         return
     if rest[:1] == ["memory"]:
         memory()
