@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from bench import sni
 from bench.accounting import Memory, ProcessSet, SetFactory, memory_of
@@ -37,7 +38,8 @@ listen forward
 """
 
 # nginx's stream proxy as its documentation sets it up: a worker per core, one shared
-# listening socket (no reuseport), default buffers.
+# listening socket for TCP (no reuseport), default buffers. {server} is the rest of the
+# server block (UDP: NGINX_UDP_SERVER).
 NGINX_STREAM_CONFIG = """\
 load_module {module};
 {user}daemon off;
@@ -47,11 +49,29 @@ error_log {dir}/error.log error;
 events {{ worker_connections 4096; }}
 stream {{
     server {{
-        listen {host}:{port};
+        listen {host}:{port}{listen};
         proxy_pass {upstream};
-    }}
+{server}    }}
 }}
 """
+# UDP as ngx_stream_core_module and ngx_stream_proxy_module set it up. `reuseport`: the listen
+# docs say a UDP listener needs it for the datagrams of one client address to stay in one
+# session (on Linux it keeps each client address in one worker; without it any worker may
+# read any datagram and start a session of its own for it), and their UDP examples use it.
+# `proxy_timeout 20s` is their examples' value (the default is 10 minutes). How a session
+# ends follows the traffic (UdpPattern):
+# - queries (DNS): `proxy_responses 1`, the documented DNS setup: a session per query, over
+#   once its one answer is back.
+# - flows (the echoes): no proxy_responses, whose default is no limit, and no proxy_requests
+#   (0: no limit): a session per client address, forwarding every datagram and every reply
+#   until 20 s pass idle, as socat's fork and pyforward's flow do. `proxy_responses 1` would
+#   forward them all too, but would end the session each time the replies caught up with
+#   the datagrams in flight, and open a new one with a new socket to the target for the next
+#   datagram: session churn that no flow of datagrams (QUIC, WireGuard) has.
+NGINX_UDP_SERVER = {
+    "queries": "        proxy_timeout 20s;\n        proxy_responses 1;\n",
+    "flows": "        proxy_timeout 20s;\n",
+}
 
 
 @dataclass(frozen=True)
@@ -72,8 +92,8 @@ class Subject:
 
     @property
     def forwards_udp(self) -> bool:
-        # HAProxy relays TCP (and QUIC it terminates) only, nginx's stream subject here TCP.
-        return self.kind in ("none", "socat", "pyforward")
+        # HAProxy relays TCP (and QUIC it terminates) only.
+        return self.kind in ("none", "socat", "nginx", "pyforward")
 
     @property
     def metrics(self) -> bool:
@@ -121,6 +141,20 @@ SECOND_BASELINE = "haproxy-default"  # and to HAProxy as it runs by default
 # Where a subject forwards: a port on 127.0.0.1, or the path of a UNIX stream socket.
 Target = int | str
 
+# What a client address sends over UDP. queries: each datagram a request with one reply, the
+# next one a new exchange (DNS). flows: a stream of datagrams with many in flight (QUIC).
+UdpPattern = Literal["queries", "flows"]
+
+
+@dataclass(frozen=True)
+class UdpTraffic:
+    """A UDP scenario's traffic: a datagram whose reply shows the forward serves, and its
+    pattern (which only nginx's session settings follow)."""
+
+    probe: bytes
+    pattern: UdpPattern
+
+
 _TARGET_FORMS = {
     "socat": ("TCP:{host}:{port}", "UNIX-CONNECT:{path}"),
     "haproxy": ("{host}:{port}", "{path}"),  # HAProxy reads an absolute path as UNIX
@@ -142,14 +176,14 @@ def command(
     target: Target,
     workdir: Path,
     *,
-    transport: str = "tcp",
+    udp: UdpPattern | None = None,
     metrics_port: int = 0,
 ) -> list[str]:
-    """The command line that makes `subject` listen on `port` and forward to `target`
-    (and, for a subject with metrics, serve them on `metrics_port`)."""
-    if transport == "udp":
+    """The command line that makes `subject` listen on `port` and forward to `target`, over
+    UDP with `udp` traffic (and, for a subject with metrics, serve them on `metrics_port`)."""
+    if udp is not None:
         assert isinstance(target, int), "a UDP target is a port"
-        return udp_command(subject, port, target, metrics_port)
+        return udp_command(subject, port, target, workdir, pattern=udp, metrics_port=metrics_port)
     if subject.kind == "socat":
         return [
             "socat",
@@ -165,22 +199,8 @@ def command(
         config.write_text(text)
         return ["haproxy", "-db", "-f", str(config)]
     if subject.kind == "nginx":
-        directory = workdir / f"nginx-stream-{port}"
-        directory.mkdir()
-        config = directory / "nginx.conf"
-        config.write_text(
-            NGINX_STREAM_CONFIG.format(
-                module=NGINX_STREAM_MODULE,
-                # As root, nginx's workers run as nobody: they could not open a UNIX target in
-                # the benchmark's private directory.
-                user="user root;\n" if os.geteuid() == 0 else "",
-                dir=directory,
-                host=HOST,
-                port=port,
-                upstream=f"unix:{target}" if isinstance(target, str) else f"{HOST}:{target}",
-            )
-        )
-        return ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
+        upstream = f"unix:{target}" if isinstance(target, str) else f"{HOST}:{target}"
+        return nginx_command(port, upstream, workdir)
     if subject.kind == "pyforward":
         relay, loop = subject.options[:2]
         metrics = ["--metrics", f"{HOST}:{metrics_port}"] if metrics_port else []
@@ -209,8 +229,44 @@ def command(
     raise ValueError(f"{subject.key} runs no program")
 
 
-def udp_command(subject: Subject, port: int, target: int, metrics_port: int = 0) -> list[str]:
-    """The UDP forward: socat forks a child per peer; pyforward keeps a flow per peer."""
+def nginx_command(
+    port: int, upstream: str, workdir: Path, listen: str = "", server: str = ""
+) -> list[str]:
+    """nginx's stream proxy on `port` to `upstream`, its config and files in a new directory."""
+    directory = workdir / f"nginx-stream-{port}"
+    directory.mkdir()
+    config = directory / "nginx.conf"
+    config.write_text(
+        NGINX_STREAM_CONFIG.format(
+            module=NGINX_STREAM_MODULE,
+            # As root, nginx's workers run as nobody: they could not open a UNIX target in
+            # the benchmark's private directory.
+            user="user root;\n" if os.geteuid() == 0 else "",
+            dir=directory,
+            host=HOST,
+            port=port,
+            listen=listen,
+            upstream=upstream,
+            server=server,
+        )
+    )
+    return ["nginx", "-e", "stderr", "-p", str(directory), "-c", str(config)]
+
+
+def udp_command(
+    subject: Subject,
+    port: int,
+    target: int,
+    workdir: Path,
+    *,
+    pattern: UdpPattern,
+    metrics_port: int = 0,
+) -> list[str]:
+    """The UDP forward: socat forks a child per peer; pyforward keeps a flow per peer; nginx
+    a session per peer or per query (NGINX_UDP_SERVER)."""
+    if subject.kind == "nginx":
+        upstream = f"{HOST}:{target}"
+        return nginx_command(port, upstream, workdir, " udp reuseport", NGINX_UDP_SERVER[pattern])
     if subject.kind == "socat":
         return [
             "socat",
@@ -279,10 +335,10 @@ class Environment:
 
 @contextlib.contextmanager
 def running(
-    subject: Subject, target: Target, env: Environment, udp_probe: bytes | None = None
+    subject: Subject, target: Target, env: Environment, udp: UdpTraffic | None = None
 ) -> Iterator[Running]:
     """Start `subject` forwarding to `target`; stop it and all its processes after. With
-    `udp_probe`, it forwards UDP, and is ready once the probe comes back through it."""
+    `udp`, it forwards UDP, and is ready once the probe comes back through it."""
     if not subject.forwarder:
         if isinstance(target, str):
             yield Running(subject, 0, None, unix=target)
@@ -290,11 +346,9 @@ def running(
             yield Running(subject, target, None)
         return
     port = free_port()
-    transport = "tcp" if udp_probe is None else "udp"
     metrics_port = free_port() if subject.metrics else 0
-    argv = command(
-        subject, port, target, env.workdir, transport=transport, metrics_port=metrics_port
-    )
+    pattern = udp.pattern if udp is not None else None
+    argv = command(subject, port, target, env.workdir, udp=pattern, metrics_port=metrics_port)
     processes = env.sets.new()
     log_path = env.workdir / f"{subject.key}-{port}.log"
     with log_path.open("wb") as log:
@@ -313,10 +367,10 @@ def running(
     processes.attach(process.pid)
     try:
         try:
-            if udp_probe is None:
+            if udp is None:
                 accepting = wait_accepting(port, _START_TIMEOUT, process, subject.label)
             else:
-                accepting = wait_answering(port, _START_TIMEOUT, udp_probe)
+                accepting = wait_answering(port, _START_TIMEOUT, udp.probe)
             if subject.ready_line:
                 accepting = wait_line(log_path, subject.ready_line, _START_TIMEOUT, process)
         except BenchError as exc:

@@ -15,7 +15,7 @@ from bench.scenarios.startup import Startup
 from bench.scenarios.throughput import Throughput
 from bench.scenarios.udp import UdpQueries, UdpThroughput
 from bench.scenarios.unix_target import UnixTarget
-from bench.subjects import Environment, Subject, running
+from bench.subjects import Environment, Subject, UdpTraffic, running
 
 
 def all_scenarios(plan: Plan) -> list[Scenario]:
@@ -52,12 +52,12 @@ def run_suite(
     for scenario in scenarios:
         units = {metric.key: metric.unit for metric in scenario.metrics}
         with scenario.backend(env.workdir) as backend_port:
-            probe: bytes | None = getattr(scenario, "udp_probe", None)
+            udp: UdpTraffic | None = getattr(scenario, "udp", None)
             for round_index in range(1, plan.rounds + 1):
                 for subject in subjects:
-                    if probe is not None and not subject.forwards_udp:
+                    if udp is not None and not subject.forwards_udp:
                         continue
-                    with running(subject, backend_port, env, probe) as started:
+                    with running(subject, backend_port, env, udp) as started:
                         values = scenario.measure(started, plan)
                     unknown = set(values) - set(units)
                     if unknown:

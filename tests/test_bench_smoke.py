@@ -68,6 +68,11 @@ def test_every_scenario_yields_a_figure_for_every_subject(
     assert (
         expected_scenarios | {"memory-stream", "startup", "udp-dns", "udp-throughput"} <= scenarios
     )
+    # Every UDP forwarder yields the UDP figures; HAProxy forwards no plain UDP.
+    for subject in ("none", "socat", "nginx-stream", "pyforward-splice", "pyforward-workers"):
+        for key in ("udp-dns.rate", "udp-throughput.rate", "udp-throughput.lost"):
+            assert (key, subject) in figures, f"no {key} for {subject}"
+    assert ("udp-dns.rate", "haproxy") not in figures
     for metric in document["metrics"]:
         for subject in subjects:
             no_udp = metric["key"].startswith("udp-") and not SUBJECTS_BY_KEY[subject].forwards_udp

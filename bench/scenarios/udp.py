@@ -2,7 +2,9 @@
 
 socat forwards UDP as `UDP-LISTEN:P,fork,reuseaddr UDP:...`: a forked child per client
 address. pyforward holds a flow (one socket to the target) per client address in one
-process. The clients are the bench process's own sockets, each a client address.
+process. nginx's stream proxy holds a session (one socket to the target) per DNS query, or
+per client address for the echoes (bench/subjects.py, NGINX_UDP_SERVER). The clients are the
+bench process's own sockets, each a client address.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from bench.model import Metric, Plan
 from bench.netutil import BenchError, free_port
-from bench.subjects import Running
+from bench.subjects import Running, UdpTraffic
 from bench.udp_load import run_load, wait_answering
 
 DNS_CLIENTS = 20  # as many stub resolvers, one query in flight each
@@ -89,7 +91,7 @@ class UdpQueries:
     name = "udp-dns"
     title = f"DNS queries/s through a UDP forward ({DNS_CLIENTS} clients, dnsmasq)"
     tools: tuple[str, ...] = ("dnsmasq",)
-    udp_probe = dns_query(1)
+    udp = UdpTraffic(dns_query(1), "queries")
     metrics = (
         Metric("udp-dns.rate", "DNS queries answered", "1/s", "higher"),
         Metric("udp-dns.cpu_per_query", "forwarder CPU per query", "us", "lower", True),
@@ -117,7 +119,7 @@ class UdpThroughput:
         f"({THROUGHPUT_CLIENTS} clients, {THROUGHPUT_WINDOW} in flight each)"
     )
     tools: tuple[str, ...] = ()
-    udp_probe = b"probe"
+    udp = UdpTraffic(b"probe", "flows")
     metrics = (
         Metric("udp-throughput.rate", "datagram payload echoed", "Mbit/s", "higher"),
         Metric("udp-throughput.lost", "datagrams lost", "per 1000", "lower"),
