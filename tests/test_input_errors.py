@@ -123,6 +123,12 @@ def config(tmp_path: Path, text: str) -> Path:
             f'[[route]]\nlisten = "18501"\ntarget = "{TARGET}"\nservice_port = "https"\n',
             "{file}: route 1: service_port is for Kubernetes discovery, which is off",
         ),
+        (
+            'discover = true\n[[route]]\nlisten = "18501"\n'
+            f'[[route]]\nlisten = "18502"\ntarget = "{TARGET}"\nkubeconfig = "/k"\n',
+            "{file}: route 2: kubeconfig is for a route whose target Kubernetes discovery "
+            "finds, and this one has a target; drop one of them",
+        ),
     ],
 )
 def test_bad_file_value_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -122,6 +122,8 @@ def build_settings(
     given_in = {key: found[1] for key in route_defaults if (found := source_of(key)) is not None}
     feature = _feature_on(pick)
     _refuse_keys_of_features_off(feature, source_of, file_data, file_source)
+    if feature is not None:
+        _refuse_feature_keys_of_static_routes(feature, file_data, file_source)
     discover = feature is not None
     routes = build_routes(
         layers, file_data, file_source, route_defaults, discover=discover, given_in=given_in
@@ -227,6 +229,22 @@ def _refuse_keys_of_features_off(
                     f"{file_source}: route {index}: {given[0]} is for {feature.title}, "
                     f"which is off; add {switch} = true or drop it"
                 )
+
+
+def _refuse_feature_keys_of_static_routes(
+    feature: Feature, file_data: Mapping[str, Any], file_source: str
+) -> None:
+    """A route with a target of its own is not the feature's (discovery fills in routes
+    without one): a key of the feature in its table would be ignored, so say so."""
+    for index, table in enumerate(file_data.get("route") or [], 1):
+        if not isinstance(table, Mapping) or "target" not in table:
+            continue
+        given = [key for key in feature.keys if key in table and OPTIONS[key].per_route]
+        if given:
+            raise ConfigError(
+                f"{file_source}: route {index}: {given[0]} is for a route whose target "
+                f"{feature.title} finds, and this one has a target; drop one of them"
+            )
 
 
 def _log_level(pick: Callable[[str], Any], source_of: SourceOf) -> LogLevel:
