@@ -517,3 +517,25 @@ def test_install_keeps_a_config_file_it_did_not_write_and_uninstall_restores_it(
     assert code == 0, err
     assert own.read_text() == before
     assert f"restored {own}" in out
+
+
+@pytest.mark.usefixtures("not_root")
+def test_socket_activation_with_workers_says_a_udp_route_is_served_by_one_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = tmp_path / "edge.toml"
+    given.write_text(
+        'workers = 2\n[[route]]\nlisten = "0.0.0.0:53"\ntarget = "10.0.0.5:53"\nprotocol = "udp"\n'
+    )
+    code, out, err = run_cli(
+        ["install", "--dry-run", "--socket-activation", "--config", str(given)], capsys
+    )
+    assert code == 0
+    assert "ListenDatagram=0.0.0.0:53" in out
+    assert err.splitlines() == [
+        "warning: UDP route 0.0.0.0:53: under socket activation systemd passes one socket, "
+        "served by worker 0 alone; without --socket-activation each worker gets its own"
+    ]
+    # Without socket activation, each worker binds its own: nothing to say.
+    code, out, err = run_cli(["install", "--dry-run", "--config", str(given)], capsys)
+    assert (code, err) == (0, "")

@@ -144,6 +144,8 @@ def install(
     plan = service.plan_install(request, find_installation)
     if plan.kubeconfig_note:
         _echo_err(plan.kubeconfig_note)
+    for warning in plan.warnings:
+        _echo_err(f"warning: {warning}")
     if dry_run:
         for unit_file in service.foreign_units(plan):
             _echo_err(

@@ -138,6 +138,7 @@ class InstallPlan:
     kubeconfig_note: str = ""  # which kubeconfig the service is handed, and why that one
     refusals: tuple[str, ...] = ()  # why the installation cannot be run as a service
     paths: InstallPaths = SYSTEM
+    warnings: tuple[str, ...] = ()  # what the service will do otherwise than asked
 
     @property
     def service(self) -> str:
@@ -330,7 +331,28 @@ def plan_install(
     files = {config: configfile.to_toml(merged, header)}
     files.update({unit_path(unit, paths): text for unit, text in units.items()})
     order = sorted(units, key=lambda unit: not unit.endswith(".socket"))
-    return InstallPlan(name, settings, files, tuple(order), note, found.refusals, paths)
+    return InstallPlan(
+        name,
+        settings,
+        files,
+        tuple(order),
+        note,
+        found.refusals,
+        paths,
+        warnings=_socket_activation_warnings(settings, request.socket_activation),
+    )
+
+
+def _socket_activation_warnings(settings: Settings, socket_activation: bool) -> tuple[str, ...]:
+    """With workers, systemd passes one socket per UDP address, which one worker serves (a
+    client's flow must stay in one process): said at install, as the service says at start."""
+    udp = [str(r.listen) for r in settings.routes if r.protocol is Transport.UDP]
+    if not (socket_activation and udp and settings.workers != 1):
+        return ()
+    return (
+        f"UDP route {', '.join(udp)}: under socket activation systemd passes one socket, "
+        "served by worker 0 alone; without --socket-activation each worker gets its own",
+    )
 
 
 def render_plan(plan: InstallPlan) -> str:
