@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ import pytest
 from tests.harness import TIMEOUT, ForwarderProcess, fields
 from tests.udp_peers import (
     DNS_ADDRESS,
-    DNS_NAME,
     UdpEcho,
     ask,
+    dig_answers,
     dns_answer,
     dns_query,
     dnsmasq,
@@ -67,14 +66,7 @@ def test_dig_answers_through_a_udp_route(dns_port: int) -> None:
         port = _udp_port(process)
         if shutil.which("dig") is None:
             pytest.skip("dig is not installed (Debian package bind9-dnsutils)")
-        answer = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(port), DNS_NAME, "+short", "+tries=1", "+time=5"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=True,
-        )
-        assert answer.stdout.split() == [DNS_ADDRESS]
+        assert dig_answers(port, TIMEOUT) == [DNS_ADDRESS]
     finally:
         assert process.stop() == 0
     close = [line for line in process.close_lines if line["relay"] == "udp"]
@@ -292,14 +284,7 @@ def test_pyforward_socat_udp_listen_fork_serves_dig_and_many_peers(dns_port: int
     try:
         assert _udp_port(process) == listen_port
         if shutil.which("dig") is not None:
-            answer = subprocess.run(
-                ["dig", "@127.0.0.1", "-p", str(listen_port), DNS_NAME, "+short", "+tries=1"],
-                capture_output=True,
-                text=True,
-                timeout=TIMEOUT,
-                check=True,
-            )
-            assert answer.stdout.split() == [DNS_ADDRESS]
+            assert dig_answers(listen_port, TIMEOUT) == [DNS_ADDRESS]
         for query_id in range(100, 110):  # a new peer (socket) each time
             assert ask(listen_port, query_id) == [DNS_ADDRESS]
     finally:

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -24,8 +23,8 @@ from tests.test_metrics import metrics_port, samples, scrape, wait_until
 from tests.test_workers import started_pids, wait_gone
 from tests.udp_peers import (
     DNS_ADDRESS,
-    DNS_NAME,
     UdpEcho,
+    dig_answers,
     dns_answer,
     dns_query,
     dnsmasq,
@@ -93,14 +92,7 @@ def test_many_dns_clients_each_get_their_own_replies_from_both_workers(dns_port:
     with udp_workers(dns_port, "--metrics", "127.0.0.1:0") as (fwd, port):
         if shutil.which("dig") is None:
             pytest.skip("dig is not installed (Debian package bind9-dnsutils)")
-        answer = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(port), DNS_NAME, "+short", "+tries=1", "+time=5"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=True,
-        )
-        assert answer.stdout.split() == [DNS_ADDRESS]
+        assert dig_answers(port, TIMEOUT) == [DNS_ADDRESS]
         failures: list[str] = []
 
         def ask_all(index: int) -> None:

@@ -183,3 +183,15 @@ def udp_port(process: ForwarderProcess) -> int:
     match = _UDP_LISTEN.search(process.wait_line(_UDP_LISTEN.pattern))
     assert match is not None
     return int(match.group(2))
+
+
+def dig_answers(port: int, timeout: float) -> list[str]:
+    """What dig (a real resolver client) gets for DNS_NAME from 127.0.0.1:`port`."""
+    answer = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), DNS_NAME, "+short", "+tries=1", "+time=5"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return answer.stdout.split()
